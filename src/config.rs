@@ -1,0 +1,516 @@
+//! Settings from `config.toml`, and the `PORT` override for platforms such as Heroku.
+//!
+//! Every key is optional: a missing key takes the default documented in the repository's
+//! `config.toml`. Unknown keys and bad values are errors that name the file, line and column,
+//! so a typo never silently falls back to a default.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message already carries the line, the column and the offending text.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the PORT environment variable must be a port number from 1 to 65535, not {0:?}")]
+    BadPort(String),
+}
+
+/// The whole configuration, as read from `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on, as one `"host:port"` string.
+    pub listen: SocketAddr,
+    /// Folder the page is served from; relative paths resolve against the config file's folder.
+    pub public_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// Trust `X-Forwarded-Proto` and `X-Forwarded-For` from a TLS-terminating proxy in front.
+    pub behind_proxy: bool,
+    /// Handed to every browser at login, exactly in the shape of `RTCIceServer`.
+    pub ice_servers: Vec<IceServer>,
+    /// Optional: mint short-lived TURN credentials for each login (coturn's REST API scheme).
+    pub turn: Option<TurnConfig>,
+    pub websocket: WebSocketConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443)),
+            public_dir: PathBuf::from("public"),
+            tls: TlsConfig::default(),
+            behind_proxy: false,
+            ice_servers: vec![IceServer {
+                urls: Urls::One(IceUrl("stun:stun.l.google.com:19302".into())),
+                username: None,
+                credential: None,
+            }],
+            turn: None,
+            websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Use `cert`/`key` if they exist, otherwise generate a self-signed pair there.
+    Auto,
+    /// Use the PEM files named by `cert` and `key`; never generate anything.
+    Files,
+    /// Plain HTTP, for running behind a proxy that terminates TLS.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: TlsMode::Auto,
+            cert: PathBuf::from("certs/cert.pem"),
+            key: PathBuf::from("certs/key.pem"),
+        }
+    }
+}
+
+/// One entry of `RTCPeerConnection`'s `iceServers`, serialized exactly as the browser wants it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "IceServerFields")]
+pub struct IceServer {
+    pub urls: Urls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IceServerFields {
+    urls: Urls,
+    username: Option<String>,
+    credential: Option<String>,
+}
+
+impl TryFrom<IceServerFields> for IceServer {
+    type Error = String;
+
+    /// A browser refuses a `turn:` URL without credentials, and with it the whole call.
+    fn try_from(f: IceServerFields) -> Result<Self, String> {
+        let has_credentials = f.username.is_some() && f.credential.is_some();
+        if let Some(url) = f.urls.iter().find(|url| url.is_turn())
+            && !has_credentials
+        {
+            return Err(format!(
+                "the TURN server {:?} needs both `username` and `credential` \
+                 (or leave it out here and use [turn] to mint them per login)",
+                url.0
+            ));
+        }
+        Ok(IceServer {
+            urls: f.urls,
+            username: f.username,
+            credential: f.credential,
+        })
+    }
+}
+
+/// `urls` may be one string or a list, as in the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Urls {
+    One(IceUrl),
+    Many(Vec<IceUrl>),
+}
+
+/// Written by hand because serde's untagged enums replace the URL's own error message with
+/// "did not match any variant".
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UrlsVisitor;
+        impl<'de> serde::de::Visitor<'de> for UrlsVisitor {
+            type Value = Urls;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL string or a list of URL strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Urls, E> {
+                IceUrl::try_from(url.to_owned())
+                    .map(Urls::One)
+                    .map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Urls, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<IceUrl>()? {
+                    urls.push(url);
+                }
+                if urls.is_empty() {
+                    return Err(serde::de::Error::custom("urls must list at least one URL"));
+                }
+                Ok(Urls::Many(urls))
+            }
+        }
+        deserializer.deserialize_any(UrlsVisitor)
+    }
+}
+
+impl Urls {
+    pub fn iter(&self) -> impl Iterator<Item = &IceUrl> {
+        match self {
+            Urls::One(url) => std::slice::from_ref(url).iter(),
+            Urls::Many(urls) => urls.iter(),
+        }
+    }
+}
+
+/// A `stun:`, `stuns:`, `turn:` or `turns:` URL. Checked at load time, because a browser
+/// rejects the whole `RTCPeerConnection` over one bad URL, long after the server started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IceUrl(pub String);
+
+impl IceUrl {
+    pub fn is_turn(&self) -> bool {
+        self.0.starts_with("turn:") || self.0.starts_with("turns:")
+    }
+}
+
+impl TryFrom<String> for IceUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, String> {
+        let rest = ["stun:", "stuns:", "turn:", "turns:"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+                Ok(IceUrl(url))
+            }
+            _ => Err(format!(
+                "{url:?} is not an ICE server URL: use stun:HOST[:PORT], stuns:…, turn:HOST[:PORT] or turns:…"
+            )),
+        }
+    }
+}
+
+/// TURN REST credentials: `secret` is coturn's `--static-auth-secret`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    pub urls: Urls,
+    pub secret: Secret,
+    /// How long each minted credential stays valid, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl: NonZeroU64,
+}
+
+fn default_turn_ttl() -> NonZeroU64 {
+    NonZeroU64::new(24 * 60 * 60).expect("a day is not zero")
+}
+
+/// A non-empty shared secret; kept out of `Debug` output so it never reaches a log.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Secret(pub String);
+
+impl TryFrom<String> for Secret {
+    type Error = &'static str;
+
+    fn try_from(secret: String) -> Result<Self, Self::Error> {
+        if secret.is_empty() {
+            return Err("the TURN secret must not be empty: use coturn's static-auth-secret");
+        }
+        Ok(Secret(secret))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Seconds between Pings; a socket silent for two intervals is dropped.
+    pub ping_interval_secs: NonZeroU64,
+    /// Largest message accepted, in bytes; a larger one closes the socket with 1009.
+    pub max_message_bytes: MessageLimit,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_secs: NonZeroU64::new(25).expect("25 is not zero"),
+            max_message_bytes: MessageLimit(64 * 1024),
+        }
+    }
+}
+
+impl WebSocketConfig {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.get())
+    }
+}
+
+/// The largest WebSocket message accepted, at least 1 KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "usize")]
+pub struct MessageLimit(pub usize);
+
+impl TryFrom<usize> for MessageLimit {
+    type Error = &'static str;
+
+    fn try_from(bytes: usize) -> Result<Self, Self::Error> {
+        if bytes < 1024 {
+            return Err(
+                "max_message_bytes must be at least 1024: an SDP offer alone is several KiB",
+            );
+        }
+        Ok(MessageLimit(bytes))
+    }
+}
+
+/// How the listen address and TLS were chosen, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// From the config file alone.
+    Configured,
+    /// `PORT` was set: plain HTTP behind the platform's TLS-terminating router.
+    Platform { port: u16 },
+}
+
+impl Config {
+    /// Reads `path`. When `explicit` is false (the default path) a missing file means defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default().resolved_against(Path::new(".")));
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path).map(|config| config.resolved_against(base))
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Makes relative paths relative to the folder the config file is in.
+    fn resolved_against(mut self, base: &Path) -> Config {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.public_dir);
+        resolve(&mut self.tls.cert);
+        resolve(&mut self.tls.key);
+        self
+    }
+
+    /// Applies the platform override: with `PORT` set, listen on `0.0.0.0:$PORT` in plain HTTP
+    /// and trust the router's forwarding headers, since the router terminates TLS.
+    pub fn apply_port_env(&mut self, port: Option<&str>) -> Result<Mode, ConfigError> {
+        let Some(port) = port else {
+            return Ok(Mode::Configured);
+        };
+        let number: u16 = port
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| ConfigError::BadPort(port.to_owned()))?;
+        self.listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, number));
+        self.tls.mode = TlsMode::Off;
+        self.behind_proxy = true;
+        Ok(Mode::Platform { port: number })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(config.tls.mode, TlsMode::Auto);
+        assert_eq!(config.websocket.ping_interval_secs.get(), 25);
+        assert_eq!(config.websocket.max_message_bytes.0, 65536);
+        assert_eq!(config.ice_servers.len(), 1);
+        assert!(config.turn.is_none());
+        assert!(!config.behind_proxy);
+    }
+
+    #[test]
+    fn the_shipped_config_toml_parses_and_matches_the_defaults() {
+        let text = include_str!("../config.toml");
+        let shipped = parse(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(shipped.listen, defaults.listen);
+        assert_eq!(shipped.public_dir, defaults.public_dir);
+        assert_eq!(shipped.tls.mode, defaults.tls.mode);
+        assert_eq!(shipped.ice_servers, defaults.ice_servers);
+        assert_eq!(
+            shipped.websocket.ping_interval_secs,
+            defaults.websocket.ping_interval_secs
+        );
+        assert_eq!(
+            shipped.websocket.max_message_bytes,
+            defaults.websocket.max_message_bytes
+        );
+    }
+
+    #[test]
+    fn each_tls_mode_parses() {
+        for (text, mode) in [
+            ("auto", TlsMode::Auto),
+            ("files", TlsMode::Files),
+            ("off", TlsMode::Off),
+        ] {
+            let config = parse(&format!("[tls]\nmode = \"{text}\"\n")).unwrap();
+            assert_eq!(config.tls.mode, mode);
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line_and_column() {
+        let err =
+            parse("listen = \"127.0.0.1:1\"\n\n[websocket]\npign_interval_secs = 3\n").unwrap_err();
+        assert!(err.contains("line 4, column 1"), "{err}");
+        assert!(err.contains("pign_interval_secs"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_line_and_column() {
+        let err = parse("\nlisten = \"localhost-8443\"\n").unwrap_err();
+        assert!(err.contains("line 2, column 10"), "{err}");
+
+        let err = parse("[tls]\nmode = \"sometimes\"\n").unwrap_err();
+        assert!(err.contains("line 2, column 8"), "{err}");
+
+        let err = parse("[[ice_servers]]\nurls = \"http://example.com\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("not an ICE server URL"), "{err}");
+
+        let err = parse("[[ice_servers]]\nurls = [\"stun:a\", \"ftp://b\"]\n").unwrap_err();
+        assert!(err.contains("line 2, column 8"), "{err}");
+        assert!(
+            err.contains("\"ftp://b\" is not an ICE server URL"),
+            "{err}"
+        );
+
+        let err = parse("[[ice_servers]]\nurls = []\n").unwrap_err();
+        assert!(err.contains("at least one"), "{err}");
+
+        let err = parse("[[ice_servers]]\nurls = [\"turn:t.example:3478\"]\n").unwrap_err();
+        assert!(err.contains("line 1, column 1"), "{err}");
+        assert!(err.contains("credential"), "{err}");
+
+        let err = parse("[websocket]\nping_interval_secs = 0\n").unwrap_err();
+        assert!(err.contains("line 2, column 22"), "{err}");
+
+        let err = parse("[websocket]\nmax_message_bytes = 10\n").unwrap_err();
+        assert!(err.contains("line 2, column 21"), "{err}");
+
+        let err = parse("[turn]\nurls = \"turn:t.example\"\nsecret = \"\"\n").unwrap_err();
+        assert!(err.contains("line 3, column 10"), "{err}");
+    }
+
+    #[test]
+    fn ice_servers_keep_the_browser_shape() {
+        let config = parse(
+            "[[ice_servers]]\nurls = \"stun:a.example\"\n\n[[ice_servers]]\n\
+             urls = [\"turn:t.example\", \"turns:t.example:443\"]\nusername = \"u\"\ncredential = \"p\"\n",
+        )
+        .unwrap();
+        let json = serde_json::to_value(&config.ice_servers).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"urls": "stun:a.example"},
+                {"urls": ["turn:t.example", "turns:t.example:443"], "username": "u", "credential": "p"}
+            ])
+        );
+    }
+
+    #[test]
+    fn port_env_switches_to_proxy_mode() {
+        let mut config = parse("listen = \"127.0.0.1:9000\"\n").unwrap();
+        assert_eq!(config.apply_port_env(None).unwrap(), Mode::Configured);
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+
+        let mode = config.apply_port_env(Some("5123")).unwrap();
+        assert_eq!(mode, Mode::Platform { port: 5123 });
+        assert_eq!(config.listen, "0.0.0.0:5123".parse().unwrap());
+        assert_eq!(config.tls.mode, TlsMode::Off);
+        assert!(config.behind_proxy);
+
+        for bad in ["", "0", "http", "70000"] {
+            assert!(config.apply_port_env(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dialtone.toml");
+        std::fs::write(
+            &path,
+            "public_dir = \"site\"\n[tls]\ncert = \"/abs/cert.pem\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path, true).unwrap();
+        assert_eq!(config.public_dir, dir.path().join("site"));
+        assert_eq!(config.tls.cert, PathBuf::from("/abs/cert.pem"));
+        assert_eq!(config.tls.key, dir.path().join("certs/key.pem"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error_only_when_named_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        assert!(Config::load(&path, false).is_ok());
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+    }
+}

@@ -1,0 +1,337 @@
+//! Routing one HTTP request: WebSocket upgrades to the signaling relay, the health check,
+//! and the page's files from `public/`.
+//!
+//! Files are served by hyper-staticfile (MIME types, ETag and Last-Modified, ranges); this
+//! module only adds the rules that keep every request inside `public/`.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_staticfile::vfs::{FileOpener, FileWithMetadata};
+use hyper_staticfile::{ResolveResult, Resolver, ResponseBuilder};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::signaling::registry::Registry;
+use crate::signaling::session::{self, Settings};
+
+/// The body type of every response: static files stream, everything else is one buffer.
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(
+        "the public directory {path} cannot be opened: {source} (set public_dir in config.toml)"
+    )]
+    PublicDir { path: PathBuf, source: io::Error },
+}
+
+/// What one accepted connection tells the router about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The application: everything a request needs, behind one cheap-to-clone handle.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    files: Resolver<PublicDir>,
+    settings: Arc<Settings>,
+    behind_proxy: bool,
+    /// Flipped to `true` at shutdown; every session holds a receiver, so the sender also
+    /// tells when the last session has ended.
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(config: &Config) -> Result<App, AppError> {
+        let root = config
+            .public_dir
+            .canonicalize()
+            .and_then(|root| {
+                if root.is_dir() {
+                    Ok(root)
+                } else {
+                    Err(io::Error::other("it is not a directory"))
+                }
+            })
+            .map_err(|source| AppError::PublicDir {
+                path: config.public_dir.clone(),
+                source,
+            })?;
+        Ok(App {
+            inner: Arc::new(Inner {
+                registry: Registry::new(),
+                files: Resolver::with_opener(PublicDir { root }),
+                settings: Arc::new(Settings::from_config(config)),
+                behind_proxy: config.behind_proxy,
+                shutdown: watch::Sender::new(false),
+            }),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Tells every open WebSocket to close with 1001 "server restarting".
+    pub fn close_sessions(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Completes when every WebSocket session has ended.
+    pub async fn sessions_closed(&self) {
+        self.inner.shutdown.closed().await;
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let client = self.client_ip(&req, conn.peer);
+        let path = req.uri().path();
+        if hyper_tungstenite::is_upgrade_request(&req) {
+            return match path {
+                "/" | "/ws" => self.upgrade(req, client),
+                _ => not_found(),
+            };
+        }
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        if path == "/healthz" {
+            return self.health();
+        }
+        if self.inner.behind_proxy && forwarded_proto(&req) == Some("http") {
+            return redirect_to_https(&req);
+        }
+        self.file(req).await
+    }
+
+    /// The client's address: the peer, or behind a proxy the last hop it recorded in
+    /// `X-Forwarded-For` (earlier entries are whatever the client chose to send).
+    fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
+        if !self.inner.behind_proxy {
+            return peer.ip();
+        }
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok())
+            .unwrap_or(peer.ip())
+    }
+
+    fn upgrade(&self, mut req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+        let config = self.inner.settings.websocket_config();
+        match hyper_tungstenite::upgrade(&mut req, Some(config)) {
+            Ok((response, websocket)) => {
+                tokio::spawn(session::serve(
+                    websocket,
+                    self.inner.registry.clone(),
+                    self.inner.settings.clone(),
+                    client,
+                    self.inner.shutdown.subscribe(),
+                ));
+                response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
+            }
+            Err(err) => {
+                debug!(%client, "bad websocket upgrade: {err}");
+                text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad websocket upgrade: {err}\n"),
+                )
+            }
+        }
+    }
+
+    fn health(&self) -> Response<Body> {
+        let body = serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "users": self.inner.registry.users(),
+            "connections": self.inner.registry.connections(),
+        })
+        .to_string();
+        let mut response = text(StatusCode::OK, &body);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    async fn file(&self, req: Request<Incoming>) -> Response<Body> {
+        if leaves_root(req.uri().path()) {
+            return not_found();
+        }
+        let resolved = match self.inner.files.resolve_request(&req).await {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                warn!("cannot serve {}: {err}", req.uri().path());
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file\n");
+            }
+        };
+        if matches!(
+            resolved,
+            ResolveResult::NotFound | ResolveResult::PermissionDenied
+        ) {
+            return not_found();
+        }
+        match ResponseBuilder::new().request(&req).build(resolved) {
+            Ok(mut response) => {
+                // Revalidate every time (cheap: ETag), so a new page is seen after an upgrade.
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                response.map(BodyExt::boxed_unsync)
+            }
+            Err(err) => {
+                warn!("cannot build a response for {}: {err}", req.uri().path());
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot build response\n")
+            }
+        }
+    }
+}
+
+/// A request path that tries to climb out of `public/`: a `..` segment (also percent-encoded),
+/// a backslash, or a NUL. hyper-staticfile would fold these into harmless paths; refusing them
+/// outright makes the rule plain.
+fn leaves_root(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded.contains('\\') || decoded.contains('\0') || decoded.split('/').any(|s| s == "..")
+}
+
+fn forwarded_proto<B>(req: &Request<B>) -> Option<&str> {
+    let value = req.headers().get("x-forwarded-proto")?.to_str().ok()?;
+    // A chain of proxies appends; the first entry is what the client used.
+    value.split(',').next().map(str::trim)
+}
+
+/// Behind a TLS-terminating router, a plain-http page request goes to the same URL on https.
+fn redirect_to_https<B>(req: &Request<B>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .filter(|host| host.parse::<hyper::http::uri::Authority>().is_ok());
+    let Some(host) = host else {
+        return text(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let location = format!("https://{host}{path}");
+    match HeaderValue::from_str(&location) {
+        Ok(location) => {
+            let mut response = text(StatusCode::PERMANENT_REDIRECT, "use https\n");
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Err(_) => text(StatusCode::BAD_REQUEST, "invalid request target\n"),
+    }
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::copy_from_slice(body.as_bytes()))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Opens files under a canonical root, refusing anything whose real path (symlinks
+/// resolved) lies outside it, so a symlink in `public/` cannot expose the rest of the disk.
+struct PublicDir {
+    root: PathBuf,
+}
+
+impl FileOpener for PublicDir {
+    type File = tokio::fs::File;
+    type Future =
+        Pin<Box<dyn Future<Output = io::Result<FileWithMetadata<tokio::fs::File>>> + Send>>;
+
+    fn open(&self, path: &Path) -> Self::Future {
+        let root = self.root.clone();
+        let wanted = root.join(path);
+        Box::pin(async move {
+            let opened = tokio::task::spawn_blocking(move || {
+                let real = wanted.canonicalize()?;
+                if !real.starts_with(&root) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "path leads outside the public directory",
+                    ));
+                }
+                let file = std::fs::File::open(&real)?;
+                let metadata = file.metadata()?;
+                Ok(FileWithMetadata {
+                    handle: tokio::fs::File::from_std(file),
+                    size: metadata.len(),
+                    modified: metadata.modified().ok(),
+                    is_dir: metadata.is_dir(),
+                })
+            })
+            .await;
+            opened.unwrap_or_else(|join| Err(io::Error::other(join)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_paths_are_recognised() {
+        for bad in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E/%2e%2e/x",
+            "/a/../../x",
+            "/..%2fx",
+            "/%5c..%5cx",
+            "/a\\b",
+            "/x%00.html",
+        ] {
+            assert!(leaves_root(bad), "{bad}");
+        }
+        for good in ["/", "/index.html", "/app.js", "/a..b", "/.well-known/x"] {
+            assert!(!leaves_root(good), "{good}");
+        }
+    }
+}

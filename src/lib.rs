@@ -1,0 +1,21 @@
+//! dialtone: WebRTC video calls between two people, served by one small binary.
+//!
+//! It serves the call page from `public/` over HTTPS and relays signaling messages (login,
+//! offer, answer, candidate, decline, close) between users known by name over a WebSocket on
+//! the same port. The media itself flows browser to browser; dialtone only introduces them.
+//!
+//! Layout:
+//! - [`config`]: `config.toml` and the `PORT` override for Heroku.
+//! - [`tls`]: PEM files, or a self-signed certificate made with rcgen for LAN use.
+//! - [`server`]: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
+//! - [`http`]: routing: WebSocket upgrades, `/healthz`, the page's files.
+//! - [`signaling`]: the relay itself: protocol, registry, sessions.
+//!
+//! `main.rs` is a thin wrapper: it parses the command line, loads the config, binds, and
+//! calls [`server::run`], which tests call directly on port 0.
+
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod signaling;
+pub mod tls;

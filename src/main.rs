@@ -1,0 +1,156 @@
+//! The `dialtone` binary: command line, logging, config, bind, then [`server::run`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use dialtone::config::{Config, Mode};
+use dialtone::http::App;
+use dialtone::{server, tls};
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// WebRTC video calls between two people: serves the call page over HTTPS and relays
+/// signaling between browsers over a WebSocket on the same port.
+///
+/// Settings come from a TOML file (see the commented config.toml in the repository). With
+/// the PORT environment variable set (Heroku), dialtone listens on 0.0.0.0:$PORT in plain
+/// HTTP behind the platform's TLS router. Log detail follows RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The config file. Without this flag, config.toml in the working directory is read if
+    /// it exists, and built-in defaults are used if it does not.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dialtone: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let explicit = cli.config.is_some();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
+    let mut config = Config::load(&path, explicit)?;
+    let mode = config.apply_port_env(std::env::var("PORT").ok().as_deref())?;
+    match mode {
+        Mode::Configured if explicit || path.exists() => {
+            info!("settings from {}", path.display())
+        }
+        Mode::Configured => info!("no {} found: using built-in defaults", path.display()),
+        Mode::Platform { port } => info!(
+            "PORT={port} is set: listening on 0.0.0.0:{port} in plain HTTP behind the \
+             platform's TLS router, trusting X-Forwarded-Proto and X-Forwarded-For"
+        ),
+    }
+    let tls = tls::setup(&config.tls)?;
+    let app = App::new(&config)?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another dialtone running? change `listen` in {}",
+            config.listen,
+            path.display()
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    print_banner(bound, tls.as_ref(), &mode);
+    server::run(
+        listener,
+        tls.map(|tls| tls.server_config),
+        app,
+        shutdown_signal(),
+    )
+    .await;
+    info!("stopped");
+    Ok(())
+}
+
+/// What a person needs to start a call: where to point a browser, and how to recognise the
+/// certificate the browser will warn about.
+fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
+    println!("dialtone {} is running.", env!("CARGO_PKG_VERSION"));
+    match (tls, mode) {
+        (Some(tls), _) => {
+            println!("  mode: HTTPS with a {}", tls.origin);
+            println!("  open one of:");
+            for url in urls(bound) {
+                println!("    {url}");
+            }
+            println!("  certificate SHA-256 fingerprint:");
+            println!("    {}", tls.fingerprint);
+            println!(
+                "  A self-signed certificate makes browsers warn once per device: check that the \
+                 fingerprint matches, then accept."
+            );
+        }
+        (None, Mode::Platform { port }) => {
+            println!(
+                "  mode: plain HTTP on port {port} behind the platform's TLS router (PORT is set)"
+            );
+            println!("  open your app's https:// address; http:// page requests are redirected");
+        }
+        (None, Mode::Configured) => {
+            println!(
+                "  mode: plain HTTP (tls mode \"off\"): put a TLS-terminating proxy in front,"
+            );
+            println!("        browsers only allow the camera on https:// or on localhost");
+            println!("  listening on http://{bound}");
+        }
+    }
+    // Flush before logs interleave on a terminal.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// https://localhost:PORT and one URL per LAN address a phone could use.
+fn urls(bound: SocketAddr) -> Vec<String> {
+    let port = bound.port();
+    let ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
+        tls::lan_addresses()
+            .into_iter()
+            // Browsers cannot open link-local IPv6 URLs (they need a zone id).
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            .collect()
+    } else {
+        vec![bound.ip()]
+    };
+    let mut urls = vec![format!("https://localhost:{port}")];
+    urls.extend(ips.into_iter().map(|ip| {
+        let addr = SocketAddr::new(ip, port);
+        format!("https://{addr}")
+    }));
+    urls
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Heroku and systemd send).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!("cannot listen for SIGTERM: {err}; only Ctrl-C stops dialtone");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
+    }
+}

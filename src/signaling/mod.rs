@@ -1,0 +1,9 @@
+//! The signaling relay: users log in by name and exchange offers, answers and ICE candidates.
+//!
+//! - [`protocol`]: the JSON messages, one enum per direction.
+//! - [`registry`]: who is logged in and who is calling whom, behind one lock.
+//! - [`session`]: one task per WebSocket.
+
+pub mod protocol;
+pub mod registry;
+pub mod session;

@@ -1,0 +1,417 @@
+//! The wire format: JSON text frames tagged by `"type"`, compatible with the tutorial's client.
+//!
+//! The client names the other side in `otherUsername`; the server names the sender in
+//! `username`, always from its own records. SDP and ICE payloads are relayed as the exact bytes
+//! the client sent ([`RawValue`]), never parsed into a tree and printed again.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::IceServer;
+
+/// Longest user name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// A message from a browser, checked and typed. Borrows from the frame it was parsed from.
+#[derive(Debug, Clone)]
+pub enum ClientMessage<'a> {
+    Login {
+        username: Cow<'a, str>,
+    },
+    Offer {
+        offer: &'a RawValue,
+        to: Cow<'a, str>,
+    },
+    Answer {
+        answer: &'a RawValue,
+        to: Option<Cow<'a, str>>,
+    },
+    Candidate {
+        candidate: &'a RawValue,
+        to: Option<Cow<'a, str>>,
+    },
+    Decline {
+        to: Option<Cow<'a, str>>,
+    },
+    /// `close`, or the tutorial's other name for it, `leave`.
+    Close {
+        to: Option<Cow<'a, str>>,
+    },
+}
+
+/// Every field any client message may carry. Fields a message does not define are ignored,
+/// whatever their type, so clients can add fields (a client-sent `username` on an offer is
+/// never read). Parsing into this flat struct first lets payloads stay raw, which serde's
+/// internally tagged enums cannot do.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    username: Option<&'a RawValue>,
+    #[serde(rename = "otherUsername", borrow)]
+    other_username: Option<&'a RawValue>,
+    #[serde(borrow)]
+    offer: Option<&'a RawValue>,
+    #[serde(borrow)]
+    answer: Option<&'a RawValue>,
+    #[serde(borrow)]
+    candidate: Option<&'a RawValue>,
+}
+
+/// Why a message was refused. Each is answered with an `error` and the socket stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Command not found: {0}")]
+    UnknownType(String),
+    #[error("{0}")]
+    BadMessage(String),
+}
+
+impl ProtocolError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::InvalidJson(_) => "invalid-json",
+            ProtocolError::UnknownType(_) => "unknown-type",
+            ProtocolError::BadMessage(_) => "bad-message",
+        }
+    }
+}
+
+impl<'a> ClientMessage<'a> {
+    pub fn parse(text: &'a str) -> Result<ClientMessage<'a>, ProtocolError> {
+        if !text.trim_start().starts_with('{') {
+            return Err(ProtocolError::InvalidJson(
+                "a message must be a JSON object such as {\"type\":\"login\",\"username\":\"alice\"}"
+                    .into(),
+            ));
+        }
+        let envelope: Envelope<'a> = serde_json::from_str(text).map_err(|err| {
+            // Keep serde's position; drop its Rust type names.
+            ProtocolError::InvalidJson(err.to_string())
+        })?;
+        let kind = match envelope.kind {
+            None => {
+                return Err(bad(
+                    "every message needs a \"type\", e.g. \"login\" or \"offer\"",
+                ));
+            }
+            Some(raw) => string(raw).ok_or_else(|| bad("\"type\" must be a string"))?,
+        };
+        let to = || optional_name(envelope.other_username);
+        Ok(match &*kind {
+            "login" => ClientMessage::Login {
+                username: envelope
+                    .username
+                    .and_then(string)
+                    .ok_or_else(|| bad("login needs \"username\", a string"))?,
+            },
+            "offer" => ClientMessage::Offer {
+                offer: object(envelope.offer, "offer")?,
+                to: to()?.ok_or_else(|| {
+                    bad("offer needs \"otherUsername\": the name of the user to call")
+                })?,
+            },
+            "answer" => ClientMessage::Answer {
+                answer: object(envelope.answer, "answer")?,
+                to: to()?,
+            },
+            "candidate" => ClientMessage::Candidate {
+                candidate: object(envelope.candidate, "candidate")?,
+                to: to()?,
+            },
+            "decline" => ClientMessage::Decline { to: to()? },
+            "close" | "leave" => ClientMessage::Close { to: to()? },
+            other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
+        })
+    }
+}
+
+fn bad(message: &str) -> ProtocolError {
+    ProtocolError::BadMessage(message.to_owned())
+}
+
+/// A JSON string's value: borrowed when it has no escapes, as browsers send names.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+fn optional_name(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ProtocolError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => string(raw)
+            .map(Some)
+            .ok_or_else(|| bad("\"otherUsername\" must be a string")),
+    }
+}
+
+fn object<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<&'a RawValue, ProtocolError> {
+    match raw {
+        Some(raw) if raw.get().starts_with('{') => Ok(raw),
+        Some(_) => Err(bad(&format!("\"{field}\" must be a JSON object"))),
+        None => Err(bad(&format!("{field} needs \"{field}\", a JSON object"))),
+    }
+}
+
+/// Checks a name against dialtone's rule: 1 to 32 characters, no control characters, no
+/// whitespace at either end, and no `"` or `\` (which would need escaping on the wire).
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    let count = name.chars().count();
+    if count == 0 {
+        return Err("the name is empty: choose 1 to 32 characters");
+    }
+    if count > MAX_NAME_CHARS {
+        return Err("the name is too long: use at most 32 characters");
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err("the name starts or ends with a space: remove it");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        return Err("the name has a control character, a quote or a backslash: remove it");
+    }
+    Ok(())
+}
+
+/// Why a login reply was negative, in a field the page can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginFailure {
+    NameTaken,
+    InvalidName,
+    AlreadyLoggedIn,
+}
+
+/// Why a call ended, added to `close` so the page can say "hung up" or "connection lost".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloseReason {
+    HungUp,
+    Disconnected,
+}
+
+/// A message to a browser. `username` is always the sender as the server knows it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    Login {
+        success: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        username: Option<&'a str>,
+        #[serde(rename = "iceServers", skip_serializing_if = "Option::is_none")]
+        ice_servers: Option<&'a [IceServer]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<LoginFailure>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
+    },
+    Offer {
+        offer: &'a RawValue,
+        username: &'a str,
+    },
+    Answer {
+        answer: &'a RawValue,
+        username: &'a str,
+    },
+    Candidate {
+        candidate: &'a RawValue,
+        username: &'a str,
+    },
+    Decline {
+        username: &'a str,
+    },
+    Close {
+        username: &'a str,
+        reason: CloseReason,
+    },
+    /// The callee, named in `username`, is in or being rung for another call.
+    Busy {
+        username: &'a str,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, bool, enum or valid
+        // raw JSON, and every map key is a string.
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+
+    pub fn error(code: &str, message: &str) -> String {
+        ServerMessage::Error { code, message }.to_json()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> &RawValue {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn parses_the_tutorial_client_messages() {
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"login","username":"alice"}"#),
+            Ok(ClientMessage::Login { username }) if username == "alice"
+        ));
+        let offer =
+            r#"{"type":"offer","offer":{"type":"offer","sdp":"v=0\r\n"},"otherUsername":"bob"}"#;
+        match ClientMessage::parse(offer).unwrap() {
+            ClientMessage::Offer { offer, to } => {
+                assert_eq!(offer.get(), r#"{"type":"offer","sdp":"v=0\r\n"}"#);
+                assert_eq!(to, "bob");
+            }
+            other => panic!("{other:?}"),
+        }
+        match ClientMessage::parse(r#"{"type":"login","username":"\u00f1and\u00fa"}"#).unwrap() {
+            ClientMessage::Login { username } => assert_eq!(username, "ñandú"),
+            other => panic!("{other:?}"),
+        }
+        // The seed's client sends answers and candidates without otherUsername.
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"answer","answer":{"sdp":"x"}}"#),
+            Ok(ClientMessage::Answer { to: None, .. })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(
+                r#"{"type":"candidate","candidate":{"candidate":"c"},"otherUsername":null}"#
+            ),
+            Ok(ClientMessage::Candidate { to: None, .. })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"leave"}"#),
+            Ok(ClientMessage::Close { to: None })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"decline","otherUsername":"alice"}"#),
+            Ok(ClientMessage::Decline { to: Some(to) }) if to == "alice"
+        ));
+    }
+
+    #[test]
+    fn ignores_fields_a_message_does_not_define_whatever_their_type() {
+        let text = r#"{"type":"offer","username":42,"extra":[1,{"a":null}],"offer":{},"otherUsername":"bob"}"#;
+        assert!(matches!(
+            ClientMessage::parse(text),
+            Ok(ClientMessage::Offer { to, .. }) if to == "bob"
+        ));
+    }
+
+    #[test]
+    fn refuses_malformed_messages_with_a_code() {
+        let code = |text: &str| ClientMessage::parse(text).unwrap_err().code();
+        assert_eq!(code("not json"), "invalid-json");
+        assert_eq!(code(r#"{"type":"login""#), "invalid-json");
+        assert_eq!(code("[1,2]"), "invalid-json");
+        assert_eq!(code("42"), "invalid-json");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown-type");
+        assert_eq!(code(r#"{"username":"x"}"#), "bad-message");
+        assert_eq!(code(r#"{"type":7}"#), "bad-message");
+        assert_eq!(code(r#"{"type":{"a":1}}"#), "bad-message");
+        assert_eq!(code(r#"{"type":"login"}"#), "bad-message");
+        assert_eq!(code(r#"{"type":"login","username":["a"]}"#), "bad-message");
+        assert_eq!(code(r#"{"type":"offer","offer":{}}"#), "bad-message");
+        assert_eq!(
+            code(r#"{"type":"offer","offer":"sdp","otherUsername":"b"}"#),
+            "bad-message"
+        );
+        assert_eq!(
+            code(r#"{"type":"offer","offer":{},"otherUsername":5}"#),
+            "bad-message"
+        );
+        assert_eq!(code(r#"{"type":"candidate"}"#), "bad-message");
+        // Nesting is skipped without recursion: no stack overflow, whatever the depth (the
+        // message size limit bounds it). A deep array where an object belongs is refused.
+        let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = format!(
+            r#"{{"type":"offer","offer":{},"otherUsername":"b"}}"#,
+            nest(100_000)
+        );
+        assert_eq!(code(&deep), "bad-message");
+        let ignored = format!(r#"{{"type":"leave","x":{}}}"#, nest(100_000));
+        assert!(matches!(
+            ClientMessage::parse(&ignored),
+            Ok(ClientMessage::Close { to: None })
+        ));
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"dance"}"#)
+                .unwrap_err()
+                .to_string(),
+            "Command not found: dance"
+        );
+    }
+
+    #[test]
+    fn name_rule() {
+        for good in ["alice", "Bob Smith", "ñandú", "a", &"x".repeat(32), "李雷"] {
+            assert_eq!(validate_name(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            " alice",
+            "alice ",
+            "a\nb",
+            "a\u{7}",
+            &"x".repeat(33),
+            "a\"b",
+            "a\\b",
+            "\t",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_messages_have_the_tutorial_shapes() {
+        let json =
+            |m: ServerMessage| serde_json::from_str::<serde_json::Value>(&m.to_json()).unwrap();
+        assert_eq!(
+            json(ServerMessage::Offer {
+                offer: raw(r#"{"sdp":"x"}"#),
+                username: "alice"
+            }),
+            serde_json::json!({"type":"offer","offer":{"sdp":"x"},"username":"alice"})
+        );
+        assert_eq!(
+            json(ServerMessage::Busy { username: "bob" }),
+            serde_json::json!({"type":"busy","username":"bob"})
+        );
+        assert_eq!(
+            json(ServerMessage::Close {
+                username: "bob",
+                reason: CloseReason::HungUp
+            }),
+            serde_json::json!({"type":"close","username":"bob","reason":"hung-up"})
+        );
+        assert_eq!(
+            json(ServerMessage::Login {
+                success: false,
+                username: None,
+                ice_servers: None,
+                code: Some(LoginFailure::NameTaken),
+                message: Some("taken"),
+            }),
+            serde_json::json!({"type":"login","success":false,"code":"name-taken","message":"taken"})
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! One WebSocket from upgrade to close: a reader loop here, a writer task draining a bounded
+//! queue, a heartbeat, and the server's shutdown notice.
+//!
+//! The reader handles one message at a time, so a sender's messages reach their receiver in
+//! the order sent. Every exit path (close, error, timeout, slow reader, shutdown) drops the
+//! registry [`Connection`], which logs the user out and tells their partner.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use hyper_tungstenite::tungstenite::protocol::CloseFrame;
+use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use hyper_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info};
+
+use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
+use super::registry::{Connection, Outbox, Registry, Relay, RelayError};
+use crate::config::{Config, IceServer, TurnConfig};
+
+/// Frames waiting for one client. A browser's burst of ICE candidates is a few dozen; a queue
+/// this deep that is still full means the client stopped reading.
+const QUEUE_FRAMES: usize = 256;
+/// How long a closing socket gets to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What every session needs from the configuration, shared by all of them.
+#[derive(Debug)]
+pub struct Settings {
+    pub ping_interval: Duration,
+    pub max_message_bytes: usize,
+    pub ice_servers: Vec<IceServer>,
+    pub turn: Option<TurnConfig>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            ping_interval: config.websocket.ping_interval(),
+            max_message_bytes: config.websocket.max_message_bytes.0,
+            ice_servers: config.ice_servers.clone(),
+            turn: config.turn.clone(),
+        }
+    }
+
+    /// tungstenite's settings: a small read buffer, since most sockets sit idle and its
+    /// default reserves 128 KiB each; frames and messages capped at the configured maximum.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes))
+    }
+
+    /// The `iceServers` for one login, with TURN credentials minted for `name`.
+    fn ice_servers_for(&self, name: &str, now: SystemTime) -> Vec<IceServer> {
+        let mut servers = self.ice_servers.clone();
+        if let Some(turn) = &self.turn {
+            let (username, credential) = turn_credentials(turn, name, now);
+            servers.push(IceServer {
+                urls: turn.urls.clone(),
+                username: Some(username),
+                credential: Some(credential),
+            });
+        }
+        servers
+    }
+}
+
+/// coturn's TURN REST scheme (`--use-auth-secret`): the username is `expiry:name`, the
+/// password is base64(HMAC-SHA1(secret, username)).
+pub fn turn_credentials(turn: &TurnConfig, name: &str, now: SystemTime) -> (String, String) {
+    use base64::Engine;
+    let expiry = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .saturating_add(turn.ttl.get());
+    let username = format!("{expiry}:{name}");
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        turn.secret.0.as_bytes(),
+    );
+    let tag = ring::hmac::sign(&key, username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    (username, credential)
+}
+
+/// Why a session ended, which decides the Close frame it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed, or the connection dropped.
+    Gone,
+    /// Nothing heard for two ping intervals.
+    Silent,
+    /// Our queue to the client filled up.
+    SlowReader,
+    TooBig,
+    BadUtf8,
+    ServerShutdown,
+}
+
+impl End {
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::Gone | End::SlowReader => return None,
+            End::Silent => (CloseCode::Away, "no heartbeat"),
+            End::TooBig => (CloseCode::Size, "message too big"),
+            End::BadUtf8 => (CloseCode::Invalid, "text frames must be UTF-8"),
+            End::ServerShutdown => (CloseCode::Away, "server restarting"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+/// Serves one upgraded socket until it ends.
+pub async fn serve(
+    websocket: HyperWebsocket,
+    registry: Registry,
+    settings: Arc<Settings>,
+    client: IpAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let socket = match websocket.await {
+        Ok(socket) => socket,
+        Err(err) => {
+            debug!(%client, "websocket upgrade failed: {err}");
+            return;
+        }
+    };
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+    let full = Arc::new(Notify::new());
+    let outbox = Outbox::new(tx, full.clone());
+    let mut conn = registry.connect(outbox.clone());
+    let mut writer = tokio::spawn(write_frames(sink, rx));
+    debug!(%client, "websocket open");
+
+    let period = settings.ping_interval;
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let message = match frame {
+                    None => break End::Gone,
+                    Some(Err(err)) => break end_for(&err),
+                    Some(Ok(message)) => message,
+                };
+                last_heard = Instant::now();
+                let reply = match message {
+                    Message::Text(text) => handle(&mut conn, &text, &settings, client),
+                    Message::Binary(_) => Some(ServerMessage::error(
+                        "binary-frame",
+                        "send JSON in text frames; binary frames are not part of the protocol",
+                    )),
+                    Message::Close(_) => break End::Gone,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                };
+                if let Some(reply) = reply
+                    && !outbox.deliver(Message::text(reply))
+                {
+                    break End::SlowReader;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= 2 * period {
+                    break End::Silent;
+                }
+                if !outbox.deliver(Message::Ping(Default::default())) {
+                    break End::SlowReader;
+                }
+            }
+            () = full.notified() => break End::SlowReader,
+            _ = shutdown.changed() => break End::ServerShutdown,
+        }
+    };
+
+    let name = conn.name().map(str::to_owned);
+    drop(conn);
+    match end {
+        End::Gone => debug!(%client, user = name.as_deref(), "websocket closed"),
+        _ => info!(%client, user = name.as_deref(), "closing websocket: {end:?}"),
+    }
+    if end == End::SlowReader {
+        // Its writer is stuck on a client that does not read; there is nothing left to flush.
+        writer.abort();
+        return;
+    }
+    if let Some(frame) = end.close_frame() {
+        outbox.deliver(Message::Close(Some(frame)));
+    }
+    drop(outbox);
+    drop(stream);
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+fn end_for(err: &WsError) -> End {
+    match err {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::TooBig,
+        WsError::Utf8(_) => End::BadUtf8,
+        _ => End::Gone,
+    }
+}
+
+/// Owns the socket's write half. Frames already queued are written together before one flush,
+/// so a burst of candidates costs one write, not one per frame.
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<HyperWebsocketStream, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    'outer: while let Some(frame) = rx.recv().await {
+        let mut closing = matches!(frame, Message::Close(_));
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        while !closing && let Ok(frame) = rx.try_recv() {
+            closing = matches!(frame, Message::Close(_));
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        if closing {
+            break 'outer;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Handles one text message; returns the reply for the sender, if any.
+fn handle(
+    conn: &mut Connection,
+    text: &str,
+    settings: &Settings,
+    client: IpAddr,
+) -> Option<String> {
+    let message = match ClientMessage::parse(text) {
+        Ok(message) => message,
+        Err(err) => return Some(ServerMessage::error(err.code(), &err.to_string())),
+    };
+    match message {
+        ClientMessage::Login { username } => login(conn, &username, settings, client),
+        ClientMessage::Offer { offer, to } => relayed(conn, "offer", |me| {
+            let frame = ServerMessage::Offer {
+                offer,
+                username: me,
+            };
+            conn.offer(&to, Message::text(frame.to_json()))
+        }),
+        ClientMessage::Answer { answer, to } => relayed(conn, "answer", |me| {
+            let frame = ServerMessage::Answer {
+                answer,
+                username: me,
+            };
+            conn.relay(Relay::Answer, to.as_deref(), Message::text(frame.to_json()))
+        }),
+        ClientMessage::Candidate { candidate, to } => relayed(conn, "candidate", |me| {
+            let frame = ServerMessage::Candidate {
+                candidate,
+                username: me,
+            };
+            conn.relay(
+                Relay::Candidate,
+                to.as_deref(),
+                Message::text(frame.to_json()),
+            )
+        }),
+        ClientMessage::Decline { to } => relayed(conn, "decline", |me| {
+            let frame = ServerMessage::Decline { username: me };
+            conn.relay(
+                Relay::Decline,
+                to.as_deref(),
+                Message::text(frame.to_json()),
+            )
+        }),
+        ClientMessage::Close { to } => relayed(conn, "close", |me| {
+            let frame = ServerMessage::Close {
+                username: me,
+                reason: CloseReason::HungUp,
+            };
+            conn.relay(Relay::Close, to.as_deref(), Message::text(frame.to_json()))
+        }),
+    }
+}
+
+/// Runs one relay for a logged-in sender (`me` is their name as the registry knows it) and
+/// turns a refusal into the reply for the sender.
+fn relayed(
+    conn: &Connection,
+    kind: &str,
+    send: impl FnOnce(&str) -> Result<Arc<str>, RelayError>,
+) -> Option<String> {
+    let Some(me) = conn.name() else {
+        return Some(RelayError::NotLoggedIn.reply());
+    };
+    match send(me) {
+        Ok(to) => {
+            debug!(from = me, to = &*to, "{kind} relayed");
+            None
+        }
+        Err(err) => {
+            debug!(from = me, "{kind} refused: {err}");
+            Some(err.reply())
+        }
+    }
+}
+
+fn login(conn: &mut Connection, name: &str, settings: &Settings, client: IpAddr) -> Option<String> {
+    let refuse = |code: LoginFailure, message: &str| {
+        Some(
+            ServerMessage::Login {
+                success: false,
+                username: None,
+                ice_servers: None,
+                code: Some(code),
+                message: Some(message),
+            }
+            .to_json(),
+        )
+    };
+    if let Some(current) = conn.name() {
+        let message = format!("this connection is already logged in as {current}");
+        return refuse(LoginFailure::AlreadyLoggedIn, &message);
+    }
+    if let Err(why) = validate_name(name) {
+        return refuse(LoginFailure::InvalidName, why);
+    }
+    let ice_servers = settings.ice_servers_for(name, SystemTime::now());
+    let welcome = ServerMessage::Login {
+        success: true,
+        username: Some(name),
+        ice_servers: Some(&ice_servers),
+        code: None,
+        message: None,
+    }
+    .to_json();
+    match conn.login(name, Message::text(welcome)) {
+        Ok(()) => {
+            info!(%client, user = name, "logged in");
+            None
+        }
+        Err(LoginFailure::NameTaken) => refuse(
+            LoginFailure::NameTaken,
+            &format!("the name {name} is taken: choose another"),
+        ),
+        Err(other) => refuse(other, "login refused"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IceUrl, Secret, Urls};
+    use std::num::NonZeroU64;
+
+    #[test]
+    fn turn_credentials_match_an_independent_vector() {
+        // Computed with Python, independently of this code:
+        // python3 -c "import hmac,hashlib,base64; u=b'1700086400:alice';
+        //   print(base64.b64encode(hmac.new(b'north-wind', u, hashlib.sha1).digest()).decode())"
+        // -> 2cdv8ItP/4kX53j3SEoTDhjFpeM=
+        let turn = TurnConfig {
+            urls: Urls::One(IceUrl("turn:turn.example:3478".into())),
+            secret: Secret("north-wind".into()),
+            ttl: NonZeroU64::new(86_400).unwrap(),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (username, credential) = turn_credentials(&turn, "alice", now);
+        assert_eq!(username, "1700086400:alice");
+        assert_eq!(credential, "2cdv8ItP/4kX53j3SEoTDhjFpeM=");
+    }
+}

@@ -1,0 +1,434 @@
+//! Certificates: PEM files given by the user, or a self-signed one made with rcgen.
+//!
+//! Browsers only allow the camera on a secure context, so on a LAN dialtone serves HTTPS with
+//! a certificate whose names cover every address a phone might type. That certificate is kept
+//! in `certs/` and reused while it is valid and still covers this machine's addresses, so the
+//! browser exception a person accepted once keeps working across restarts.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{TlsConfig, TlsMode};
+
+/// The organization name dialtone puts in certificates it makes; only those are ever replaced.
+const ISSUER_MARK: &str = "dialtone self-signed";
+/// A generated certificate is valid this long.
+const VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// A generated certificate this close to expiry is replaced at start-up.
+const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} file {path}: {source} (set [tls] {what} in config.toml)")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds no PEM private key (PKCS#8, SEC1 or RSA): {detail}")]
+    NoKey { path: PathBuf, detail: String },
+    #[error("{path} is not a certificate rustls can use: {detail}")]
+    BadCertificate { path: PathBuf, detail: String },
+    #[error("the key in {key} does not belong to the certificate in {cert}: {detail}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("cannot write {path}: {source} (is certs/ writable? or use [tls] mode = \"files\")")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What the server needs to speak TLS, and what a person needs to trust it.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub server_config: Arc<ServerConfig>,
+    /// SHA-256 of the certificate, `AA:BB:…`, as browsers show it.
+    pub fingerprint: String,
+    /// Where the certificate came from, for the start-up log.
+    pub origin: String,
+    /// The leaf certificate, for clients (and tests) that pin it.
+    pub certificate: CertificateDer<'static>,
+}
+
+/// rustls with ring only: the `ring` provider is chosen explicitly, so nothing depends on a
+/// process-wide default provider being installed.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Sets up TLS for the configured mode; `None` for `mode = "off"`.
+pub fn setup(config: &TlsConfig) -> Result<Option<Tls>, TlsError> {
+    match config.mode {
+        TlsMode::Off => Ok(None),
+        TlsMode::Files => {
+            let pair = KeyPairFiles::load(&config.cert, &config.key)?;
+            let origin = format!("certificate from {}", config.cert.display());
+            pair.into_tls(origin).map(Some)
+        }
+        TlsMode::Auto => auto(&config.cert, &config.key, &wanted_names()).map(Some),
+    }
+}
+
+/// Reuses the certificate in `cert`/`key` if it is still good, otherwise makes a new one.
+pub fn auto(cert: &Path, key: &Path, names: &[String]) -> Result<Tls, TlsError> {
+    let regenerate_because = match KeyPairFiles::load(cert, key) {
+        Err(TlsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            "there was none yet".to_owned()
+        }
+        Err(err) => format!("the existing one is unusable ({err})"),
+        Ok(pair) => match pair.reason_to_replace(names, SystemTime::now()) {
+            Replace::No => {
+                let origin = format!("self-signed certificate reused from {}", cert.display());
+                return pair.into_tls(origin);
+            }
+            Replace::NotOurs(warning) => {
+                tracing::warn!("{warning}; using it anyway because dialtone did not make it");
+                let origin = format!("certificate from {}", cert.display());
+                return pair.into_tls(origin);
+            }
+            Replace::Yes(reason) => reason,
+        },
+    };
+    tracing::info!(
+        "generating a self-signed certificate in {} because {regenerate_because}",
+        cert.display()
+    );
+    let (cert_pem, key_pem) = generate(names, SystemTime::now())?;
+    write_file(cert, cert_pem.as_bytes(), 0o644)?;
+    write_file(key, key_pem.as_bytes(), 0o600)?;
+    let pair = KeyPairFiles::load(cert, key)?;
+    pair.into_tls(format!(
+        "self-signed certificate generated in {} because {regenerate_because}",
+        cert.display()
+    ))
+}
+
+/// localhost, the loopback addresses, the host name, and every other interface address.
+pub fn wanted_names() -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Some(host) = gethostname::gethostname().to_str()
+        && !host.is_empty()
+    {
+        names.push(host.to_owned());
+    }
+    names.extend(lan_addresses().iter().map(IpAddr::to_string));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// This machine's non-loopback addresses, for the certificate and the URLs printed at start.
+pub fn lan_addresses() -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|interface| interface.ip())
+        .filter(|ip| !ip.is_loopback())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// Makes a certificate and key (PEM) for `names`, valid from a day before `now` for a year.
+/// It is an end-entity certificate (no CA bit), which browsers accept as an exception and
+/// rustls clients can trust directly.
+pub fn generate(names: &[String], now: SystemTime) -> Result<(String, String), TlsError> {
+    generate_valid(
+        names,
+        now - Duration::from_secs(24 * 60 * 60),
+        now + VALIDITY,
+    )
+}
+
+/// [`generate`] with explicit validity; tests use it to make expired certificates.
+pub fn generate_valid(
+    names: &[String],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<(String, String), TlsError> {
+    let fail = |err: rcgen::Error| TlsError::Generate(err.to_string());
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(fail)?;
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, ISSUER_MARK);
+    let host = gethostname::gethostname();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("dialtone on {}", host.to_string_lossy()),
+    );
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A certificate chain and key read from PEM files.
+struct KeyPairFiles {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+enum Replace {
+    No,
+    Yes(String),
+    /// Not made by dialtone: never overwritten, only warned about.
+    NotOurs(String),
+}
+
+impl KeyPairFiles {
+    fn load(cert_path: &Path, key_path: &Path) -> Result<KeyPairFiles, TlsError> {
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read("cert", cert_path)?;
+        let key_pem = read("key", key_path)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| TlsError::BadCertificate {
+                path: cert_path.to_owned(),
+                detail: err.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate {
+                path: cert_path.to_owned(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| TlsError::NoKey {
+            path: key_path.to_owned(),
+            detail: err.to_string(),
+        })?;
+        Ok(KeyPairFiles {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            chain,
+            key,
+        })
+    }
+
+    /// Whether a certificate found in `certs/` should be replaced, and why.
+    fn reason_to_replace(&self, names: &[String], now: SystemTime) -> Replace {
+        let parsed = match x509_parser::parse_x509_certificate(&self.chain[0]) {
+            Ok((_, parsed)) => parsed,
+            Err(err) => return Replace::Yes(format!("the existing one cannot be parsed ({err})")),
+        };
+        let ours = parsed
+            .subject()
+            .iter_organization()
+            .any(|org| org.as_str() == Ok(ISSUER_MARK));
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let not_after = parsed.validity().not_after.timestamp();
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|name| !covers(&parsed, name))
+            .map(String::as_str)
+            .collect();
+        let problem = if not_after <= now_secs {
+            Some("the existing one has expired".to_owned())
+        } else if not_after - now_secs < RENEW_BEFORE.as_secs() as i64 {
+            Some("the existing one expires within a week".to_owned())
+        } else if parsed.validity().not_before.timestamp() > now_secs {
+            Some("the existing one is not valid yet".to_owned())
+        } else if !missing.is_empty() {
+            Some(format!(
+                "the existing one does not cover {}",
+                missing.join(", ")
+            ))
+        } else {
+            None
+        };
+        match (problem, ours) {
+            (None, _) => Replace::No,
+            (Some(problem), true) => Replace::Yes(problem),
+            (Some(problem), false) => {
+                Replace::NotOurs(format!("{}: {problem}", self.cert_path.display()))
+            }
+        }
+    }
+
+    fn into_tls(self, origin: String) -> Result<Tls, TlsError> {
+        let provider = provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|err| TlsError::NoKey {
+                path: self.key_path.clone(),
+                detail: err.to_string(),
+            })?;
+        let certified = CertifiedKey::new(self.chain.clone(), signing_key);
+        certified.keys_match().map_err(|err| TlsError::Mismatch {
+            cert: self.cert_path.clone(),
+            key: self.key_path.clone(),
+            detail: err.to_string(),
+        })?;
+        let mut server_config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| TlsError::BadCertificate {
+                path: self.cert_path.clone(),
+                detail: err.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key)
+            .map_err(|err| TlsError::BadCertificate {
+                path: self.cert_path.clone(),
+                detail: err.to_string(),
+            })?;
+        // Pages may use HTTP/2; browsers open WebSockets on a separate HTTP/1.1 connection.
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls {
+            server_config: Arc::new(server_config),
+            fingerprint: fingerprint(&self.chain[0]),
+            origin,
+            certificate: self.chain[0].clone(),
+        })
+    }
+}
+
+/// Whether the certificate's subject alternative names include `name` (a DNS name or an IP).
+fn covers(cert: &x509_parser::certificate::X509Certificate<'_>, name: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let ip: Option<IpAddr> = name.parse().ok();
+    san.value.general_names.iter().any(|general| match general {
+        GeneralName::DNSName(dns) => ip.is_none() && dns.eq_ignore_ascii_case(name),
+        GeneralName::IPAddress(bytes) => match (ip, bytes.len()) {
+            (Some(IpAddr::V4(v4)), 4) => v4.octets() == **bytes,
+            (Some(IpAddr::V6(v6)), 16) => v6.octets() == **bytes,
+            _ => false,
+        },
+        _ => false,
+    })
+}
+
+/// SHA-256 of a DER certificate in the colon-separated hex that browsers display.
+pub fn fingerprint(cert: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+    let mut out = String::with_capacity(95);
+    for (i, byte) in digest.as_ref().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        let _ = write!(out, "{byte:02X}");
+    }
+    out
+}
+
+/// Writes `contents` with `mode` set at creation, so the key is never readable by others,
+/// not even for a moment.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(fail)?;
+    // An existing file keeps its old mode on open; set it explicitly.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(fail)?;
+    file.write_all(contents).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    }
+
+    #[test]
+    fn fingerprint_is_colon_hex_sha256() {
+        // printf 'abc' | sha256sum
+        assert_eq!(
+            fingerprint(b"abc"),
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+    }
+
+    #[test]
+    fn generated_certificate_is_an_end_entity_for_the_names() {
+        let (cert_pem, _) = generate(&names(), SystemTime::now()).unwrap();
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!parsed.is_ca());
+        for name in names() {
+            assert!(covers(&parsed, &name), "{name}");
+        }
+        assert!(!covers(&parsed, "example.com"));
+        assert!(!covers(&parsed, "10.1.2.3"));
+    }
+
+    #[test]
+    fn auto_reuses_then_regenerates_when_expired_or_not_covering() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c/cert.pem"), dir.path().join("c/key.pem"));
+        let first = auto(&cert, &key, &names()).unwrap();
+        assert!(first.origin.contains("generated"), "{}", first.origin);
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode, 0o600);
+
+        let again = auto(&cert, &key, &names()).unwrap();
+        assert!(again.origin.contains("reused"), "{}", again.origin);
+        assert_eq!(again.fingerprint, first.fingerprint);
+
+        let mut more = names();
+        more.push("192.0.2.7".into());
+        let wider = auto(&cert, &key, &more).unwrap();
+        assert!(
+            wider.origin.contains("does not cover 192.0.2.7"),
+            "{}",
+            wider.origin
+        );
+        assert_ne!(wider.fingerprint, first.fingerprint);
+
+        let long_ago = SystemTime::now() - Duration::from_secs(400 * 24 * 3600);
+        let (old_cert, old_key) =
+            generate_valid(&more, long_ago, long_ago + Duration::from_secs(3600)).unwrap();
+        std::fs::write(&cert, old_cert).unwrap();
+        std::fs::write(&key, old_key).unwrap();
+        let renewed = auto(&cert, &key, &more).unwrap();
+        assert!(renewed.origin.contains("expired"), "{}", renewed.origin);
+    }
+}

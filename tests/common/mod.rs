@@ -1,0 +1,308 @@
+//! Starts the real server on 127.0.0.1:0 and talks to it the way browsers do: TLS that checks
+//! the server's certificate (trusting only the one dialtone generated), HTTP/1.1 or HTTP/2,
+//! and WebSockets.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dialtone::config::Config;
+use dialtone::http::App;
+use dialtone::{server, tls};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// The certificate the server presents; `None` with TLS off.
+    pub cert: Option<CertificateDer<'static>>,
+    pub app: App,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The repository's own `public/`.
+pub fn repo_public() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("public")
+}
+
+impl TestServer {
+    /// The server with its default settings, the repository's page, and a certificate
+    /// generated into a fresh temporary `certs/`.
+    pub async fn start() -> TestServer {
+        TestServer::start_with("", &repo_public()).await
+    }
+
+    /// `extra` is appended to the config file (keys other than listen and public_dir).
+    pub async fn start_with(extra: &str, public: &Path) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n{extra}\n",
+            public.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path, true).unwrap();
+        TestServer::start_config(config, dir).await
+    }
+
+    pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
+        let tls = tls::setup(&config.tls).unwrap();
+        let app = App::new(&config).unwrap();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let cert = tls.as_ref().map(|tls| tls.certificate.clone());
+        let task = tokio::spawn(server::run(
+            listener,
+            tls.map(|tls| tls.server_config),
+            app.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            addr,
+            cert,
+            app,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server the way SIGTERM does, and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server stopped within its drain deadline")
+                .unwrap();
+        }
+    }
+
+    /// A connection to the server: TLS with the given ALPN protocols, verifying the
+    /// certificate for the name `localhost`, or plain TCP when TLS is off.
+    pub async fn connect(&self, alpn: &[&[u8]]) -> Box<dyn Io> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let Some(cert) = &self.cert else {
+            return Box::new(tcp);
+        };
+        let connector = connector(cert, alpn);
+        let name = ServerName::try_from("localhost").unwrap();
+        Box::new(connector.connect(name, tcp).await.unwrap())
+    }
+
+    /// GET over HTTP/1.1.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Request::get(path), &[]).await
+    }
+
+    /// Sends a request with extra headers over HTTP/1.1.
+    pub async fn request(
+        &self,
+        builder: hyper::http::request::Builder,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let builder = builder.header("host", format!("localhost:{}", self.addr.port()));
+        http1(self.connect(&[b"http/1.1"]).await, builder, headers).await
+    }
+
+    /// Opens a WebSocket at `path` (`/` or `/ws`).
+    pub async fn ws_at(&self, path: &str) -> Ws {
+        self.ws_with(path, &[]).await
+    }
+
+    pub async fn ws(&self) -> Ws {
+        self.ws_at("/ws").await
+    }
+
+    pub async fn ws_with(&self, path: &str, headers: &[(&str, &str)]) -> Ws {
+        let scheme = if self.cert.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://localhost:{}{path}", self.addr.port());
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let io = self.connect(&[b"http/1.1"]).await;
+        let (stream, _) = client_async(request, io).await.unwrap();
+        Ws { stream }
+    }
+
+    /// Opens a WebSocket and logs in as `name`, returning the login reply.
+    pub async fn user(&self, name: &str) -> (Ws, Value) {
+        let mut ws = self.ws().await;
+        let reply = ws.login(name).await;
+        assert_eq!(reply["success"], true, "login as {name}: {reply}");
+        (ws, reply)
+    }
+}
+
+/// Sends one request with extra headers over HTTP/1.1 on `io`.
+pub async fn http1(
+    io: impl Io + 'static,
+    mut builder: hyper::http::request::Builder,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = sender
+        .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    Reply::read(response).await
+}
+
+pub fn connector(cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub async fn read(response: hyper::Response<hyper::body::Incoming>) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<Box<dyn Io>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        let frame = Message::Binary(Bytes::copy_from_slice(bytes));
+        self.stream.send(frame).await.unwrap();
+    }
+
+    /// The next JSON message, skipping control frames; panics after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("a message within the patience")
+                .expect("the socket is still open")
+                .expect("a valid frame");
+            match frame {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(frame) => panic!("socket closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Asserts that no text message arrives within `ms` milliseconds.
+    pub async fn quiet(&mut self, ms: u64) {
+        let deadline = tokio::time::sleep(Duration::from_millis(ms));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                frame = self.stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => panic!("unexpected message: {text}"),
+                    Some(Ok(Message::Close(frame))) => panic!("unexpected close: {frame:?}"),
+                    None => panic!("unexpected end of stream"),
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    /// Waits for the server's Close frame and returns it; panics on a text message.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("the socket closes within the patience");
+            match frame {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Text(text))) => panic!("expected a close, got {text}"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn login(&mut self, name: &str) -> Value {
+        self.send(serde_json::json!({"type": "login", "username": name}))
+            .await;
+        self.recv().await
+    }
+
+    /// Sends `message` and returns the error reply's code.
+    pub async fn error_code(&mut self, message: Value) -> String {
+        self.send(message).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
+        reply["code"].as_str().unwrap().to_owned()
+    }
+}

@@ -1,0 +1,387 @@
+//! The relay protocol over real WSS: login, calls, relaying, and every error case.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn offer_sdp() -> serde_json::Value {
+    json!({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"})
+}
+
+#[tokio::test]
+async fn login_reply_carries_the_configured_ice_servers() {
+    let server = TestServer::start().await;
+    let (_alice, reply) = server.user("alice").await;
+    assert_eq!(
+        reply,
+        json!({
+            "type": "login",
+            "success": true,
+            "username": "alice",
+            "iceServers": [{"urls": "stun:stun.l.google.com:19302"}],
+        })
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn login_is_refused_when_taken_invalid_or_repeated() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+
+    let mut other = server.ws().await;
+    let reply = other.login("alice").await;
+    assert_eq!(reply["success"], false, "{reply}");
+    assert_eq!(reply["code"], "name-taken");
+    assert!(reply["message"].as_str().unwrap().contains("taken"));
+
+    for bad in ["", " alice", "bob\n", &"x".repeat(33), "a\"b"] {
+        let reply = other.login(bad).await;
+        assert_eq!(reply["success"], false, "{bad:?}: {reply}");
+        assert_eq!(reply["code"], "invalid-name", "{bad:?}");
+    }
+    // The same socket can still log in under a free name.
+    assert_eq!(other.login("ñandú").await["success"], true);
+
+    let reply = alice.login("alice2").await;
+    assert_eq!(reply["success"], false);
+    assert_eq!(reply["code"], "already-logged-in");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_whole_call_is_relayed_with_server_set_names() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+
+    // alice tries to pass herself off as carol: the server names the real sender.
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob", "username": "carol"}))
+        .await;
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "offer", "offer": offer_sdp(), "username": "alice"})
+    );
+
+    // Candidates before the answer still go through, in order.
+    for i in 0..3 {
+        alice
+            .send(json!({"type": "candidate", "candidate": {"candidate": format!("c{i}"), "sdpMid": "0"}, "otherUsername": "bob"}))
+            .await;
+    }
+    for i in 0..3 {
+        let message = bob.recv().await;
+        assert_eq!(message["type"], "candidate");
+        assert_eq!(message["candidate"]["candidate"], format!("c{i}"));
+        assert_eq!(message["username"], "alice");
+    }
+
+    // The tutorial's client answers and sends candidates without otherUsername.
+    bob.send(json!({"type": "answer", "answer": {"type": "answer", "sdp": "v=0\r\n"}}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "answer", "answer": {"type": "answer", "sdp": "v=0\r\n"}, "username": "bob"})
+    );
+    bob.send(json!({"type": "candidate", "candidate": {"candidate": "b0"}}))
+        .await;
+    assert_eq!(alice.recv().await["candidate"]["candidate"], "b0");
+
+    // Renegotiation in either direction.
+    bob.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "alice"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "offer");
+
+    alice
+        .send(json!({"type": "close", "otherUsername": "bob"}))
+        .await;
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "close", "username": "alice", "reason": "hung-up"})
+    );
+
+    // A second call on the same sockets.
+    bob.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "alice"}))
+        .await;
+    assert_eq!(alice.recv().await["username"], "bob");
+    alice.send(json!({"type": "leave"})).await;
+    assert_eq!(bob.recv().await["type"], "close");
+    assert_eq!(server.app.registry().users_in_calls(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_tutorial_root_path_also_upgrades() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws_at("/").await;
+    assert_eq!(ws.login("alice").await["success"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn busy_decline_and_strangers() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let (mut carol, _) = server.user("carol").await;
+
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    bob.recv().await;
+
+    // bob is being rung by alice: carol gets busy, bob hears nothing.
+    carol
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    assert_eq!(
+        carol.recv().await,
+        json!({"type": "busy", "username": "bob"})
+    );
+    // carol cannot inject candidates into alice and bob's call.
+    let code = carol
+        .error_code(json!({"type": "candidate", "candidate": {"candidate": "evil"}, "otherUsername": "bob"}))
+        .await;
+    assert_eq!(code, "not-in-call");
+    // alice cannot ring a second person while ringing bob.
+    let code = alice
+        .error_code(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "carol"}))
+        .await;
+    assert_eq!(code, "already-in-call");
+    bob.quiet(200).await;
+
+    bob.send(json!({"type": "decline", "otherUsername": "alice"}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "decline", "username": "bob"})
+    );
+
+    // Declined: bob is free again, and carol can call him.
+    carol
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    assert_eq!(bob.recv().await["username"], "carol");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_vanished_peer_ends_the_call_and_frees_the_name() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    // bob's TCP connection drops without a Close frame.
+    drop(bob);
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "close", "username": "bob", "reason": "disconnected"})
+    );
+    let code = alice
+        .error_code(json!({"type": "candidate", "candidate": {"candidate": "late"}}))
+        .await;
+    assert_eq!(code, "not-in-call");
+    // The name is free at once.
+    let (mut bob_again, _) = server.user("bob").await;
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    assert_eq!(bob_again.recv().await["type"], "offer");
+    drop(alice);
+    assert_eq!(bob_again.recv().await["reason"], "disconnected");
+    drop(bob_again);
+    // Both sessions are gone from the registry.
+    let registry = server.app.registry().clone();
+    tokio::time::timeout(common::PATIENCE, async {
+        while registry.connections() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the registry empties");
+    assert_eq!(registry.users(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_error_is_answered_and_the_socket_keeps_working() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws().await;
+
+    let code = ws
+        .error_code(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    assert_eq!(code, "not-logged-in");
+
+    ws.send_text("this is not json").await;
+    let reply = ws.recv().await;
+    assert_eq!(reply["code"], "invalid-json", "{reply}");
+
+    ws.send_text(r#"{"type":"dance"}"#).await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "error", "code": "unknown-type", "message": "Command not found: dance"})
+    );
+
+    let (_bob, _) = server.user("bob").await;
+    ws.login("alice").await;
+    let cases = [
+        (json!({"type": 42}), "bad-message"),
+        (json!({"username": "x"}), "bad-message"),
+        (
+            json!({"type": "offer", "offer": "not an object", "otherUsername": "bob"}),
+            "bad-message",
+        ),
+        (
+            json!({"type": "offer", "offer": offer_sdp()}),
+            "bad-message",
+        ),
+        (
+            json!({"type": "offer", "offer": offer_sdp(), "otherUsername": 7}),
+            "bad-message",
+        ),
+        (json!({"type": "candidate"}), "bad-message"),
+        (
+            json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "zed"}),
+            "unknown-user",
+        ),
+        (
+            json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "alice"}),
+            "self-call",
+        ),
+        (
+            json!({"type": "answer", "answer": {"sdp": "x"}}),
+            "not-in-call",
+        ),
+        (
+            json!({"type": "candidate", "candidate": {}, "otherUsername": "bob"}),
+            "not-in-call",
+        ),
+        (json!({"type": "decline"}), "not-in-call"),
+        (
+            json!({"type": "close", "otherUsername": "bob"}),
+            "not-in-call",
+        ),
+    ];
+    for (message, expected) in cases {
+        assert_eq!(ws.error_code(message.clone()).await, expected, "{message}");
+    }
+    ws.send_binary(b"\x00\x01binary").await;
+    assert_eq!(ws.recv().await["code"], "binary-frame");
+
+    // Still fully working.
+    ws.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+    ws.quiet(100).await;
+    assert_eq!(server.app.registry().users_in_calls(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009_and_harms_nobody_else() {
+    let server = TestServer::start_with(
+        "[websocket]\nmax_message_bytes = 4096\n",
+        &common::repo_public(),
+    )
+    .await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let big =
+        json!({"type": "offer", "offer": {"sdp": "x".repeat(5000)}, "otherUsername": "alice"});
+    bob.send(big).await;
+    let frame = bob.closed().await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Size);
+
+    // A message just under the limit is fine for everyone else.
+    let (mut carol, _) = server.user("carol").await;
+    let fits =
+        json!({"type": "offer", "offer": {"sdp": "y".repeat(3900)}, "otherUsername": "alice"});
+    carol.send(fits).await;
+    assert_eq!(alice.recv().await["username"], "carol");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_socket_with_1001() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let stopping = tokio::spawn(server.stop());
+    for ws in [&mut alice, &mut bob] {
+        let frame = ws.closed().await.expect("a close frame");
+        assert_eq!(frame.code, CloseCode::Away);
+        assert_eq!(frame.reason, "server restarting");
+    }
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn turn_credentials_are_minted_per_login() {
+    let server = TestServer::start_with(
+        "[turn]\nurls = [\"turn:turn.example:3478\"]\nsecret = \"north-wind\"\nttl = 600\n",
+        &common::repo_public(),
+    )
+    .await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_alice, reply) = server.user("alice").await;
+    let servers = reply["iceServers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{reply}");
+    let turn = &servers[1];
+    assert_eq!(turn["urls"], json!(["turn:turn.example:3478"]));
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, name) = username.split_once(':').unwrap();
+    assert_eq!(name, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!((before + 600..=before + 602).contains(&expiry), "{expiry}");
+    // The credential is base64 of a 20-byte HMAC-SHA1: 28 characters with one '='.
+    let credential = turn["credential"].as_str().unwrap();
+    assert_eq!(credential.len(), 28);
+    assert!(credential.ends_with('='));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_pings_and_drops_a_silent_socket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start_with(
+        "[websocket]\nping_interval_secs = 1\n",
+        &common::repo_public(),
+    )
+    .await;
+    let (mut alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
+        .await;
+
+    // alice reads, so her client answers the server's Pings with Pongs.
+    let ping = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            if let Some(Ok(Message::Ping(_))) = alice.stream.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "the server pings every interval");
+
+    // bob's socket stays open but never reads, so it never answers: after two intervals of
+    // silence the server drops him, and alice hears that the call is over.
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "close", "username": "bob", "reason": "disconnected"})
+    );
+    assert_eq!(server.app.registry().users(), 1);
+    alice.quiet(2500).await; // alice, who answers, is kept.
+    drop(bob);
+    server.stop().await;
+}
