@@ -126,7 +126,8 @@ function endCall(reason) {
   pendingOffer = null;
   queuedCandidates = [];
   other = null;
-  if (me) setStatus('idle', reason ? `${reason} Logged in as ${me}.` : `Logged in as ${me}.`);
+  const sentence = reason && !/[.!?]$/.test(reason) ? `${reason}.` : reason;
+  if (me) setStatus('idle', sentence ? `${sentence} Logged in as ${me}.` : `Logged in as ${me}.`);
 }
 
 $('button#login').addEventListener('click', () => {

@@ -385,3 +385,28 @@ async fn heartbeat_pings_and_drops_a_silent_socket() {
     drop(bob);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_harms_nobody_else() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut mallory, _) = server.user("mallory").await;
+    let frame = Frame::message(
+        &b"{\"type\":\"\xff\xfe\"}"[..],
+        OpCode::Data(Data::Text),
+        true,
+    );
+    mallory.stream.send(Message::Frame(frame)).await.unwrap();
+    let close = mallory.closed().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Invalid);
+
+    let (mut bob, _) = server.user("bob").await;
+    bob.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "alice"}))
+        .await;
+    assert_eq!(alice.recv().await["username"], "bob");
+    server.stop().await;
+}
