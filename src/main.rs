@@ -30,7 +30,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; stdout carries only the banner a person reads. A closed stderr must
+    // not stop the server: tracing-subscriber's report of a failed write would go to stderr
+    // itself, through `eprintln!`, which panics there.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -38,7 +43,8 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("dialtone: {err:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "dialtone: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -84,38 +90,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// What a person needs to start a call: where to point a browser, and how to recognise the
 /// certificate the browser will warn about.
 fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
-    println!("dialtone {} is running.", env!("CARGO_PKG_VERSION"));
+    let mut lines = vec![format!(
+        "dialtone {} is running.",
+        env!("CARGO_PKG_VERSION")
+    )];
     match (tls, mode) {
         (Some(tls), _) => {
-            println!("  mode: HTTPS with a {}", tls.origin);
-            println!("  open one of:");
-            for url in urls(bound) {
-                println!("    {url}");
-            }
-            println!("  certificate SHA-256 fingerprint:");
-            println!("    {}", tls.fingerprint);
-            println!(
-                "  A self-signed certificate makes browsers warn once per device: check that the \
-                 fingerprint matches, then accept."
+            lines.push(format!("  mode: HTTPS with a {}", tls.origin));
+            lines.push("  open one of:".into());
+            lines.extend(urls(bound).into_iter().map(|url| format!("    {url}")));
+            lines.push("  certificate SHA-256 fingerprint:".into());
+            lines.push(format!("    {}", tls.fingerprint));
+            lines.push(
+                "  A self-signed certificate makes browsers warn once per device: check that \
+                 the fingerprint matches, then accept."
+                    .into(),
             );
         }
         (None, Mode::Platform { port }) => {
-            println!(
+            lines.push(format!(
                 "  mode: plain HTTP on port {port} behind the platform's TLS router (PORT is set)"
+            ));
+            lines.push(
+                "  open your app's https:// address; http:// page requests are redirected".into(),
             );
-            println!("  open your app's https:// address; http:// page requests are redirected");
         }
         (None, Mode::Configured) => {
-            println!(
-                "  mode: plain HTTP (tls mode \"off\"): put a TLS-terminating proxy in front,"
+            lines.push(
+                "  mode: plain HTTP (tls mode \"off\"): put a TLS-terminating proxy in front;"
+                    .into(),
             );
-            println!("        browsers only allow the camera on https:// or on localhost");
-            println!("  listening on http://{bound}");
+            lines.push("  browsers only allow the camera on https:// or on localhost".into());
+            lines.push(format!("  listening on http://{bound}"));
         }
     }
-    // Flush before logs interleave on a terminal.
+    lines.push("Press Ctrl-C to stop.".into());
+    // A closed stdout (a pipe whose reader left) must not stop the server: `println!` would
+    // panic, so write and ignore errors.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
 }
 
 /// https://localhost:PORT and one URL per LAN address a phone could use.

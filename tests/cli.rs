@@ -18,6 +18,12 @@ fn dialtone() -> Command {
     command
 }
 
+/// A port that was free a moment ago (PORT cannot be 0).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("dialtone.toml");
     std::fs::write(&path, text).unwrap();
@@ -44,25 +50,18 @@ impl Running {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stdout for the child's whole life, as a terminal would.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut banner = Vec::new();
         while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-            let last = line.contains("fingerprint:")
-                || line.contains("redirected")
-                || line.contains("listening on");
+            let last = line == "Press Ctrl-C to stop.";
             banner.push(line);
             if last {
-                // The fingerprint itself is on the next line.
-                if let Ok(next) = rx.recv_timeout(Duration::from_secs(5)) {
-                    banner.push(next);
-                }
                 break;
             }
         }
@@ -72,6 +71,38 @@ impl Running {
             return None;
         }
         Some(Running { child, banner })
+    }
+
+    /// Starts the binary in PORT mode on a free port, with stdout and stderr closed at once
+    /// (as when its output is piped into something that has already exited).
+    fn start_headless(config: &Path) -> (u16, Running) {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = dialtone()
+                .arg("--config")
+                .arg(config)
+                .env("PORT", port.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take());
+            drop(child.stderr.take());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let banner = Vec::new();
+                    return (port, Running { child, banner });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the binary did not start on any of five free ports");
     }
 
     fn text(&self) -> String {
@@ -246,4 +277,25 @@ async fn with_port_set_it_serves_plain_http_for_the_router() {
         reply.header("location"),
         "https://dialtone-demo.herokuapp.com/"
     );
+}
+
+#[tokio::test]
+async fn closed_stdout_and_stderr_do_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("public_dir = {:?}\n", repo_public().display().to_string()),
+    );
+    let (port, mut running) = Running::start_headless(&path);
+    // Requests that log, after the banner was written into a closed pipe.
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = hyper::Request::get("/healthz").header("host", "localhost");
+        let reply = common::http1(tcp, request, &[]).await;
+        assert_eq!(reply.status, 200);
+    }
+    running.signal("TERM");
+    assert!(running.wait(Duration::from_secs(15)).success());
 }
