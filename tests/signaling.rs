@@ -350,7 +350,7 @@ async fn turn_credentials_are_minted_per_login() {
 
 #[tokio::test]
 async fn heartbeat_pings_and_drops_a_silent_socket() {
-    use futures_util::StreamExt;
+    use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let server = TestServer::start_with(
         "[websocket]\nping_interval_secs = 1\n",
@@ -358,21 +358,21 @@ async fn heartbeat_pings_and_drops_a_silent_socket() {
     )
     .await;
     let (mut alice, _) = server.user("alice").await;
-    let (bob, _) = server.user("bob").await;
+    // bob logs in, then never reads again.
+    let mut bob = server.raw_ws_with("/ws", &[]).await;
+    bob.send(Message::text(r#"{"type":"login","username":"bob"}"#))
+        .await
+        .unwrap();
+    assert!(matches!(bob.next().await, Some(Ok(Message::Text(_)))));
     alice
         .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
         .await;
 
     // alice reads, so her client answers the server's Pings with Pongs.
-    let ping = tokio::time::timeout(common::PATIENCE, async {
-        loop {
-            if let Some(Ok(Message::Ping(_))) = alice.stream.next().await {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(ping.is_ok(), "the server pings every interval");
+    assert!(
+        matches!(alice.next_frame().await, common::Frame::Ping),
+        "the server pings every interval"
+    );
 
     // bob's socket stays open but never reads, so it never answers: after two intervals of
     // silence the server drops him, and alice hears that the call is over.
@@ -388,7 +388,6 @@ async fn heartbeat_pings_and_drops_a_silent_socket() {
 
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007_and_harms_nobody_else() {
-    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -400,7 +399,7 @@ async fn invalid_utf8_closes_with_1007_and_harms_nobody_else() {
         OpCode::Data(Data::Text),
         true,
     );
-    mallory.stream.send(Message::Frame(frame)).await.unwrap();
+    mallory.send_frame(Message::Frame(frame)).await;
     let close = mallory.closed().await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Invalid);
 

@@ -198,15 +198,25 @@ pub async fn serve(
         writer.abort();
         return;
     }
-    if let Some(frame) = end.close_frame() {
-        outbox.deliver(Message::Close(Some(frame)));
-    }
+    let closing = end
+        .close_frame()
+        .map(|frame| outbox.deliver(Message::Close(Some(frame))));
     drop(outbox);
-    drop(stream);
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
+    let finish = async {
+        // A socket dropped for silence is presumed dead: no reply will come.
+        if closing == Some(true) && end != End::Silent {
+            // Complete the close handshake: read until the client's Close. Dropping the socket
+            // with its reply unread makes the kernel send a reset, and the client can lose our
+            // Close frame (browsers then report 1006 instead of our code).
+            while let Some(Ok(frame)) = stream.next().await {
+                if let Message::Close(_) = frame {
+                    break;
+                }
+            }
+        }
+        let _ = (&mut writer).await;
+    };
+    if tokio::time::timeout(CLOSE_GRACE, finish).await.is_err() {
         writer.abort();
     }
 }

@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -143,6 +143,16 @@ impl TestServer {
     }
 
     pub async fn ws_with(&self, path: &str, headers: &[(&str, &str)]) -> Ws {
+        Ws::spawn(self.raw_ws_with(path, headers).await)
+    }
+
+    /// A WebSocket that only reads when the test polls it, e.g. to play a client that has
+    /// stopped reading.
+    pub async fn raw_ws_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> WebSocketStream<Box<dyn Io>> {
         let scheme = if self.cert.is_some() { "wss" } else { "ws" };
         let url = format!("{scheme}://localhost:{}{path}", self.addr.port());
         let mut request = url.into_client_request().unwrap();
@@ -152,7 +162,7 @@ impl TestServer {
         }
         let io = self.connect(&[b"http/1.1"]).await;
         let (stream, _) = client_async(request, io).await.unwrap();
-        Ws { stream }
+        stream
     }
 
     /// Opens a WebSocket and logs in as `name`, returning the login reply.
@@ -222,36 +232,94 @@ impl Reply {
     }
 }
 
+/// A WebSocket client that behaves like a browser: a task owns the socket and reads it all the
+/// time (so Pings and the server's Close are answered at once), handing frames to the test.
 pub struct Ws {
-    pub stream: WebSocketStream<Box<dyn Io>>,
+    outgoing: mpsc::UnboundedSender<Message>,
+    incoming: mpsc::UnboundedReceiver<Frame>,
+}
+
+/// What the reading task hands over.
+#[derive(Debug)]
+pub enum Frame {
+    Text(String),
+    Ping,
+    Close(Option<CloseFrame>),
+    /// The connection ended without a Close frame, or with an error.
+    Gone,
 }
 
 impl Ws {
+    fn spawn(stream: WebSocketStream<Box<dyn Io>>) -> Ws {
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
+        let (deliver, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut sink, mut source) = stream.split();
+            loop {
+                tokio::select! {
+                    message = to_send.recv() => match message {
+                        Some(message) => {
+                            if sink.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The test dropped its handle: go, as a closed tab does.
+                        None => break,
+                    },
+                    frame = source.next() => {
+                        let frame = match frame {
+                            Some(Ok(Message::Text(text))) => Frame::Text(text.to_string()),
+                            Some(Ok(Message::Ping(_))) => Frame::Ping,
+                            Some(Ok(Message::Close(frame))) => Frame::Close(frame),
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) | None => {
+                                let _ = deliver.send(Frame::Gone);
+                                break;
+                            }
+                        };
+                        let _ = deliver.send(frame);
+                    }
+                }
+            }
+        });
+        Ws { outgoing, incoming }
+    }
+
     pub async fn send(&mut self, message: Value) {
         self.send_text(&message.to_string()).await;
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.stream.send(Message::text(text)).await.unwrap();
+        self.send_frame(Message::text(text)).await;
     }
 
     pub async fn send_binary(&mut self, bytes: &[u8]) {
-        let frame = Message::Binary(Bytes::copy_from_slice(bytes));
-        self.stream.send(frame).await.unwrap();
+        self.send_frame(Message::Binary(Bytes::copy_from_slice(bytes)))
+            .await;
     }
 
-    /// The next JSON message, skipping control frames; panics after [`PATIENCE`].
+    /// Sends any frame, including raw ones a browser would never send.
+    pub async fn send_frame(&mut self, frame: Message) {
+        self.outgoing
+            .send(frame)
+            .expect("the socket task is running");
+    }
+
+    /// The next frame of any kind; panics after [`PATIENCE`].
+    pub async fn next_frame(&mut self) -> Frame {
+        tokio::time::timeout(PATIENCE, self.incoming.recv())
+            .await
+            .expect("a frame within the patience")
+            .unwrap_or(Frame::Gone)
+    }
+
+    /// The next JSON message, skipping Pings; panics after [`PATIENCE`].
     pub async fn recv(&mut self) -> Value {
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("a message within the patience")
-                .expect("the socket is still open")
-                .expect("a valid frame");
-            match frame {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => panic!("socket closed: {frame:?}"),
-                _ => continue,
+            match self.next_frame().await {
+                Frame::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Frame::Ping => continue,
+                other => panic!("expected a message, got {other:?}"),
             }
         }
     }
@@ -263,11 +331,9 @@ impl Ws {
         loop {
             tokio::select! {
                 () = &mut deadline => return,
-                frame = self.stream.next() => match frame {
-                    Some(Ok(Message::Text(text))) => panic!("unexpected message: {text}"),
-                    Some(Ok(Message::Close(frame))) => panic!("unexpected close: {frame:?}"),
-                    None => panic!("unexpected end of stream"),
-                    _ => continue,
+                frame = self.incoming.recv() => match frame {
+                    Some(Frame::Ping) => continue,
+                    other => panic!("unexpected {other:?}"),
                 },
             }
         }
@@ -276,14 +342,11 @@ impl Ws {
     /// Waits for the server's Close frame and returns it; panics on a text message.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("the socket closes within the patience");
-            match frame {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(Message::Text(text))) => panic!("expected a close, got {text}"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
+            match self.next_frame().await {
+                Frame::Close(frame) => return frame,
+                Frame::Gone => return None,
+                Frame::Ping => continue,
+                Frame::Text(text) => panic!("expected a close, got {text}"),
             }
         }
     }

@@ -1,0 +1,130 @@
+// Two (or three) people call each other through the real dialtone binary, in real Chromium
+// processes with fake cameras. Screenshots land in target/e2e-artifacts/.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  call, expectMediaFlowing, expectTornDown, launchBrowser, login, missing, openPage,
+  screenshot, startServer, state, statusText, waitFor,
+} from './harness.mjs';
+
+const why = missing();
+if (why && process.env.CI === 'true') {
+  throw new Error(`the end-to-end tests cannot run: ${why}`);
+}
+
+describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () => {
+  let browsers = [];
+  const servers = [];
+
+  before(async () => {
+    // One browser process per person whose picture matters; carol shares alice's process.
+    browsers = await Promise.all([launchBrowser(), launchBrowser()]);
+  });
+
+  after(async () => {
+    await Promise.all(browsers.map((b) => b.close()));
+    await Promise.all(servers.map((s) => s.stop()));
+  });
+
+  async function start() {
+    const server = await startServer();
+    servers.push(server);
+    return server;
+  }
+
+  async function people(server, ...names) {
+    const pages = [];
+    for (const [i, name] of names.entries()) {
+      const page = await openPage(browsers[i % browsers.length], server);
+      await login(page, name);
+      pages.push(page);
+    }
+    return pages;
+  }
+
+  async function connect(caller, callee, calleeName, callerName) {
+    await call(caller, calleeName);
+    await waitFor(caller, 'calling', `Calling ${calleeName}`);
+    await waitFor(callee, 'ringing', `${callerName} is calling you.`);
+    assert.equal(await callee.isVisible('button#accept-call'), true);
+    assert.equal(await callee.isVisible('button#decline-call'), true);
+    await callee.click('button#accept-call');
+    await waitFor(caller, 'in-call', `In a call with ${calleeName}.`);
+    await waitFor(callee, 'in-call', `In a call with ${callerName}.`);
+    await Promise.all([expectMediaFlowing(caller), expectMediaFlowing(callee)]);
+    // Not ringing any more: the buttons are hidden, not merely disabled.
+    assert.equal(await callee.isVisible('button#accept-call'), false);
+  }
+
+  test('alice calls bob, both see each other, hang up, and call again', { timeout: 30000 }, async () => {
+    const server = await start();
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    assert.equal(await alice.isVisible('button#accept-call'), false, 'accept is hidden until a call rings');
+
+    await connect(alice, bob, 'bob', 'alice');
+    await screenshot(alice, 'in-call-alice');
+    await screenshot(bob, 'in-call-bob');
+
+    await alice.click('button#close-call');
+    await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
+    await waitFor(alice, 'idle', 'You hung up.');
+    await waitFor(bob, 'idle', 'alice hung up.');
+    // The local preview stays.
+    assert.equal(await alice.$eval('video#local', (v) => v.srcObject !== null), true);
+
+    // A second call without reloading, the other way round.
+    await connect(bob, alice, 'alice', 'bob');
+    await bob.click('button#close-call');
+    await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
+    await waitFor(alice, 'idle', 'bob hung up.');
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
+  });
+
+  test('declined, busy, and unknown names end as sentences in #status', { timeout: 30000 }, async () => {
+    const server = await start();
+    const [alice, bob, carol] = await people(server, 'alice', 'bob', 'carol');
+
+    await call(alice, 'bob');
+    await waitFor(bob, 'ringing', 'alice is calling you.');
+    await bob.click('button#decline-call');
+    await waitFor(alice, 'idle', 'bob declined the call.');
+    await waitFor(bob, 'idle', "You declined alice's call.");
+    await expectTornDown(alice);
+
+    await connect(alice, bob, 'bob', 'alice');
+    await call(carol, 'alice');
+    await waitFor(carol, 'idle', 'alice is busy.');
+    // The call in progress is untouched.
+    assert.equal(await state(alice), 'in-call');
+    await expectMediaFlowing(bob);
+
+    await call(carol, 'zed');
+    await waitFor(carol, 'idle', 'No user named zed is logged in.');
+    assert.deepEqual([...alice.errors, ...bob.errors, ...carol.errors], []);
+  });
+
+  test("bob's page closes mid-call: alice sees that the call ended", { timeout: 30000 }, async () => {
+    const server = await start();
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    await connect(alice, bob, 'bob', 'alice');
+    await bob.context().close();
+    await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.');
+    await expectTornDown(alice);
+  });
+
+  test('the server restarts mid-session: pages log in again by themselves and can call', { timeout: 30000 }, async () => {
+    const server = await start();
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    const { code } = await server.stop();
+    assert.equal(code, 0, 'SIGTERM stops dialtone cleanly');
+    await waitFor(alice, 'reconnecting');
+    assert.match(await statusText(alice), /restarting/);
+
+    // The same port and folder, so the same certificate.
+    servers.push(await startServer({ port: server.port, dir: server.dir }));
+    await waitFor(alice, 'idle', 'Logged in as alice.');
+    await waitFor(bob, 'idle', 'Logged in as bob.');
+    await connect(alice, bob, 'bob', 'alice');
+  });
+});

@@ -1,0 +1,187 @@
+// What the end-to-end tests stand on: the real dialtone binary, started and stopped here, and
+// real Chromium processes (Debian's package) driven by Playwright, each with a fake camera.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const artifacts = join(repo, 'target', 'e2e-artifacts');
+const binary = process.env.DIALTONE_BIN || join(repo, 'target', 'debug', 'dialtone');
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+
+/** Why the suite cannot run here, or null. Under CI=true a missing browser is a failure. */
+export function missing() {
+  if (!existsSync(executablePath)) return `no browser at ${executablePath} (apt-get install chromium)`;
+  if (!existsSync(binary)) return `no dialtone binary at ${binary} (cargo build)`;
+  return null;
+}
+
+/** Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. */
+export async function startServer({ port = 0, dir } = {}) {
+  const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
+  const config = join(home, 'config.toml');
+  // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
+  writeFileSync(config, [
+    `listen = "127.0.0.1:${port}"`,
+    `public_dir = ${JSON.stringify(join(repo, 'public'))}`,
+    'ice_servers = []',
+    '',
+  ].join('\n'));
+  const child = spawn(binary, ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = [];
+  createInterface({ input: child.stderr }).on('line', (line) => log.push(line));
+  const banner = [];
+  const lines = createInterface({ input: child.stdout });
+  const bound = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no banner in 20 s:\n${banner.join('\n')}\n${log.join('\n')}`)), 20000);
+    child.once('exit', (code) => reject(new Error(`dialtone exited with ${code}:\n${log.join('\n')}`)));
+    lines.on('line', (line) => {
+      banner.push(line);
+      if (line === 'Press Ctrl-C to stop.') {
+        clearTimeout(timer);
+        const match = banner.join('\n').match(/https:\/\/127\.0\.0\.1:(\d+)/);
+        if (match) resolve(Number(match[1]));
+        else reject(new Error(`no URL in the banner:\n${banner.join('\n')}`));
+      }
+    });
+  });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  return {
+    port: bound,
+    dir: home,
+    url: `https://localhost:${bound}/`,
+    log,
+    /** SIGTERM, as Heroku or systemd would; resolves with the exit status. */
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+const flags = [
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+  '--no-sandbox',
+];
+
+/** A browser process of its own (so its fake camera is its own). */
+export async function launchBrowser() {
+  return chromium.launch({ executablePath, args: flags, headless: true });
+}
+
+/**
+ * Opens the page for one person. Every RTCPeerConnection the page makes is recorded in
+ * `window.__pcs`, so tests can read its state and stats without the page exposing anything.
+ */
+export async function openPage(browser, server, { viewport = { width: 1000, height: 800 } } = {}) {
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    permissions: ['camera', 'microphone'],
+    viewport,
+  });
+  await context.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.__pcs = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.__pcs.push(this);
+      }
+    };
+  });
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (err) => page.errors.push(String(err)));
+  await page.goto(server.url);
+  return page;
+}
+
+export async function state(page) {
+  return page.$eval('#status', (el) => el.dataset.state);
+}
+
+export async function statusText(page) {
+  return page.$eval('#status', (el) => el.textContent);
+}
+
+/** Waits until `#status` has `data-state` = `wanted` (and, if given, text containing `text`). */
+export async function waitFor(page, wanted, text = '', timeout = 15000) {
+  try {
+    await page.waitForFunction(([s, t]) => {
+      const el = document.querySelector('#status');
+      return el.dataset.state === s && el.textContent.includes(t);
+    }, [wanted, text], { timeout });
+  } catch (err) {
+    const now = `${await state(page)}: ${await statusText(page)}`;
+    throw new Error(`waited for ${wanted} "${text}", status is ${now}`, { cause: err });
+  }
+}
+
+export async function login(page, name) {
+  await waitFor(page, 'logged-out');
+  await page.fill('input#username', name);
+  await page.click('button#login');
+  await waitFor(page, 'idle', `Logged in as ${name}.`);
+}
+
+export async function call(page, name) {
+  await page.fill('input#username-to-call', name);
+  await page.click('button#call');
+}
+
+/** The newest peer connection's state and inbound video frame count. */
+export async function media(page) {
+  return page.evaluate(async () => {
+    const pc = window.__pcs.at(-1);
+    if (!pc) return { connection: 'none', framesDecoded: 0 };
+    let framesDecoded = 0;
+    (await pc.getStats()).forEach((report) => {
+      if (report.type === 'inbound-rtp' && report.kind === 'video') framesDecoded = report.framesDecoded ?? 0;
+    });
+    const remote = document.querySelector('video#remote');
+    return {
+      connection: pc.connectionState,
+      framesDecoded,
+      remoteWidth: remote.videoWidth,
+      remoteAttached: remote.srcObject !== null,
+    };
+  });
+}
+
+/** Waits until the page sees the other person: connected, a picture, frames still coming. */
+export async function expectMediaFlowing(page) {
+  await page.waitForFunction(() => window.__pcs.at(-1)?.connectionState === 'connected', null, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector('video#remote').videoWidth > 0, null, { timeout: 15000 });
+  const first = await media(page);
+  await page.waitForTimeout(1000);
+  const second = await media(page);
+  if (!(first.framesDecoded > 0 && second.framesDecoded > first.framesDecoded)) {
+    throw new Error(`video frames are not flowing: ${JSON.stringify({ first, second })}`);
+  }
+  return second;
+}
+
+/** Waits until the page has torn its call down. */
+export async function expectTornDown(page) {
+  await page.waitForFunction(() => {
+    const pc = window.__pcs.at(-1);
+    return (!pc || pc.connectionState === 'closed') && document.querySelector('video#remote').srcObject === null;
+  }, null, { timeout: 15000 });
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, `${name}.png`) });
+}
