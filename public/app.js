@@ -221,6 +221,7 @@ function updateToggles() {
   const video = localStream?.getVideoTracks() ?? [];
   ui.mic.disabled = audio.length === 0;
   ui.camera.disabled = video.length === 0;
+  ui.local.hidden = video.length === 0; // no empty preview box without a camera
   const muted = audio.length > 0 && audio.every((t) => !t.enabled);
   const dark = video.length > 0 && video.every((t) => !t.enabled);
   ui.mic.setAttribute('aria-pressed', String(muted));
