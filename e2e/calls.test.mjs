@@ -118,8 +118,10 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     const [alice, bob] = await people(server, 'alice', 'bob');
     const { code } = await server.stop();
     assert.equal(code, 0, 'SIGTERM stops dialtone cleanly');
-    await waitFor(alice, 'reconnecting');
-    assert.match(await statusText(alice), /restarting/);
+    await waitFor(alice, 'reconnecting', 'The server is restarting.');
+    // Failed attempts while the server is down keep the reason on screen.
+    await alice.waitForTimeout(1500);
+    assert.match(await statusText(alice), /The server is restarting\. Reconnecting/);
 
     // The same port and folder, so the same certificate.
     servers.push(await startServer({ port: server.port, dir: server.dir }));

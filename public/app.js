@@ -29,6 +29,7 @@ const RECONNECT_MAX_MS = 10000;
 
 let ws = null;
 let reconnectDelay = 500;
+let lostBecause = null; // why the server connection went, while reconnecting
 let wantedName = null; // the name to log in with again after a reconnect
 let me = null; // logged in as
 let iceServers = [];
@@ -81,6 +82,7 @@ function connect() {
   ws = socket;
   socket.onopen = () => {
     reconnectDelay = 500;
+    lostBecause = null;
     if (wantedName) send({ type: 'login', username: wantedName });
     else show('logged-out', 'Connected. Choose a name and log in.');
   };
@@ -96,14 +98,19 @@ function connect() {
       Promise.resolve(handle(message)).catch((err) => console.error('dialtone:', message.type, err));
     }
   };
+  let opened = false;
+  socket.addEventListener('open', () => { opened = true; });
   socket.onclose = (event) => {
     if (ws !== socket) return;
     ws = null;
-    const restarting = event.code === 1001;
-    if (call) endCall(restarting ? 'The server is restarting: the call ended.' : 'Connection to the server lost: the call ended.');
+    // Only a connection that was up says why it went; failed reconnect attempts keep that
+    // first reason on screen ("restarting" stays until the server is back).
+    if (opened || !lostBecause) {
+      lostBecause = event.code === 1001 ? 'The server is restarting.' : 'Connection to the server lost.';
+    }
+    if (call) endCall(`${lostBecause.slice(0, -1)}: the call ended.`);
     me = null;
-    const why = restarting ? 'The server is restarting.' : 'Connection to the server lost.';
-    show(wantedName ? 'reconnecting' : 'connecting', `${why} Reconnecting…`);
+    show(wantedName ? 'reconnecting' : 'connecting', `${lostBecause} Reconnecting…`);
     retry(connect);
   };
 }

@@ -5,7 +5,7 @@
 //! so a typo never silently falls back to a default.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,120 @@ pub struct Config {
     /// Optional: mint short-lived TURN credentials for each login (coturn's REST API scheme).
     pub turn: Option<TurnConfig>,
     pub websocket: WebSocketConfig,
+    pub limits: Limits,
+    /// Origins (`scheme://host[:port]`) whose pages may open the WebSocket. Empty: only pages
+    /// served by dialtone itself, judged from the request's Host.
+    pub allowed_origins: Vec<Origin>,
+    pub log_format: LogFormat,
+}
+
+/// A web origin, `http(s)://host[:port]`, lower-cased, without a default port or a path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `scheme://host[:port]` normalised the same way as configured origins, so an `Origin`
+    /// header can be compared with them.
+    pub fn normalise(scheme: &str, authority: &str) -> String {
+        let authority = authority.to_ascii_lowercase();
+        let default_port = if scheme == "https" { ":443" } else { ":80" };
+        let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+        format!("{scheme}://{authority}")
+    }
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+
+    fn try_from(origin: String) -> Result<Self, String> {
+        let trimmed = origin.trim_end_matches('/');
+        let parsed = ["https", "http"].iter().find_map(|scheme| {
+            let authority = trimmed.strip_prefix(scheme)?.strip_prefix("://")?;
+            let valid = !authority.is_empty()
+                && !authority.contains(['/', '?', '#', '@', ' '])
+                && authority.parse::<hyper::http::uri::Authority>().is_ok();
+            valid.then(|| Origin::normalise(scheme, authority))
+        });
+        parsed.map(Origin).ok_or_else(|| {
+            format!("{origin:?} is not an origin: use scheme://host[:port], e.g. \"https://calls.example.com\"")
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log drains (Heroku, Loki, …).
+    Json,
+}
+
+/// What one client may use. The defaults never get in a real user's way; they stop floods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open WebSocket connections in all; more get HTTP 503 before any WebSocket exists.
+    pub max_connections: NonZeroUsize,
+    /// Open WebSocket connections from one address (an office or family behind one NAT).
+    pub max_connections_per_ip: NonZeroUsize,
+    /// Sustained messages per second per connection…
+    pub messages_per_second: NonZeroU32,
+    /// …and how many may come at once (a browser sends its ICE candidates in a burst).
+    pub message_burst: NonZeroU32,
+    /// Login attempts per connection per minute.
+    pub logins_per_minute: NonZeroU32,
+    /// A WebSocket that has not logged in by then is closed.
+    pub login_timeout_secs: NonZeroU64,
+    /// A TLS handshake not finished by then is dropped.
+    pub tls_handshake_timeout_secs: NonZeroU64,
+    /// Time to send a request's headers (slowloris).
+    pub header_read_timeout_secs: NonZeroU64,
+    /// At shutdown, how long open connections get to finish (Heroku kills after 30 s).
+    pub drain_timeout_secs: NonZeroU64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let n = |n: usize| NonZeroUsize::new(n).expect("the defaults are not zero");
+        let n32 = |n: u32| NonZeroU32::new(n).expect("the defaults are not zero");
+        let n64 = |n: u64| NonZeroU64::new(n).expect("the defaults are not zero");
+        Limits {
+            max_connections: n(10_000),
+            max_connections_per_ip: n(64),
+            messages_per_second: n32(20),
+            message_burst: n32(100),
+            logins_per_minute: n32(10),
+            login_timeout_secs: n64(60),
+            tls_handshake_timeout_secs: n64(10),
+            header_read_timeout_secs: n64(10),
+            drain_timeout_secs: n64(10),
+        }
+    }
+}
+
+impl Limits {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_secs.get())
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.get())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs.get())
+    }
+
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout_secs.get())
+    }
 }
 
 impl Default for Config {
@@ -58,6 +172,9 @@ impl Default for Config {
             }],
             turn: None,
             websocket: WebSocketConfig::default(),
+            limits: Limits::default(),
+            allowed_origins: Vec::new(),
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -397,6 +514,21 @@ mod tests {
             shipped.websocket.max_message_bytes,
             defaults.websocket.max_message_bytes
         );
+        let (a, b) = (&shipped.limits, &defaults.limits);
+        assert_eq!(a.max_connections, b.max_connections);
+        assert_eq!(a.max_connections_per_ip, b.max_connections_per_ip);
+        assert_eq!(a.messages_per_second, b.messages_per_second);
+        assert_eq!(a.message_burst, b.message_burst);
+        assert_eq!(a.logins_per_minute, b.logins_per_minute);
+        assert_eq!(a.login_timeout_secs, b.login_timeout_secs);
+        assert_eq!(a.tls_handshake_timeout_secs, b.tls_handshake_timeout_secs);
+        assert_eq!(a.header_read_timeout_secs, b.header_read_timeout_secs);
+        assert_eq!(a.drain_timeout_secs, b.drain_timeout_secs);
+        assert_eq!(shipped.allowed_origins, defaults.allowed_origins);
+        assert_eq!(shipped.log_format, defaults.log_format);
+        // The documented floors: an office behind one NAT, a browser's candidate burst.
+        assert!(b.max_connections_per_ip.get() >= 32);
+        assert!(b.message_burst.get() >= 50);
     }
 
     #[test]
@@ -454,6 +586,24 @@ mod tests {
 
         let err = parse("[turn]\nurls = \"turn:t.example\"\nsecret = \"\"\n").unwrap_err();
         assert!(err.contains("line 3, column 10"), "{err}");
+    }
+
+    #[test]
+    fn origins_are_checked_and_normalised() {
+        let config = parse(
+            "allowed_origins = [\"https://Calls.Example.com:443/\", \"http://192.0.2.1:8080\"]\n",
+        )
+        .unwrap();
+        let origins: Vec<&str> = config.allowed_origins.iter().map(Origin::as_str).collect();
+        assert_eq!(
+            origins,
+            ["https://calls.example.com", "http://192.0.2.1:8080"]
+        );
+        for bad in ["calls.example.com", "ftp://x", "https://x/path", "https://"] {
+            let err = parse(&format!("allowed_origins = [{bad:?}]\n")).unwrap_err();
+            assert!(err.contains("line 1"), "{bad}: {err}");
+            assert!(err.contains("not an origin"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -22,9 +22,11 @@ use hyper_staticfile::{ResolveResult, Resolver, ResponseBuilder};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Origin};
+use crate::limits::{Admission, Refusal};
+use crate::metrics::{Metrics, Snapshot};
 use crate::signaling::registry::Registry;
-use crate::signaling::session::{self, Settings};
+use crate::signaling::session::{self, Settings, Shared};
 
 /// The body type of every response: static files stream, everything else is one buffer.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -51,10 +53,11 @@ pub struct App {
 }
 
 struct Inner {
-    registry: Registry,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
     files: Resolver<PublicDir>,
-    settings: Arc<Settings>,
     behind_proxy: bool,
+    allowed_origins: Vec<Origin>,
     /// Flipped to `true` at shutdown; every session holds a receiver, so the sender also
     /// tells when the last session has ended.
     shutdown: watch::Sender<bool>,
@@ -76,19 +79,46 @@ impl App {
                 path: config.public_dir.clone(),
                 source,
             })?;
+        let limits = &config.limits;
         Ok(App {
             inner: Arc::new(Inner {
-                registry: Registry::new(),
+                shared: Arc::new(Shared {
+                    registry: Registry::new(),
+                    settings: Settings::from_config(config),
+                    metrics: Metrics::new(),
+                }),
+                admission: Admission::new(
+                    limits.max_connections.get(),
+                    limits.max_connections_per_ip.get(),
+                ),
                 files: Resolver::with_opener(PublicDir { root }),
-                settings: Arc::new(Settings::from_config(config)),
                 behind_proxy: config.behind_proxy,
+                allowed_origins: config.allowed_origins.clone(),
                 shutdown: watch::Sender::new(false),
             }),
         })
     }
 
     pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+        &self.inner.shared.registry
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.shared.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.inner.admission.open()
+    }
+
+    /// Client addresses holding at least one WebSocket.
+    pub fn addresses(&self) -> usize {
+        self.inner.admission.addresses()
     }
 
     /// Tells every open WebSocket to close with 1001 "server restarting".
@@ -102,11 +132,21 @@ impl App {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let https = self.is_https(&req, conn);
+        let csp = content_security_policy(&req, https);
+        let mut response = self.route(req, conn, https).await;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            security_headers(response.headers_mut(), csp, https);
+        }
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, conn: ConnInfo, https: bool) -> Response<Body> {
         let client = self.client_ip(&req, conn.peer);
         let path = req.uri().path();
         if hyper_tungstenite::is_upgrade_request(&req) {
             return match path {
-                "/" | "/ws" => self.upgrade(req, client),
+                "/" | "/ws" => self.upgrade(req, client, https),
                 _ => not_found(),
             };
         }
@@ -117,13 +157,50 @@ impl App {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        if path == "/healthz" {
-            return self.health();
+        match path {
+            "/healthz" => return self.health(),
+            "/metrics" => return self.metrics_page(),
+            _ => {}
         }
         if self.inner.behind_proxy && forwarded_proto(&req) == Some("http") {
             return redirect_to_https(&req);
         }
         self.file(req).await
+    }
+
+    /// Whether the browser sees this page over https: our own TLS, or behind a proxy that
+    /// says so.
+    fn is_https<B>(&self, req: &Request<B>, conn: ConnInfo) -> bool {
+        conn.tls || (self.inner.behind_proxy && forwarded_proto(req) == Some("https"))
+    }
+
+    /// Cross-site WebSocket hijacking: a page on another site could open our socket with the
+    /// visitor's browser. Browsers always send `Origin`; a request without one is not from a
+    /// page (command-line clients, bots) and is let through.
+    fn origin_allowed<B>(&self, req: &Request<B>, https: bool) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.to_ascii_lowercase();
+        if !self.inner.allowed_origins.is_empty() {
+            return self
+                .inner
+                .allowed_origins
+                .iter()
+                .any(|o| o.as_str() == origin);
+        }
+        let Some(host) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        else {
+            return false;
+        };
+        let scheme = if https { "https" } else { "http" };
+        Origin::normalise(scheme, host) == origin
     }
 
     /// The client's address: the peer, or behind a proxy the last hop it recorded in
@@ -142,20 +219,53 @@ impl App {
             .unwrap_or(peer.ip())
     }
 
-    fn upgrade(&self, mut req: Request<Incoming>, client: IpAddr) -> Response<Body> {
-        let config = self.inner.settings.websocket_config();
+    fn upgrade(&self, mut req: Request<Incoming>, client: IpAddr, https: bool) -> Response<Body> {
+        let metrics = self.metrics();
+        if !self.origin_allowed(&req, https) {
+            metrics.refused("forbidden-origin");
+            let origin = req.headers().get(header::ORIGIN);
+            debug!(%client, ?origin, "websocket from a foreign origin refused");
+            return text(
+                StatusCode::FORBIDDEN,
+                "this origin may not open the signaling socket (see allowed_origins)\n",
+            );
+        }
+        let permit = match self.inner.admission.admit(client) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                metrics.refused(refusal.label());
+                warn!(%client, "websocket refused: {}", refusal.label());
+                let (status, body) = match refusal {
+                    Refusal::Full => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server full: try again later\n",
+                    ),
+                    Refusal::TooManyFromAddress => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from your address: close some first\n",
+                    ),
+                };
+                let mut response = text(status, body);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                return response;
+            }
+        };
+        let config = self.settings().websocket_config();
         match hyper_tungstenite::upgrade(&mut req, Some(config)) {
             Ok((response, websocket)) => {
                 tokio::spawn(session::serve(
                     websocket,
-                    self.inner.registry.clone(),
-                    self.inner.settings.clone(),
+                    self.inner.shared.clone(),
                     client,
+                    permit,
                     self.inner.shutdown.subscribe(),
                 ));
                 response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
             }
             Err(err) => {
+                metrics.refused("bad-upgrade");
                 debug!(%client, "bad websocket upgrade: {err}");
                 text(
                     StatusCode::BAD_REQUEST,
@@ -165,12 +275,31 @@ impl App {
         }
     }
 
+    fn metrics_page(&self) -> Response<Body> {
+        let registry = self.registry();
+        let (calls_ringing, calls_active) = registry.calls();
+        let body = self.metrics().render(Snapshot {
+            connections: self.connections(),
+            users: registry.users(),
+            calls_ringing,
+            calls_active,
+        });
+        let mut response = text(StatusCode::OK, &body);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(Metrics::content_type()),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
     fn health(&self) -> Response<Body> {
         let body = serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
-            "users": self.inner.registry.users(),
-            "connections": self.inner.registry.connections(),
+            "users": self.registry().users(),
+            "connections": self.connections(),
         })
         .to_string();
         let mut response = text(StatusCode::OK, &body);
@@ -213,6 +342,52 @@ impl App {
                 text(StatusCode::INTERNAL_SERVER_ERROR, "cannot build response\n")
             }
         }
+    }
+}
+
+/// The page's policy: everything from this origin only; the socket to this host; no plugins,
+/// no framing. The WebSocket URL is named explicitly because older browsers do not count
+/// ws:/wss: as 'self'.
+fn content_security_policy<B>(req: &Request<B>, https: bool) -> HeaderValue {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .filter(|host| host.parse::<hyper::http::uri::Authority>().is_ok());
+    let socket = match host {
+        Some(host) => format!(" {}://{host}", if https { "wss" } else { "ws" }),
+        None => String::new(),
+    };
+    let policy = format!(
+        "default-src 'self'; connect-src 'self'{socket}; img-src 'self' data:; \
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'self'"))
+}
+
+fn security_headers(headers: &mut hyper::HeaderMap, csp: HeaderValue, https: bool) {
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "permissions-policy",
+        HeaderValue::from_static(
+            "camera=(self), microphone=(self), display-capture=(), geolocation=(), usb=()",
+        ),
+    );
+    if https {
+        // Browsers ignore this over a certificate they had to be told to accept (RFC 6797
+        // 8.1), so it never locks anyone out of a self-signed LAN setup.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
 }
 

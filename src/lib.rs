@@ -8,7 +8,10 @@
 //! - [`config`]: `config.toml` and the `PORT` override for Heroku.
 //! - [`tls`]: PEM files, or a self-signed certificate made with rcgen for LAN use.
 //! - [`server`]: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
-//! - [`http`]: routing: WebSocket upgrades, `/healthz`, the page's files.
+//! - [`http`]: routing: WebSocket upgrades (origin check, admission), `/healthz`,
+//!   `/metrics`, the page's files with security headers.
+//! - [`limits`]: connections per address, token buckets for message and login rates.
+//! - [`metrics`]: the Prometheus counters and gauges.
 //! - [`signaling`]: the relay itself: protocol, registry, sessions.
 //!
 //! `main.rs` is a thin wrapper: it parses the command line, loads the config, binds, and
@@ -16,6 +19,8 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod signaling;
 pub mod tls;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dialtone::config::{Config, Mode};
+use dialtone::config::{Config, LogFormat, Mode, TlsConfig};
 use dialtone::http::App;
+use dialtone::tls::Certificates;
 use dialtone::{server, tls};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -30,16 +31,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; stdout carries only the banner a person reads. A closed stderr must
-    // not stop the server: tracing-subscriber's report of a failed write would go to stderr
-    // itself, through `eprintln!`, which panics there.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -50,10 +41,27 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr; stdout carries only the banner a person reads. A closed stderr must not
+/// stop the server: tracing-subscriber's report of a failed write would go to stderr itself,
+/// through `eprintln!`, which panics there.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
     let mut config = Config::load(&path, explicit)?;
+    init_logging(config.log_format);
     let mode = config.apply_port_env(std::env::var("PORT").ok().as_deref())?;
     match mode {
         Mode::Configured if explicit || path.exists() => {
@@ -76,13 +84,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     let bound = listener.local_addr()?;
     print_banner(bound, tls.as_ref(), &mode);
-    server::run(
-        listener,
-        tls.map(|tls| tls.server_config),
-        app,
-        shutdown_signal(),
-    )
-    .await;
+    let certificates = tls.map(|tls| Certificates::new(tls.server_config));
+    if let Some(certificates) = &certificates {
+        tokio::spawn(reload_on_sighup(config.tls.clone(), certificates.clone()));
+    }
+    server::run(listener, certificates, app, shutdown_signal()).await;
     info!("stopped");
     Ok(())
 }
@@ -150,6 +156,30 @@ fn urls(bound: SocketAddr) -> Vec<String> {
         format!("https://{addr}")
     }));
     urls
+}
+
+/// Reads the certificate files again on each SIGHUP, so a renewed certificate applies to new
+/// connections without a restart; calls in progress are untouched. A bad new certificate is
+/// refused with a log line, and the current one stays.
+async fn reload_on_sighup(config: TlsConfig, certificates: Certificates) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => return tracing::warn!("cannot listen for SIGHUP: {err}"),
+    };
+    while hangups.recv().await.is_some() {
+        match tls::setup(&config) {
+            Ok(Some(new)) => {
+                certificates.replace(new.server_config);
+                info!(
+                    "SIGHUP: new connections use the {} (SHA-256 {})",
+                    new.origin, new.fingerprint
+                );
+            }
+            Ok(None) => {}
+            Err(err) => tracing::error!("SIGHUP: keeping the current certificate: {err}"),
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Heroku and systemd send).

@@ -19,28 +19,25 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::http::{App, ConnInfo};
-
-/// A TLS handshake not finished by then is dropped, so idle sockets cannot pile up.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to send a request's headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for open connections; inside Heroku's 30 s before SIGKILL.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+use crate::tls::Certificates;
 
 /// Serves until `shutdown` completes, then closes every WebSocket with 1001 and waits for open
-/// connections to finish, at most [`DRAIN_DEADLINE`].
+/// connections to finish, at most the configured drain timeout. `tls` is `None` for plain
+/// HTTP.
 pub async fn run(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Certificates>,
     app: App,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = tls.map(TlsAcceptor::from);
+    let limits = app.settings().limits.clone();
+    let handshake_timeout = limits.tls_handshake_timeout();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own default is 30 s, and the auto builder sets none for the first bytes.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout());
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -71,20 +68,24 @@ pub async fn run(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let app = app.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
         let mut stop = stopping.subscribe();
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
                 let info = ConnInfo { peer, tls: false };
                 return serve_http(&builder, watcher, tcp, app, info).await;
             };
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => return debug!(%peer, "TLS handshake failed: {err}"),
+                    Ok(Err(err)) => {
+                        app.metrics().tls_handshake_failed();
+                        return debug!(%peer, "TLS handshake failed: {err}");
+                    }
                     Err(_) => {
-                        return debug!(%peer, "TLS handshake timed out after {TLS_HANDSHAKE_TIMEOUT:?}");
+                        app.metrics().tls_handshake_failed();
+                        return debug!(%peer, "TLS handshake timed out after {handshake_timeout:?}");
                     }
                 },
                 _ = stop.changed() => return,
@@ -99,15 +100,16 @@ pub async fn run(
     stopping.send_replace(true);
     info!(
         "shutting down: closing {} websocket(s) and draining connections",
-        app.registry().connections()
+        app.connections()
     );
     app.close_sessions();
     let drained = async {
         graceful.shutdown().await;
         app.sessions_closed().await;
     };
-    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
-        warn!("connections still open after {DRAIN_DEADLINE:?}; stopping anyway");
+    let deadline = limits.drain_timeout();
+    if tokio::time::timeout(deadline, drained).await.is_err() {
+        warn!("connections still open after {deadline:?}; stopping anyway");
     }
 }
 

@@ -65,6 +65,33 @@ pub struct Tls {
     pub certificate: CertificateDer<'static>,
 }
 
+/// The TLS settings new connections get. Replaceable while running (SIGHUP) so a renewed
+/// certificate applies without dropping a call; connections already open keep theirs.
+#[derive(Debug, Clone)]
+pub struct Certificates {
+    current: Arc<std::sync::RwLock<Arc<ServerConfig>>>,
+}
+
+impl Certificates {
+    pub fn new(config: Arc<ServerConfig>) -> Certificates {
+        Certificates {
+            current: Arc::new(std::sync::RwLock::new(config)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        // The lock only guards a pointer swap; a poisoned one still holds a valid config.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
 /// rustls with ring only: the `ring` provider is chosen explicitly, so nothing depends on a
 /// process-wide default provider being installed.
 pub fn provider() -> Arc<CryptoProvider> {

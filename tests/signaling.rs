@@ -196,15 +196,16 @@ async fn a_vanished_peer_ends_the_call_and_frees_the_name() {
     assert_eq!(bob_again.recv().await["reason"], "disconnected");
     drop(bob_again);
     // Both sessions are gone from the registry.
-    let registry = server.app.registry().clone();
+    let app = server.app.clone();
     tokio::time::timeout(common::PATIENCE, async {
-        while registry.connections() > 0 {
+        while app.connections() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("the registry empties");
-    assert_eq!(registry.users(), 0);
+    .expect("every connection is gone");
+    assert_eq!(app.registry().users(), 0);
+    assert_eq!(app.addresses(), 0, "no per-address counts left behind");
     server.stop().await;
 }
 

@@ -194,6 +194,18 @@ pub enum LoginFailure {
     NameTaken,
     InvalidName,
     AlreadyLoggedIn,
+    RateLimited,
+}
+
+impl LoginFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::NameTaken => "name-taken",
+            LoginFailure::InvalidName => "invalid-name",
+            LoginFailure::AlreadyLoggedIn => "already-logged-in",
+            LoginFailure::RateLimited => "rate-limited",
+        }
+    }
 }
 
 /// Why a call ended, added to `close` so the page can say "hung up" or "connection lost".

@@ -9,7 +9,6 @@
 //! same few methods.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc};
@@ -72,16 +71,10 @@ struct State {
     users: HashMap<Arc<str>, User>,
 }
 
-#[derive(Debug, Default)]
-struct Shared {
-    state: Mutex<State>,
-    connections: AtomicUsize,
-}
-
 /// The handle every session and the HTTP layer share; cloning it is one reference count.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
 }
 
 /// Relayed message kinds that travel only between partners.
@@ -141,17 +134,11 @@ impl Registry {
     /// Registers an open socket. Dropping the returned [`Connection`] logs it out, ends its
     /// call and frees its name, on every exit path.
     pub fn connect(&self, outbox: Outbox) -> Connection {
-        self.shared.connections.fetch_add(1, Ordering::Relaxed);
         Connection {
             registry: self.clone(),
             outbox,
             name: None,
         }
-    }
-
-    /// Open WebSocket connections, logged in or not.
-    pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Logged-in users.
@@ -168,6 +155,20 @@ impl Registry {
             .count()
     }
 
+    /// Calls (pairs of users) that are ringing, and that are active.
+    pub fn calls(&self) -> (usize, usize) {
+        let state = self.lock();
+        let count = |wanted: CallState| {
+            state
+                .users
+                .values()
+                .filter(|user| user.call.as_ref().is_some_and(|c| c.state == wanted))
+                .count()
+        };
+        // A ringing call has one Calling side; an active one, two Active sides.
+        (count(CallState::Calling), count(CallState::Active) / 2)
+    }
+
     /// The call state of `name`, for tests and diagnostics.
     pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
         let state = self.lock();
@@ -178,8 +179,7 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in the few lines below that take it;
         // the map stays consistent between statements, so carrying on is safe.
-        self.shared
-            .state
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -283,10 +283,6 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.registry
-            .shared
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
         let Some(me) = self.name.take() else { return };
         let mut state = self.registry.lock();
         let Some(user) = state.users.remove(&me) else {
@@ -371,7 +367,6 @@ mod tests {
             other.login("alice", Message::text("")),
             Err(LoginFailure::NameTaken)
         );
-        assert_eq!(registry.connections(), 2);
         assert_eq!(registry.users(), 1);
         drop(alice);
         assert_eq!(other.login("alice", Message::text("")), Ok(()));
@@ -380,7 +375,7 @@ mod tests {
             Err(LoginFailure::AlreadyLoggedIn)
         );
         drop(other);
-        assert_eq!((registry.connections(), registry.users()), (0, 0));
+        assert_eq!(registry.users(), 0);
     }
 
     #[test]
@@ -416,8 +411,10 @@ mod tests {
             alice.offer("carol", Message::text("x")),
             Err(RelayError::AlreadyInCall("bob".into()))
         );
+        assert_eq!(registry.calls(), (1, 0));
         bob.relay(Relay::Answer, None, Message::text("answer"))
             .unwrap();
+        assert_eq!(registry.calls(), (0, 1));
         assert_eq!(text(&mut alice_rx), "answer");
         assert_eq!(
             registry.call_of("alice"),
@@ -456,7 +453,7 @@ mod tests {
         );
         assert_eq!(registry.call_of("bob"), None);
         drop(bob);
-        assert_eq!((registry.connections(), registry.users()), (0, 0));
+        assert_eq!(registry.users(), 0);
     }
 
     #[test]

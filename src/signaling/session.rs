@@ -21,7 +21,9 @@ use tracing::{debug, info};
 
 use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
 use super::registry::{Connection, Outbox, Registry, Relay, RelayError};
-use crate::config::{Config, IceServer, TurnConfig};
+use crate::config::{Config, IceServer, Limits, TurnConfig};
+use crate::limits::{Flood, Permit, TokenBucket, Verdict};
+use crate::metrics::Metrics;
 
 /// Frames waiting for one client. A browser's burst of ICE candidates is a few dozen; a queue
 /// this deep that is still full means the client stopped reading.
@@ -29,13 +31,22 @@ const QUEUE_FRAMES: usize = 256;
 /// How long a closing socket gets to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// What every session needs from the configuration, shared by all of them.
+/// What all sessions share: the registry, the settings, the metrics.
+#[derive(Debug)]
+pub struct Shared {
+    pub registry: Registry,
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+/// What every session needs from the configuration.
 #[derive(Debug)]
 pub struct Settings {
     pub ping_interval: Duration,
     pub max_message_bytes: usize,
     pub ice_servers: Vec<IceServer>,
     pub turn: Option<TurnConfig>,
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -45,6 +56,7 @@ impl Settings {
             max_message_bytes: config.websocket.max_message_bytes.0,
             ice_servers: config.ice_servers.clone(),
             turn: config.turn.clone(),
+            limits: config.limits.clone(),
         }
     }
 
@@ -95,24 +107,30 @@ pub fn turn_credentials(turn: &TurnConfig, name: &str, now: SystemTime) -> (Stri
 /// Why a session ended, which decides the Close frame it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client closed, or the connection dropped.
-    Gone,
+    /// The client closed (with this code, if it sent one), or the connection dropped.
+    Gone(Option<u16>),
     /// Nothing heard for two ping intervals.
     Silent,
     /// Our queue to the client filled up.
     SlowReader,
     TooBig,
     BadUtf8,
+    /// It kept sending over its rate.
+    Flooding,
+    /// It never logged in.
+    NoLogin,
     ServerShutdown,
 }
 
 impl End {
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            End::Gone | End::SlowReader => return None,
+            End::Gone(_) | End::SlowReader => return None,
             End::Silent => (CloseCode::Away, "no heartbeat"),
             End::TooBig => (CloseCode::Size, "message too big"),
             End::BadUtf8 => (CloseCode::Invalid, "text frames must be UTF-8"),
+            End::Flooding => (CloseCode::Policy, "too many messages"),
+            End::NoLogin => (CloseCode::Policy, "log in first"),
             End::ServerShutdown => (CloseCode::Away, "server restarting"),
         };
         Some(CloseFrame {
@@ -120,14 +138,49 @@ impl End {
             reason: reason.into(),
         })
     }
+
+    /// The close code for the metrics: the one sent, or the client's.
+    fn code(self) -> Option<u16> {
+        match self {
+            End::Gone(code) => code,
+            other => other.close_frame().map(|frame| frame.code.into()),
+        }
+    }
 }
 
-/// Serves one upgraded socket until it ends.
+/// One connection's allowance: messages per second with a burst, and logins per minute.
+struct Allowance {
+    messages: TokenBucket,
+    flood: Flood,
+    logins: TokenBucket,
+}
+
+impl Allowance {
+    fn new(limits: &Limits, now: Instant) -> Allowance {
+        let now = now.into_std();
+        Allowance {
+            messages: TokenBucket::new(
+                limits.message_burst.get(),
+                f64::from(limits.messages_per_second.get()),
+                now,
+            ),
+            flood: Flood::new(limits.message_burst.get(), now),
+            logins: TokenBucket::new(
+                limits.logins_per_minute.get(),
+                f64::from(limits.logins_per_minute.get()) / 60.0,
+                now,
+            ),
+        }
+    }
+}
+
+/// Serves one upgraded socket until it ends. `permit` holds the connection's place in the
+/// admission counts until then.
 pub async fn serve(
     websocket: HyperWebsocket,
-    registry: Registry,
-    settings: Arc<Settings>,
+    shared: Arc<Shared>,
     client: IpAddr,
+    permit: Permit,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let socket = match websocket.await {
@@ -137,11 +190,13 @@ pub async fn serve(
             return;
         }
     };
+    let settings = &shared.settings;
+    let metrics = &shared.metrics;
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let full = Arc::new(Notify::new());
     let outbox = Outbox::new(tx, full.clone());
-    let mut conn = registry.connect(outbox.clone());
+    let mut conn = shared.registry.connect(outbox.clone());
     let mut writer = tokio::spawn(write_frames(sink, rx));
     debug!(%client, "websocket open");
 
@@ -149,23 +204,48 @@ pub async fn serve(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let login_deadline = tokio::time::sleep(settings.limits.login_timeout());
+    tokio::pin!(login_deadline);
+    let mut allowance = Allowance::new(&settings.limits, Instant::now());
 
     let end = loop {
         tokio::select! {
             frame = stream.next() => {
                 let message = match frame {
-                    None => break End::Gone,
+                    None => break End::Gone(None),
                     Some(Err(err)) => break end_for(&err),
                     Some(Ok(message)) => message,
                 };
                 last_heard = Instant::now();
+                if matches!(message, Message::Text(_) | Message::Binary(_))
+                    && !allowance.messages.take(last_heard.into_std())
+                {
+                    match allowance.flood.over_rate(last_heard.into_std()) {
+                        Verdict::Abuse => break End::Flooding,
+                        Verdict::Drop => continue,
+                        Verdict::Reply => {
+                            metrics.error("rate-limited");
+                            let reply = ServerMessage::error(
+                                "rate-limited",
+                                "too many messages: this one was dropped; slow down",
+                            );
+                            if !outbox.deliver(Message::text(reply)) {
+                                break End::SlowReader;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let reply = match message {
-                    Message::Text(text) => handle(&mut conn, &text, &settings, client),
-                    Message::Binary(_) => Some(ServerMessage::error(
-                        "binary-frame",
-                        "send JSON in text frames; binary frames are not part of the protocol",
-                    )),
-                    Message::Close(_) => break End::Gone,
+                    Message::Text(text) => handle(&mut conn, &text, &shared, &mut allowance, client),
+                    Message::Binary(_) => {
+                        metrics.error("binary-frame");
+                        Some(ServerMessage::error(
+                            "binary-frame",
+                            "send JSON in text frames; binary frames are not part of the protocol",
+                        ))
+                    }
+                    Message::Close(frame) => break End::Gone(frame.map(|f| f.code.into())),
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                 };
                 if let Some(reply) = reply
@@ -182,6 +262,7 @@ pub async fn serve(
                     break End::SlowReader;
                 }
             }
+            () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
             () = full.notified() => break End::SlowReader,
             _ = shutdown.changed() => break End::ServerShutdown,
         }
@@ -189,8 +270,9 @@ pub async fn serve(
 
     let name = conn.name().map(str::to_owned);
     drop(conn);
+    metrics.closed(end.code());
     match end {
-        End::Gone => debug!(%client, user = name.as_deref(), "websocket closed"),
+        End::Gone(_) => debug!(%client, user = name.as_deref(), "websocket closed"),
         _ => info!(%client, user = name.as_deref(), "closing websocket: {end:?}"),
     }
     if end == End::SlowReader {
@@ -219,13 +301,14 @@ pub async fn serve(
     if tokio::time::timeout(CLOSE_GRACE, finish).await.is_err() {
         writer.abort();
     }
+    drop(permit);
 }
 
 fn end_for(err: &WsError) -> End {
     match err {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::TooBig,
         WsError::Utf8(_) => End::BadUtf8,
-        _ => End::Gone,
+        _ => End::Gone(None),
     }
 }
 
@@ -260,30 +343,35 @@ async fn write_frames(
 fn handle(
     conn: &mut Connection,
     text: &str,
-    settings: &Settings,
+    shared: &Shared,
+    allowance: &mut Allowance,
     client: IpAddr,
 ) -> Option<String> {
+    let metrics = &shared.metrics;
     let message = match ClientMessage::parse(text) {
         Ok(message) => message,
-        Err(err) => return Some(ServerMessage::error(err.code(), &err.to_string())),
+        Err(err) => {
+            metrics.error(err.code());
+            return Some(ServerMessage::error(err.code(), &err.to_string()));
+        }
     };
     match message {
-        ClientMessage::Login { username } => login(conn, &username, settings, client),
-        ClientMessage::Offer { offer, to } => relayed(conn, "offer", |me| {
+        ClientMessage::Login { username } => login(conn, &username, shared, allowance, client),
+        ClientMessage::Offer { offer, to } => relayed(conn, metrics, "offer", |me| {
             let frame = ServerMessage::Offer {
                 offer,
                 username: me,
             };
             conn.offer(&to, Message::text(frame.to_json()))
         }),
-        ClientMessage::Answer { answer, to } => relayed(conn, "answer", |me| {
+        ClientMessage::Answer { answer, to } => relayed(conn, metrics, "answer", |me| {
             let frame = ServerMessage::Answer {
                 answer,
                 username: me,
             };
             conn.relay(Relay::Answer, to.as_deref(), Message::text(frame.to_json()))
         }),
-        ClientMessage::Candidate { candidate, to } => relayed(conn, "candidate", |me| {
+        ClientMessage::Candidate { candidate, to } => relayed(conn, metrics, "candidate", |me| {
             let frame = ServerMessage::Candidate {
                 candidate,
                 username: me,
@@ -294,7 +382,7 @@ fn handle(
                 Message::text(frame.to_json()),
             )
         }),
-        ClientMessage::Decline { to } => relayed(conn, "decline", |me| {
+        ClientMessage::Decline { to } => relayed(conn, metrics, "decline", |me| {
             let frame = ServerMessage::Decline { username: me };
             conn.relay(
                 Relay::Decline,
@@ -302,7 +390,7 @@ fn handle(
                 Message::text(frame.to_json()),
             )
         }),
-        ClientMessage::Close { to } => relayed(conn, "close", |me| {
+        ClientMessage::Close { to } => relayed(conn, metrics, "close", |me| {
             let frame = ServerMessage::Close {
                 username: me,
                 reason: CloseReason::HungUp,
@@ -316,26 +404,37 @@ fn handle(
 /// turns a refusal into the reply for the sender.
 fn relayed(
     conn: &Connection,
+    metrics: &Metrics,
     kind: &str,
     send: impl FnOnce(&str) -> Result<Arc<str>, RelayError>,
 ) -> Option<String> {
-    let Some(me) = conn.name() else {
-        return Some(RelayError::NotLoggedIn.reply());
+    let result = match conn.name() {
+        None => Err(RelayError::NotLoggedIn),
+        Some(me) => send(me),
     };
-    match send(me) {
+    match result {
         Ok(to) => {
-            debug!(from = me, to = &*to, "{kind} relayed");
+            metrics.relayed(kind);
+            debug!(from = conn.name(), to = &*to, "{kind} relayed");
             None
         }
         Err(err) => {
-            debug!(from = me, "{kind} refused: {err}");
+            metrics.error(err.code());
+            debug!(from = conn.name(), "{kind} refused: {err}");
             Some(err.reply())
         }
     }
 }
 
-fn login(conn: &mut Connection, name: &str, settings: &Settings, client: IpAddr) -> Option<String> {
+fn login(
+    conn: &mut Connection,
+    name: &str,
+    shared: &Shared,
+    allowance: &mut Allowance,
+    client: IpAddr,
+) -> Option<String> {
     let refuse = |code: LoginFailure, message: &str| {
+        shared.metrics.error(code.as_str());
         Some(
             ServerMessage::Login {
                 success: false,
@@ -347,6 +446,12 @@ fn login(conn: &mut Connection, name: &str, settings: &Settings, client: IpAddr)
             .to_json(),
         )
     };
+    if !allowance.logins.take(std::time::Instant::now()) {
+        return refuse(
+            LoginFailure::RateLimited,
+            "too many login attempts on this connection: wait a minute",
+        );
+    }
     if let Some(current) = conn.name() {
         let message = format!("this connection is already logged in as {current}");
         return refuse(LoginFailure::AlreadyLoggedIn, &message);
@@ -354,7 +459,7 @@ fn login(conn: &mut Connection, name: &str, settings: &Settings, client: IpAddr)
     if let Err(why) = validate_name(name) {
         return refuse(LoginFailure::InvalidName, why);
     }
-    let ice_servers = settings.ice_servers_for(name, SystemTime::now());
+    let ice_servers = shared.settings.ice_servers_for(name, SystemTime::now());
     let welcome = ServerMessage::Login {
         success: true,
         username: Some(name),

@@ -77,7 +77,7 @@ impl TestServer {
         let cert = tls.as_ref().map(|tls| tls.certificate.clone());
         let task = tokio::spawn(server::run(
             listener,
-            tls.map(|tls| tls.server_config),
+            tls.map(|tls| tls::Certificates::new(tls.server_config)),
             app.clone(),
             async {
                 let _ = stopped.await;
@@ -146,13 +146,26 @@ impl TestServer {
         Ws::spawn(self.raw_ws_with(path, headers).await)
     }
 
-    /// A WebSocket that only reads when the test polls it, e.g. to play a client that has
-    /// stopped reading.
-    pub async fn raw_ws_with(
+    /// Tries to open a WebSocket; a refused upgrade gives its HTTP status.
+    pub async fn try_ws_with(
         &self,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> WebSocketStream<Box<dyn Io>> {
+    ) -> Result<Ws, StatusCode> {
+        let request = self.ws_request(path, headers);
+        let io = self.connect(&[b"http/1.1"]).await;
+        match client_async(request, io).await {
+            Ok((stream, _)) => Ok(Ws::spawn(stream)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status()),
+            Err(other) => panic!("the upgrade failed without an HTTP answer: {other}"),
+        }
+    }
+
+    fn ws_request(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
         let scheme = if self.cert.is_some() { "wss" } else { "ws" };
         let url = format!("{scheme}://localhost:{}{path}", self.addr.port());
         let mut request = url.into_client_request().unwrap();
@@ -160,6 +173,17 @@ impl TestServer {
             let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
             request.headers_mut().insert(name, value.parse().unwrap());
         }
+        request
+    }
+
+    /// A WebSocket that only reads when the test polls it, e.g. to play a client that has
+    /// stopped reading.
+    pub async fn raw_ws_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> WebSocketStream<Box<dyn Io>> {
+        let request = self.ws_request(path, headers);
         let io = self.connect(&[b"http/1.1"]).await;
         let (stream, _) = client_async(request, io).await.unwrap();
         stream
@@ -235,7 +259,7 @@ impl Reply {
 /// A WebSocket client that behaves like a browser: a task owns the socket and reads it all the
 /// time (so Pings and the server's Close are answered at once), handing frames to the test.
 pub struct Ws {
-    outgoing: mpsc::UnboundedSender<Message>,
+    outgoing: mpsc::Sender<Message>,
     incoming: mpsc::UnboundedReceiver<Frame>,
 }
 
@@ -250,36 +274,41 @@ pub enum Frame {
 }
 
 impl Ws {
+    /// Reading and writing run in tasks of their own, as in a browser: a write blocked on a
+    /// server that is not reading never stops the reading.
     fn spawn(stream: WebSocketStream<Box<dyn Io>>) -> Ws {
-        let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
+        // Capacity 1: `send` waits while the socket is not taking data, like a real sender.
+        let (outgoing, mut to_send) = mpsc::channel::<Message>(1);
         let (deliver, incoming) = mpsc::unbounded_channel();
+        let (mut sink, mut source) = stream.split();
+        let (stop_reading, mut stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            let (mut sink, mut source) = stream.split();
-            loop {
-                tokio::select! {
-                    message = to_send.recv() => match message {
-                        Some(message) => {
-                            if sink.send(message).await.is_err() {
-                                break;
-                            }
-                        }
-                        // The test dropped its handle: go, as a closed tab does.
-                        None => break,
-                    },
-                    frame = source.next() => {
-                        let frame = match frame {
-                            Some(Ok(Message::Text(text))) => Frame::Text(text.to_string()),
-                            Some(Ok(Message::Ping(_))) => Frame::Ping,
-                            Some(Ok(Message::Close(frame))) => Frame::Close(frame),
-                            Some(Ok(_)) => continue,
-                            Some(Err(_)) | None => {
-                                let _ = deliver.send(Frame::Gone);
-                                break;
-                            }
-                        };
-                        let _ = deliver.send(frame);
-                    }
+            while let Some(message) = to_send.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
                 }
+            }
+            // The test dropped its handle (a closed tab): drop the connection.
+            let _ = stop_reading.send(());
+        });
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    frame = source.next() => frame,
+                    _ = &mut stopped => break,
+                    () = deliver.closed() => break,
+                };
+                let frame = match frame {
+                    Some(Ok(Message::Text(text))) => Frame::Text(text.to_string()),
+                    Some(Ok(Message::Ping(_))) => Frame::Ping,
+                    Some(Ok(Message::Close(frame))) => Frame::Close(frame),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        let _ = deliver.send(Frame::Gone);
+                        break;
+                    }
+                };
+                let _ = deliver.send(frame);
             }
         });
         Ws { outgoing, incoming }
@@ -300,9 +329,8 @@ impl Ws {
 
     /// Sends any frame, including raw ones a browser would never send.
     pub async fn send_frame(&mut self, frame: Message) {
-        self.outgoing
-            .send(frame)
-            .expect("the socket task is running");
+        // After the server closed the socket, what is sent is lost, as in a browser.
+        let _ = self.outgoing.send(frame).await;
     }
 
     /// The next frame of any kind; panics after [`PATIENCE`].

@@ -1,0 +1,141 @@
+//! `/metrics` in the Prometheus text format, through the `prometheus` crate.
+//!
+//! Counters are bumped where things happen; the gauges (connections, users, calls) are read
+//! from the registry and admission at scrape time, so they can never drift from the truth.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: prometheus::Registry,
+    connections: IntGauge,
+    users: IntGauge,
+    calls: IntGaugeVec,
+    relayed: IntCounterVec,
+    errors: IntCounterVec,
+    refused: IntCounterVec,
+    tls_handshake_failures: IntCounter,
+    closes: IntCounterVec,
+}
+
+/// What the gauges show, read at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub connections: usize,
+    pub users: usize,
+    pub calls_ringing: usize,
+    pub calls_active: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        // The names and labels below are constants, valid and distinct, so building and
+        // registering them cannot fail.
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counters = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+        };
+        let metrics = Metrics {
+            registry: prometheus::Registry::new(),
+            connections: gauge("dialtone_connections", "Open WebSocket connections."),
+            users: gauge("dialtone_users", "Logged-in users."),
+            calls: IntGaugeVec::new(
+                Opts::new("dialtone_calls", "Calls, by state (ringing or active)."),
+                &["state"],
+            )
+            .expect("valid metric"),
+            relayed: counters(
+                "dialtone_messages_relayed_total",
+                "Messages relayed from one user to another, by type.",
+                "type",
+            ),
+            errors: counters(
+                "dialtone_errors_total",
+                "Error replies sent to clients, by code.",
+                "code",
+            ),
+            refused: counters(
+                "dialtone_connections_refused_total",
+                "WebSocket upgrades refused, by reason.",
+                "reason",
+            ),
+            tls_handshake_failures: IntCounter::new(
+                "dialtone_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+            )
+            .expect("valid metric"),
+            closes: counters(
+                "dialtone_websocket_closes_total",
+                "WebSocket connections ended, by close code (\"none\": no Close frame).",
+                "code",
+            ),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.users.clone()),
+            Box::new(metrics.calls.clone()),
+            Box::new(metrics.relayed.clone()),
+            Box::new(metrics.errors.clone()),
+            Box::new(metrics.refused.clone()),
+            Box::new(metrics.tls_handshake_failures.clone()),
+            Box::new(metrics.closes.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are distinct");
+        }
+        metrics
+    }
+
+    pub fn relayed(&self, kind: &str) {
+        self.relayed.with_label_values(&[kind]).inc();
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors.with_label_values(&[code]).inc();
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// `code` is the close code sent or received, or `None` when no Close frame was seen.
+    pub fn closed(&self, code: Option<u16>) {
+        let label = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
+        self.closes.with_label_values(&[&label]).inc();
+    }
+
+    /// The text exposition, with the gauges set from `now`.
+    pub fn render(&self, now: Snapshot) -> String {
+        let set = |gauge: &IntGauge, value: usize| {
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.connections, now.connections);
+        set(&self.users, now.users);
+        set(
+            &self.calls.with_label_values(&["ringing"]),
+            now.calls_ringing,
+        );
+        set(&self.calls.with_label_values(&["active"]), now.calls_active);
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn content_type() -> &'static str {
+        prometheus::TEXT_FORMAT
+    }
+}
