@@ -30,10 +30,27 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Writes a config into `dir` (listening on 127.0.0.1:0, serving the repository's page, then
+/// `extra`) and starts the binary with it.
+fn start_in(dir: &Path, extra: &str) -> (std::path::PathBuf, Running) {
+    let path = write_config(
+        dir,
+        &format!(
+            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n{extra}",
+            repo_public().display().to_string()
+        ),
+    );
+    let mut command = dialtone();
+    command.arg("--config").arg(&path);
+    (path.clone(), Running::start(command))
+}
+
 /// A running binary whose banner has been read; killed on drop if still running.
 struct Running {
     child: Child,
     banner: Vec<String>,
+    /// Where the binary's stderr (its log) goes.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Running {
@@ -43,9 +60,10 @@ impl Running {
 
     /// `None` when the binary exits without a banner (it could not start).
     fn try_start(mut command: Command) -> Option<Running> {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -70,7 +88,11 @@ impl Running {
             let _ = child.wait();
             return None;
         }
-        Some(Running { child, banner })
+        Some(Running {
+            child,
+            banner,
+            log: Some(log),
+        })
     }
 
     /// Starts the binary in PORT mode on a free port, with stdout and stderr closed at once
@@ -95,7 +117,14 @@ impl Running {
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     let banner = Vec::new();
-                    return (port, Running { child, banner });
+                    return (
+                        port,
+                        Running {
+                            child,
+                            banner,
+                            log: None,
+                        },
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -103,6 +132,40 @@ impl Running {
             let _ = child.wait();
         }
         panic!("the binary did not start on any of five free ports");
+    }
+
+    /// What the binary has logged so far.
+    fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|log| std::fs::read_to_string(log.path()).unwrap())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `text`.
+    fn wait_for_log(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn port(&self) -> u16 {
+        let banner = self.text();
+        banner
+            .split("https://localhost:")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a localhost URL in {banner}"))
     }
 
     fn text(&self) -> String {
@@ -185,16 +248,7 @@ fn config_errors_stop_the_binary_with_line_and_column() {
 #[tokio::test]
 async fn the_binary_prints_where_to_go_and_serves_https_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n",
-            repo_public().display().to_string()
-        ),
-    );
-    let mut command = dialtone();
-    command.arg("--config").arg(&path);
-    let mut running = Running::start(command);
+    let (path, mut running) = start_in(dir.path(), "");
     let banner = running.text();
 
     // The certificate was generated next to the config, and its fingerprint printed.
@@ -203,12 +257,7 @@ async fn the_binary_prints_where_to_go_and_serves_https_until_sigterm() {
     let fingerprint = dialtone::tls::fingerprint(&cert);
     assert!(banner.contains(&fingerprint), "{banner}");
     assert!(banner.contains("mode: HTTPS"), "{banner}");
-    let port: u16 = banner
-        .split("https://localhost:")
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .and_then(|port| port.trim().parse().ok())
-        .unwrap_or_else(|| panic!("a localhost URL in {banner}"));
+    let port = running.port();
     assert!(
         banner.contains(&format!("https://127.0.0.1:{port}")),
         "{banner}"
@@ -227,11 +276,26 @@ async fn the_binary_prints_where_to_go_and_serves_https_until_sigterm() {
     assert_eq!(reply.status, 200);
     assert!(reply.body.contains("\"status\":\"ok\""), "{}", reply.body);
 
+    // Two users logged in when SIGTERM comes: each gets Close 1001, and dialtone exits 0.
+    let mut alice = wss(port, &cert).await;
+    let mut bob = wss(port, &cert).await;
+    assert_eq!(login(&mut alice, "alice").await["success"], true);
+    assert_eq!(login(&mut bob, "bob").await["success"], true);
     running.signal("TERM");
+    for ws in [&mut alice, &mut bob] {
+        let frame = close_frame(ws).await;
+        assert_eq!(u16::from(frame.code), 1001);
+        assert_eq!(frame.reason, "server restarting");
+    }
     let status = running.wait(Duration::from_secs(15));
     assert!(
         status.success(),
         "SIGTERM ends dialtone cleanly: {status:?}"
+    );
+    assert!(
+        running.log().contains("SIGTERM received"),
+        "{}",
+        running.log()
     );
 
     // A restart reuses the certificate: browsers keep the exception they were given.
@@ -298,4 +362,142 @@ async fn closed_stdout_and_stderr_do_not_stop_the_server() {
     }
     running.signal("TERM");
     assert!(running.wait(Duration::from_secs(15)).success());
+}
+
+type Wss =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket over TLS to the binary, trusting only `cert`.
+async fn wss(port: u16, cert: &CertificateDer<'static>) -> Wss {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = common::connector(cert, &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{port}/ws");
+    tokio_tungstenite::client_async(url, tls).await.unwrap().0
+}
+
+async fn next_text(ws: &mut Wss) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(common::PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+async fn login(ws: &mut Wss, name: &str) -> serde_json::Value {
+    use futures_util::SinkExt;
+    let message = serde_json::json!({"type": "login", "username": name}).to_string();
+    ws.send(message.into()).await.unwrap();
+    next_text(ws).await
+}
+
+async fn close_frame(ws: &mut Wss) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(common::PATIENCE, ws.next())
+            .await
+            .expect("a close in time");
+        match frame {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                // Read on, as a browser does, which sends our Close reply.
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(common::PATIENCE, ws.next()).await
+                {
+                }
+                return frame;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Whether a fresh TLS connection to the binary verifies against `cert`.
+async fn presents(port: u16, cert: &CertificateDer<'static>) -> bool {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    common::connector(cert, &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn sighup_swaps_in_renewed_certificates_without_dropping_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write_pair = || {
+        let (cert, key) =
+            dialtone::tls::generate(&["localhost".into()], std::time::SystemTime::now()).unwrap();
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+    };
+    let old = write_pair();
+    let files = "[tls]\nmode = \"files\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    let (_, running) = start_in(dir.path(), files);
+    let port = running.port();
+    let mut alice = wss(port, &old).await;
+    assert_eq!(login(&mut alice, "alice").await["success"], true);
+
+    // Renewed files, then SIGHUP: new connections get the new certificate.
+    let new = write_pair();
+    running.signal("HUP");
+    running.wait_for_log("SIGHUP: new connections use");
+    assert!(presents(port, &new).await);
+    assert!(!presents(port, &old).await);
+    // alice, connected before, noticed nothing.
+    assert_eq!(
+        login(&mut alice, "alice2").await["code"],
+        "already-logged-in"
+    );
+
+    // A broken renewal is refused and the working certificate stays.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    running.signal("HUP");
+    let log = running.wait_for_log("keeping the current certificate");
+    assert!(log.contains("cert.pem"), "{log}");
+    assert!(presents(port, &new).await);
+    assert_eq!(
+        login(&mut alice, "alice3").await["code"],
+        "already-logged-in"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut running) = start_in(dir.path(), "log_format = \"json\"\n");
+    running.wait_for_log("settings from");
+    running.signal("TERM");
+    assert!(running.wait(Duration::from_secs(15)).success());
+    let log = running.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["level"].is_string() && line["timestamp"].is_string())
+    );
+    assert!(
+        lines.iter().any(|line| line["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("settings from"))),
+        "{log}"
+    );
 }

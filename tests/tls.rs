@@ -203,12 +203,16 @@ fn auto_mode_replaces_a_broken_or_expired_certificate_of_its_own() {
 
 #[tokio::test]
 async fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
-    let server = TestServer::start().await;
+    let server =
+        TestServer::start_with("[limits]\ntls_handshake_timeout_secs = 1\n", &repo_public()).await;
+    let (mut alice, _) = server.user("alice").await;
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
         .await
         .expect("the server hangs up on a client that never finishes its TLS handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Those who finished their handshake are kept.
+    assert_eq!(alice.login("again").await["code"], "already-logged-in");
     server.stop().await;
 }
