@@ -11,6 +11,7 @@ use dialtone::http::App;
 use dialtone::tls::Certificates;
 use dialtone::{server, tls};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::info;
 
 /// WebRTC video calls between two people: serves the call page over HTTPS and relays
@@ -83,12 +84,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     })?;
     let bound = listener.local_addr()?;
-    print_banner(bound, tls.as_ref(), &mode);
-    let certificates = tls.map(|tls| Certificates::new(tls.server_config));
+    // Signal handlers go in before the banner says we are up: until a handler is registered
+    // a signal takes its default action, and SIGTERM would kill instead of draining.
+    let shutdown = shutdown_signal()?;
+    let certificates = tls
+        .as_ref()
+        .map(|tls| Certificates::new(tls.server_config.clone()));
     if let Some(certificates) = &certificates {
-        tokio::spawn(reload_on_sighup(config.tls.clone(), certificates.clone()));
+        let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        tokio::spawn(reload_on_sighup(
+            hangups,
+            config.tls.clone(),
+            certificates.clone(),
+        ));
     }
-    server::run(listener, certificates, app, shutdown_signal()).await;
+    print_banner(bound, tls.as_ref(), &mode);
+    server::run(listener, certificates, app, shutdown).await;
     info!("stopped");
     Ok(())
 }
@@ -161,12 +172,7 @@ fn urls(bound: SocketAddr) -> Vec<String> {
 /// Reads the certificate files again on each SIGHUP, so a renewed certificate applies to new
 /// connections without a restart; calls in progress are untouched. A bad new certificate is
 /// refused with a log line, and the current one stays.
-async fn reload_on_sighup(config: TlsConfig, certificates: Certificates) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(err) => return tracing::warn!("cannot listen for SIGHUP: {err}"),
-    };
+async fn reload_on_sighup(mut hangups: Signal, config: TlsConfig, certificates: Certificates) {
     while hangups.recv().await.is_some() {
         match tls::setup(&config) {
             Ok(Some(new)) => {
@@ -182,19 +188,15 @@ async fn reload_on_sighup(config: TlsConfig, certificates: Certificates) {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Heroku and systemd send).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!("cannot listen for SIGTERM: {err}; only Ctrl-C stops dialtone");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Heroku and systemd send). The handlers are
+/// registered when this is called, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
-    }
+    })
 }
