@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use dialtone::signaling::protocol::ClientMessage;
-use dialtone::signaling::registry::{CallState, Connection, Outbox, Registry, Relay};
+use dialtone::signaling::registry::{CallState, Connection, Outbox, Queued, Registry, Relay};
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;
 use tokio::sync::{Notify, mpsc};
@@ -126,7 +126,7 @@ proptest! {
     fn the_call_state_machine_stays_consistent(ops in prop::collection::vec(op(), 1..80)) {
         let registry = Registry::new();
         // Tiny queues, so full queues (and their bell) are exercised too.
-        let mut sockets: Vec<Option<(Connection, mpsc::Receiver<Message>)>> = Vec::new();
+        let mut sockets: Vec<Option<(Connection, mpsc::Receiver<Queued>)>> = Vec::new();
         let connect = |registry: &Registry| {
             let (tx, rx) = mpsc::channel(2);
             Some((registry.connect(Outbox::new(tx, Arc::new(Notify::new()))), rx))

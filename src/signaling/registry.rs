@@ -17,22 +17,27 @@ use tungstenite::Message;
 use super::protocol::{CloseReason, LoginFailure, ServerMessage};
 use hyper_tungstenite::tungstenite;
 
+/// What a socket's queue holds. Boxed because tokio's bounded channel allocates its first
+/// block of 32 slots up front: 32 boxes are 256 bytes, 32 bare `Message`s 1.8 KB, on every
+/// connection, idle or not (measured: bench/RESULTS.md).
+pub type Queued = Box<Message>;
+
 /// The way into one socket: its bounded queue, and a bell to ring when that queue is full.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Queued>,
     full: Arc<Notify>,
 }
 
 impl Outbox {
-    pub fn new(tx: mpsc::Sender<Message>, full: Arc<Notify>) -> Outbox {
+    pub fn new(tx: mpsc::Sender<Queued>, full: Arc<Notify>) -> Outbox {
         Outbox { tx, full }
     }
 
     /// Queues a frame without waiting. A full queue means the client stopped reading: it is
     /// told to go (its session drops it) instead of letting the queue grow.
     pub fn deliver(&self, frame: Message) -> bool {
-        match self.tx.try_send(frame) {
+        match self.tx.try_send(Box::new(frame)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.full.notify_one();
@@ -336,7 +341,7 @@ fn end_call(state: &mut State, who: &Arc<str>) {
 mod tests {
     use super::*;
 
-    fn socket(registry: &Registry) -> (Connection, mpsc::Receiver<Message>) {
+    fn socket(registry: &Registry) -> (Connection, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(8);
         (
             registry.connect(Outbox::new(tx, Arc::new(Notify::new()))),
@@ -344,14 +349,14 @@ mod tests {
         )
     }
 
-    fn text(rx: &mut mpsc::Receiver<Message>) -> String {
-        match rx.try_recv() {
+    fn text(rx: &mut mpsc::Receiver<Queued>) -> String {
+        match rx.try_recv().map(|frame| *frame) {
             Ok(Message::Text(text)) => text.to_string(),
             other => panic!("expected a text frame, got {other:?}"),
         }
     }
 
-    fn logged_in(registry: &Registry, name: &str) -> (Connection, mpsc::Receiver<Message>) {
+    fn logged_in(registry: &Registry, name: &str) -> (Connection, mpsc::Receiver<Queued>) {
         let (mut conn, mut rx) = socket(registry);
         conn.login(name, Message::text("welcome")).unwrap();
         assert_eq!(text(&mut rx), "welcome");
