@@ -501,3 +501,54 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn at_the_descriptor_limit_existing_users_go_on_and_new_ones_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    // Idle sockets keep their descriptor for the whole handshake timeout.
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n[limits]\ntls_handshake_timeout_secs = 60\n",
+            repo_public().display().to_string()
+        ),
+    );
+    // A descriptor limit of 64, set for the binary alone.
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_dialtone"))
+        .arg(&path)
+        .env_remove("PORT")
+        .env("RUST_LOG", "info");
+    let running = Running::start(command);
+    let port = running.port();
+    let cert_pem = std::fs::read(dir.path().join("certs/cert.pem")).unwrap();
+    let cert = CertificateDer::from_pem_slice(&cert_pem).unwrap();
+    let mut alice = wss(port, &cert).await;
+    assert_eq!(login(&mut alice, "alice").await["success"], true);
+
+    // 80 clients that connect and say nothing use up the server's descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let log = running.wait_for_log("cannot accept a connection");
+    assert!(log.contains("Too many open files"), "{log}");
+    // alice, already connected, is served as before.
+    assert_eq!(
+        login(&mut alice, "alice2").await["code"],
+        "already-logged-in"
+    );
+    // When descriptors free up, new users get in again.
+    drop(idle);
+    let mut bob = tokio::time::timeout(Duration::from_secs(10), wss(port, &cert))
+        .await
+        .expect("a new connection is accepted once descriptors are free");
+    assert_eq!(login(&mut bob, "bob").await["success"], true);
+}
