@@ -1,8 +1,9 @@
-//! Routing one HTTP request: WebSocket upgrades to the signaling relay, the health check,
-//! and the page's files from `public/`.
+//! Routing one HTTP request: WebSocket upgrades to the signaling relay (after the origin
+//! check and admission), `/healthz`, `/metrics`, and the page's files from `public/`; and the
+//! security headers every response carries.
 //!
-//! Files are served by hyper-staticfile (MIME types, ETag and Last-Modified, ranges); this
-//! module only adds the rules that keep every request inside `public/`.
+//! Files are served by hyper-staticfile (MIME types, Last-Modified, ranges); this module adds
+//! the rules that keep every request inside `public/`.
 
 use std::convert::Infallible;
 use std::io;
@@ -233,8 +234,9 @@ impl App {
         let permit = match self.inner.admission.admit(client) {
             Ok(permit) => permit,
             Err(refusal) => {
+                // Counted in /metrics; a log line each would flood the log in an attack.
                 metrics.refused(refusal.label());
-                warn!(%client, "websocket refused: {}", refusal.label());
+                debug!(%client, "websocket refused: {}", refusal.label());
                 let (status, body) = match refusal {
                     Refusal::Full => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -284,14 +286,7 @@ impl App {
             calls_ringing,
             calls_active,
         });
-        let mut response = text(StatusCode::OK, &body);
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(Metrics::content_type()),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        uncached(&body, Metrics::content_type())
     }
 
     fn health(&self) -> Response<Body> {
@@ -302,14 +297,7 @@ impl App {
             "connections": self.connections(),
         })
         .to_string();
-        let mut response = text(StatusCode::OK, &body);
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        uncached(&body, "application/json")
     }
 
     async fn file(&self, req: Request<Incoming>) -> Response<Body> {
@@ -429,6 +417,15 @@ fn redirect_to_https<B>(req: &Request<B>) -> Response<Body> {
         }
         Err(_) => text(StatusCode::BAD_REQUEST, "invalid request target\n"),
     }
+}
+
+/// A 200 that no cache may keep: live figures.
+fn uncached(body: &str, content_type: &'static str) -> Response<Body> {
+    let mut response = text(StatusCode::OK, body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn not_found() -> Response<Body> {

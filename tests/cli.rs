@@ -30,16 +30,21 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
-/// Writes a config into `dir` (listening on 127.0.0.1:0, serving the repository's page, then
-/// `extra`) and starts the binary with it.
-fn start_in(dir: &Path, extra: &str) -> (std::path::PathBuf, Running) {
-    let path = write_config(
+/// Writes a config into `dir`: listening on 127.0.0.1:0, serving the repository's page, then
+/// `extra`.
+fn config_in(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write_config(
         dir,
         &format!(
             "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n{extra}",
             repo_public().display().to_string()
         ),
-    );
+    )
+}
+
+/// Writes a config with [`config_in`] and starts the binary with it.
+fn start_in(dir: &Path, extra: &str) -> (std::path::PathBuf, Running) {
+    let path = config_in(dir, extra);
     let mut command = dialtone();
     command.arg("--config").arg(&path);
     (path.clone(), Running::start(command))
@@ -506,13 +511,7 @@ fn json_logs_are_one_object_per_line() {
 async fn at_the_descriptor_limit_existing_users_go_on_and_new_ones_wait_their_turn() {
     let dir = tempfile::tempdir().unwrap();
     // Idle sockets keep their descriptor for the whole handshake timeout.
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n[limits]\ntls_handshake_timeout_secs = 60\n",
-            repo_public().display().to_string()
-        ),
-    );
+    let path = config_in(dir.path(), "[limits]\ntls_handshake_timeout_secs = 60\n");
     // A descriptor limit of 64, set for the binary alone.
     let mut command = Command::new("bash");
     command

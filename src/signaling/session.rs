@@ -267,7 +267,9 @@ pub async fn serve(
             }
             () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
             () = full.notified() => break End::SlowReader,
-            _ = shutdown.changed() => break End::ServerShutdown,
+            // wait_for checks the current value first: a socket upgraded during the drain
+            // closes at once instead of waiting for a change that already happened.
+            _ = shutdown.wait_for(|&stopping| stopping) => break End::ServerShutdown,
         }
     };
 
