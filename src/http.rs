@@ -147,7 +147,7 @@ impl App {
         let path = req.uri().path();
         if hyper_tungstenite::is_upgrade_request(&req) {
             return match path {
-                "/" | "/ws" => self.upgrade(req, client, https),
+                "/" | "/ws" => self.upgrade(req, client, https, conn.tls),
                 _ => not_found(),
             };
         }
@@ -220,7 +220,14 @@ impl App {
             .unwrap_or(peer.ip())
     }
 
-    fn upgrade(&self, mut req: Request<Incoming>, client: IpAddr, https: bool) -> Response<Body> {
+    /// `https`: what the browser sees (perhaps through a proxy); `tls`: our own TLS.
+    fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        client: IpAddr,
+        https: bool,
+        tls: bool,
+    ) -> Response<Body> {
         let metrics = self.metrics();
         if !self.origin_allowed(&req, https) {
             metrics.refused("forbidden-origin");
@@ -254,7 +261,7 @@ impl App {
                 return response;
             }
         };
-        let config = self.settings().websocket_config();
+        let config = self.settings().websocket_config(tls);
         match hyper_tungstenite::upgrade(&mut req, Some(config)) {
             Ok((response, websocket)) => {
                 tokio::spawn(session::serve(

@@ -61,13 +61,15 @@ impl Settings {
     }
 
     /// tungstenite's settings. Its read buffer is allocated up front for every socket (the
-    /// default 128 KiB would cost 1.3 GB for 10,000 idle users); 512 bytes holds a typical
-    /// ICE candidate in one read, larger messages take a few more, and most sockets sit idle
-    /// (bench/RESULTS.md: 4 KiB -> 512 B cut idle memory by 3.5 KB per connection, with CPU
-    /// per relayed message within noise). Frames and messages are capped at the maximum.
-    pub fn websocket_config(&self) -> WebSocketConfig {
+    /// default 128 KiB would cost 1.3 GB for 10,000 idle users), and it is also the most
+    /// one read asks for. Over TLS the reads come out of rustls's own buffer, with no system
+    /// call, so 512 bytes costs nothing; on plain TCP each read is a system call, so 2 KiB
+    /// keeps a 3 KB offer to two. (bench/RESULTS.md: 512 bytes everywhere saved 3.5 KB per
+    /// idle connection but raised CPU per relayed message on plain ws by ~15 %.) Frames and
+    /// messages are capped at the configured maximum.
+    pub fn websocket_config(&self, over_tls: bool) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(512)
+            .read_buffer_size(if over_tls { 512 } else { 2048 })
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
