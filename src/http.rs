@@ -326,7 +326,8 @@ impl App {
         }
         match ResponseBuilder::new().request(&req).build(resolved) {
             Ok(mut response) => {
-                // Revalidate every time (cheap: ETag), so a new page is seen after an upgrade.
+                // Revalidate every time (cheap: If-Modified-Since answers 304), so a new page
+                // is seen after an upgrade.
                 response
                     .headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
