@@ -18,10 +18,19 @@ fn dialtone() -> Command {
     command
 }
 
-/// A port that was free a moment ago (PORT cannot be 0).
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
+/// Runs `start` with a port that was free a moment ago (PORT cannot be 0). Another test may
+/// take that port before the binary binds it, so `start` returning `None` means try another.
+fn on_free_port<T>(mut start: impl FnMut(u16) -> Option<T>) -> (u16, T) {
+    for _ in 0..5 {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        if let Some(started) = start(port) {
+            return (port, started);
+        }
+    }
+    panic!("the binary did not start on any of five free ports");
 }
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -103,8 +112,7 @@ impl Running {
     /// Starts the binary in PORT mode on a free port, with stdout and stderr closed at once
     /// (as when its output is piped into something that has already exited).
     fn start_headless(config: &Path) -> (u16, Running) {
-        for _ in 0..5 {
-            let port = free_port();
+        on_free_port(|port| {
             let mut child = dialtone()
                 .arg("--config")
                 .arg(config)
@@ -121,22 +129,18 @@ impl Running {
                     break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    let banner = Vec::new();
-                    return (
-                        port,
-                        Running {
-                            child,
-                            banner,
-                            log: None,
-                        },
-                    );
+                    return Some(Running {
+                        child,
+                        banner: Vec::new(),
+                        log: None,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
-        }
-        panic!("the binary did not start on any of five free ports");
+            None
+        })
     }
 
     /// What the binary has logged so far.
@@ -320,16 +324,14 @@ async fn with_port_set_it_serves_plain_http_for_the_router() {
         dir.path(),
         &format!("public_dir = {:?}\n", repo_public().display().to_string()),
     );
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut command = dialtone();
-    command
-        .arg("--config")
-        .arg(&path)
-        .env("PORT", port.to_string());
-    let running = Running::start(command);
+    let (port, running) = on_free_port(|port| {
+        let mut command = dialtone();
+        command
+            .arg("--config")
+            .arg(&path)
+            .env("PORT", port.to_string());
+        Running::try_start(command)
+    });
     assert!(running.text().contains("plain HTTP"), "{}", running.text());
     assert!(
         !dir.path().join("certs").exists(),
