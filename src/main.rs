@@ -118,11 +118,13 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
             lines.extend(urls(bound).into_iter().map(|url| format!("    {url}")));
             lines.push("  certificate SHA-256 fingerprint:".into());
             lines.push(format!("    {}", tls.fingerprint));
-            lines.push(
-                "  A self-signed certificate makes browsers warn once per device: check that \
-                 the fingerprint matches, then accept."
-                    .into(),
-            );
+            if tls.self_signed {
+                lines.push(
+                    "  A self-signed certificate makes browsers warn once per device: check \
+                     that the fingerprint matches, then accept."
+                        .into(),
+                );
+            }
         }
         (None, Mode::Platform { port }) => {
             lines.push(format!(

@@ -61,6 +61,8 @@ pub struct Tls {
     pub fingerprint: String,
     /// Where the certificate came from, for the start-up log.
     pub origin: String,
+    /// Made by dialtone: browsers will ask people to accept it once.
+    pub self_signed: bool,
     /// The leaf certificate, for clients (and tests) that pin it.
     pub certificate: CertificateDer<'static>,
 }
@@ -105,7 +107,7 @@ pub fn setup(config: &TlsConfig) -> Result<Option<Tls>, TlsError> {
         TlsMode::Files => {
             let pair = KeyPairFiles::load(&config.cert, &config.key)?;
             let origin = format!("certificate from {}", config.cert.display());
-            pair.into_tls(origin).map(Some)
+            pair.into_tls(origin, false).map(Some)
         }
         TlsMode::Auto => auto(&config.cert, &config.key, &wanted_names()).map(Some),
     }
@@ -121,12 +123,12 @@ pub fn auto(cert: &Path, key: &Path, names: &[String]) -> Result<Tls, TlsError> 
         Ok(pair) => match pair.reason_to_replace(names, SystemTime::now()) {
             Replace::No => {
                 let origin = format!("self-signed certificate reused from {}", cert.display());
-                return pair.into_tls(origin);
+                return pair.into_tls(origin, true);
             }
             Replace::NotOurs(warning) => {
                 tracing::warn!("{warning}; using it anyway because dialtone did not make it");
                 let origin = format!("certificate from {}", cert.display());
-                return pair.into_tls(origin);
+                return pair.into_tls(origin, false);
             }
             Replace::Yes(reason) => reason,
         },
@@ -139,10 +141,11 @@ pub fn auto(cert: &Path, key: &Path, names: &[String]) -> Result<Tls, TlsError> 
     write_file(cert, cert_pem.as_bytes(), 0o644)?;
     write_file(key, key_pem.as_bytes(), 0o600)?;
     let pair = KeyPairFiles::load(cert, key)?;
-    pair.into_tls(format!(
+    let origin = format!(
         "self-signed certificate generated in {} because {regenerate_because}",
         cert.display()
-    ))
+    );
+    pair.into_tls(origin, true)
 }
 
 /// localhost, the loopback addresses, the host name, and every other interface address.
@@ -302,7 +305,7 @@ impl KeyPairFiles {
         }
     }
 
-    fn into_tls(self, origin: String) -> Result<Tls, TlsError> {
+    fn into_tls(self, origin: String, self_signed: bool) -> Result<Tls, TlsError> {
         let provider = provider();
         let signing_key = provider
             .key_provider
@@ -335,6 +338,7 @@ impl KeyPairFiles {
             server_config: Arc::new(server_config),
             fingerprint: fingerprint(&self.chain[0]),
             origin,
+            self_signed,
             certificate: self.chain[0].clone(),
         })
     }
@@ -432,6 +436,7 @@ mod tests {
         let (cert, key) = (dir.path().join("c/cert.pem"), dir.path().join("c/key.pem"));
         let first = auto(&cert, &key, &names()).unwrap();
         assert!(first.origin.contains("generated"), "{}", first.origin);
+        assert!(first.self_signed);
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode, 0o600);

@@ -172,6 +172,10 @@ fn auto_mode_never_overwrites_a_certificate_it_did_not_make() {
     let names = vec!["localhost".to_string(), "198.51.100.3".to_string()];
     // It lacks 198.51.100.3, but it is the user's: kept, and only warned about.
     let used = tls::auto(&cert, &key, &names).unwrap();
+    assert!(
+        !used.self_signed,
+        "not ours: no self-signed warning in the banner"
+    );
     assert_eq!(
         std::fs::read(&cert).unwrap(),
         std::fs::read(fixture("ec-cert.pem")).unwrap()
