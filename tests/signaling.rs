@@ -109,7 +109,7 @@ async fn a_whole_call_is_relayed_with_server_set_names() {
     assert_eq!(alice.recv().await["username"], "bob");
     alice.send(json!({"type": "leave"})).await;
     assert_eq!(bob.recv().await["type"], "close");
-    assert_eq!(server.app.registry().users_in_calls(), 0);
+    assert_eq!(server.app.registry().calls(), (0, 0));
     server.stop().await;
 }
 
@@ -279,7 +279,7 @@ async fn every_error_is_answered_and_the_socket_keeps_working() {
     ws.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
         .await;
     ws.quiet(100).await;
-    assert_eq!(server.app.registry().users_in_calls(), 2);
+    assert_eq!(server.app.registry().calls(), (1, 0), "ringing");
     server.stop().await;
 }
 

@@ -187,9 +187,9 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Why a login reply was negative, in a field the page can branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Why a login reply was negative, in a field the page can branch on. Serialized through
+/// [`LoginFailure::as_str`], the one place its wire names are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginFailure {
     NameTaken,
     InvalidName,
@@ -205,6 +205,12 @@ impl LoginFailure {
             LoginFailure::AlreadyLoggedIn => "already-logged-in",
             LoginFailure::RateLimited => "rate-limited",
         }
+    }
+}
+
+impl Serialize for LoginFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

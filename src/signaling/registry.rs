@@ -151,15 +151,6 @@ impl Registry {
         self.lock().users.len()
     }
 
-    /// Users in a call or being rung, counted once per side.
-    pub fn users_in_calls(&self) -> usize {
-        self.lock()
-            .users
-            .values()
-            .filter(|user| user.call.is_some())
-            .count()
-    }
-
     /// Calls (pairs of users) that are ringing, and that are active.
     pub fn calls(&self) -> (usize, usize) {
         let state = self.lock();
@@ -432,7 +423,7 @@ mod tests {
             .relay(Relay::Close, Some("bob"), Message::text("bye"))
             .unwrap();
         assert_eq!(text(&mut bob_rx), "bye");
-        assert_eq!(registry.users_in_calls(), 0);
+        assert_eq!(registry.calls(), (0, 0));
         assert_eq!(
             alice.offer("alice", Message::text("x")),
             Err(RelayError::SelfCall)
