@@ -10,7 +10,6 @@ const ui = {
   status: $('#status'),
   loginForm: $('#login-form'),
   username: $('input#username'),
-  loginButton: $('button#login'),
   callForm: $('#call-form'),
   callee: $('input#username-to-call'),
   callButton: $('button#call'),
