@@ -3,214 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::{Running, config_in, dialtone, on_free_port, start_in, write_config};
 use common::repo_public;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-
-fn dialtone() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dialtone"));
-    command.env_remove("PORT").env("RUST_LOG", "info");
-    command
-}
-
-/// Runs `start` with a port that was free a moment ago (PORT cannot be 0). Another test may
-/// take that port before the binary binds it, so `start` returning `None` means try another.
-fn on_free_port<T>(mut start: impl FnMut(u16) -> Option<T>) -> (u16, T) {
-    for _ in 0..5 {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        if let Some(started) = start(port) {
-            return (port, started);
-        }
-    }
-    panic!("the binary did not start on any of five free ports");
-}
-
-fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("dialtone.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Writes a config into `dir`: listening on 127.0.0.1:0, serving the repository's page, then
-/// `extra`.
-fn config_in(dir: &Path, extra: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            "listen = \"127.0.0.1:0\"\npublic_dir = {:?}\n{extra}",
-            repo_public().display().to_string()
-        ),
-    )
-}
-
-/// Writes a config with [`config_in`] and starts the binary with it.
-fn start_in(dir: &Path, extra: &str) -> (std::path::PathBuf, Running) {
-    let path = config_in(dir, extra);
-    let mut command = dialtone();
-    command.arg("--config").arg(&path);
-    (path.clone(), Running::start(command))
-}
-
-/// A running binary whose banner has been read; killed on drop if still running.
-struct Running {
-    child: Child,
-    banner: Vec<String>,
-    /// Where the binary's stderr (its log) goes.
-    log: Option<tempfile::NamedTempFile>,
-}
-
-impl Running {
-    fn start(command: Command) -> Running {
-        Running::try_start(command).expect("the binary printed its banner")
-    }
-
-    /// `None` when the binary exits without a banner (it could not start).
-    fn try_start(mut command: Command) -> Option<Running> {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining stdout for the child's whole life, as a terminal would.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut banner = Vec::new();
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-            let last = line == "Press Ctrl-C to stop.";
-            banner.push(line);
-            if last {
-                break;
-            }
-        }
-        if banner.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        Some(Running {
-            child,
-            banner,
-            log: Some(log),
-        })
-    }
-
-    /// Starts the binary in PORT mode on a free port, with stdout and stderr closed at once
-    /// (as when its output is piped into something that has already exited).
-    fn start_headless(config: &Path) -> (u16, Running) {
-        on_free_port(|port| {
-            let mut child = dialtone()
-                .arg("--config")
-                .arg(config)
-                .env("PORT", port.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            drop(child.stdout.take());
-            drop(child.stderr.take());
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Running {
-                        child,
-                        banner: Vec::new(),
-                        log: None,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        })
-    }
-
-    /// What the binary has logged so far.
-    fn log(&self) -> String {
-        self.log
-            .as_ref()
-            .map(|log| std::fs::read_to_string(log.path()).unwrap())
-            .unwrap_or_default()
-    }
-
-    /// Waits until the log has a line containing `text`.
-    fn wait_for_log(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {text:?} in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn port(&self) -> u16 {
-        let banner = self.text();
-        banner
-            .split("https://localhost:")
-            .nth(1)
-            .and_then(|rest| rest.lines().next())
-            .and_then(|port| port.trim().parse().ok())
-            .unwrap_or_else(|| panic!("a localhost URL in {banner}"))
-    }
-
-    fn text(&self) -> String {
-        self.banner.join("\n")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "exited within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn help_explains_the_flags_and_port_mode() {
@@ -552,4 +351,84 @@ async fn at_the_descriptor_limit_existing_users_go_on_and_new_ones_wait_their_tu
         .await
         .expect("a new connection is accepted once descriptors are free");
     assert_eq!(login(&mut bob, "bob").await["success"], true);
+}
+
+/// The README's promise: SDP and ICE candidates (which hold people's addresses) never reach
+/// the log, even at the most detailed level, and neither does the TURN secret.
+#[tokio::test]
+async fn the_log_never_carries_sdp_candidates_or_secrets() {
+    use futures_util::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(
+        dir.path(),
+        "[turn]\nurls = \"turn:turn.example:3478\"\nsecret = \"secret-9d1c-north-wind\"\n",
+    );
+    let mut command = dialtone();
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "dialtone=trace,info");
+    let mut running = Running::start(command);
+    let port = running.port();
+    let cert_pem = std::fs::read(dir.path().join("certs/cert.pem")).unwrap();
+    let cert = CertificateDer::from_pem_slice(&cert_pem).unwrap();
+    let mut alice = wss(port, &cert).await;
+    let mut bob = wss(port, &cert).await;
+    assert_eq!(login(&mut alice, "alice").await["success"], true);
+    assert_eq!(login(&mut bob, "bob").await["success"], true);
+    let secrets = [
+        "sdp-offer-7f3a",
+        "sdp-answer-51c0",
+        "candidate-93b1",
+        "203.0.113.77",
+    ];
+    let send = |message: serde_json::Value| message.to_string().into();
+    alice
+        .send(send(
+            serde_json::json!({"type": "offer", "otherUsername": "bob",
+            "offer": {"type": "offer", "sdp": "v=0\r\na=sdp-offer-7f3a\r\n"}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bob).await["type"], "offer");
+    bob.send(send(serde_json::json!({"type": "answer",
+        "answer": {"type": "answer", "sdp": "v=0\r\na=sdp-answer-51c0\r\n"}})))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut alice).await["type"], "answer");
+    bob.send(send(serde_json::json!({"type": "candidate", "candidate": {
+        "candidate": "candidate:candidate-93b1 1 udp 2122260223 203.0.113.77 54321 typ host"}})))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut alice).await["type"], "candidate");
+    // Refused messages carry payloads too.
+    alice
+        .send(send(
+            serde_json::json!({"type": "offer", "otherUsername": "zed",
+            "offer": {"sdp": "a=sdp-offer-7f3a"}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut alice).await["code"], "unknown-user");
+    alice
+        .send(send(serde_json::json!({"type": "close"})))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bob).await["type"], "close");
+
+    running.signal("TERM");
+    assert!(running.wait(Duration::from_secs(15)).success());
+    let log = running.log();
+    // The log was as detailed as it gets: every relayed message type is there.
+    for line in [
+        "offer relayed",
+        "answer relayed",
+        "candidate relayed",
+        "offer refused",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
+    for secret in secrets.iter().chain(&["secret-9d1c-north-wind"]) {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+    }
 }

@@ -1,12 +1,18 @@
-//! No panic reachable from the network: property tests, bounded in count so they run in
-//! every test run, over message parsing and over the call state machine.
+//! Property tests, bounded in count so they run in every test run: the parser and the call
+//! state machine, each checked against an independent statement of the rules (what each
+//! message must parse to; who must receive which frame), not only for not panicking.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use dialtone::signaling::protocol::ClientMessage;
-use dialtone::signaling::registry::{CallState, Connection, Outbox, Queued, Registry, Relay};
+use dialtone::signaling::protocol::{ClientMessage, LoginFailure, ProtocolError};
+use dialtone::signaling::registry::{
+    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError,
+};
+use futures_util::FutureExt;
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;
+use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
 /// JSON-ish text built from the protocol's own words, so the parser's deeper paths are
@@ -56,17 +62,135 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// What the parser must make of a message, worked out independently of it: with
+/// `serde_json::Value` and the README's protocol rules.
+#[derive(Debug, PartialEq)]
+enum Expected {
+    Refused(&'static str),
+    Login(String),
+    Offer(Value, String),
+    Answer(Value, Option<String>),
+    Candidate(Value, Option<String>),
+    Decline(Option<String>),
+    Close(Option<String>),
+}
+
+/// The fields a message may define; a second copy of one of them makes the message ambiguous.
+const KNOWN: [&str; 6] = [
+    "type",
+    "username",
+    "otherUsername",
+    "offer",
+    "answer",
+    "candidate",
+];
+
+fn expected(text: &str, duplicate_known_key: bool) -> Expected {
+    use Expected::*;
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(text) else {
+        return Refused("invalid-json");
+    };
+    if duplicate_known_key {
+        return Refused("invalid-json");
+    }
+    let kind = match fields.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        _ => return Refused("bad-message"),
+    };
+    let to = match fields.get("otherUsername") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => Ok(Some(name.clone())),
+        Some(_) => Err(()),
+    };
+    let object = |field: &str| match fields.get(field) {
+        Some(value @ Value::Object(_)) => Some(value.clone()),
+        _ => None,
+    };
+    let bad = Refused("bad-message");
+    match kind {
+        "login" => match fields.get("username") {
+            Some(Value::String(name)) => Login(name.clone()),
+            _ => bad,
+        },
+        "offer" => match (object("offer"), to) {
+            (Some(offer), Ok(Some(to))) => Offer(offer, to),
+            _ => bad,
+        },
+        "answer" => match (object("answer"), to) {
+            (Some(answer), Ok(to)) => Answer(answer, to),
+            _ => bad,
+        },
+        "candidate" => match (object("candidate"), to) {
+            (Some(candidate), Ok(to)) => Candidate(candidate, to),
+            _ => bad,
+        },
+        "decline" => to.map(Decline).unwrap_or(bad),
+        "close" | "leave" => to.map(Close).unwrap_or(bad),
+        _ => Refused("unknown-type"),
+    }
+}
+
+/// What the parser made of it, in the same terms.
+fn actual(text: &str) -> Expected {
+    use Expected::*;
+    let tree =
+        |raw: &serde_json::value::RawValue| serde_json::from_str::<Value>(raw.get()).unwrap();
+    let name = |to: Option<std::borrow::Cow<'_, str>>| to.map(|to| to.into_owned());
+    match ClientMessage::parse(text) {
+        Err(err) => {
+            assert!(!err.to_string().is_empty(), "{err:?} has no message");
+            if let ProtocolError::UnknownType(kind) = &err {
+                assert_eq!(err.to_string(), format!("Command not found: {kind}"));
+                assert!(kind.chars().count() <= 64);
+            }
+            Refused(err.code())
+        }
+        Ok(ClientMessage::Login { username }) => Login(username.into_owned()),
+        Ok(ClientMessage::Offer { offer, to }) => Offer(tree(offer), to.into_owned()),
+        Ok(ClientMessage::Answer { answer, to }) => Answer(tree(answer), name(to)),
+        Ok(ClientMessage::Candidate { candidate, to }) => Candidate(tree(candidate), name(to)),
+        Ok(ClientMessage::Decline { to }) => Decline(name(to)),
+        Ok(ClientMessage::Close { to }) => Close(name(to)),
+    }
+}
+
+/// A top-level message as a list of fields, so the test knows which keys repeat.
+fn message() -> impl Strategy<Value = (String, bool)> {
+    let key = prop_oneof![
+        3 => Just("type"),
+        1 => Just("username"),
+        2 => Just("otherUsername"),
+        1 => Just("offer"),
+        1 => Just("answer"),
+        1 => Just("candidate"),
+        1 => Just("sdp"),
+        1 => Just("x"),
+    ];
+    prop::collection::vec((key, json_value(3)), 0..6).prop_map(|fields| {
+        let duplicate = KNOWN
+            .iter()
+            .any(|known| fields.iter().filter(|(k, _)| k == known).count() > 1);
+        let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        (format!("{{{}}}", fields.join(",")), duplicate)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn parsing_never_panics_on_any_text(text in "\\PC{0,200}") {
-        let _ = ClientMessage::parse(&text);
+    fn any_text_is_refused_as_invalid_json_or_parsed_as_the_rules_say(text in "\\PC{0,200}") {
+        prop_assert_eq!(actual(&text), expected(&text, false), "{}", text);
     }
 
     #[test]
-    fn parsing_never_panics_on_protocol_shaped_json(text in json_value(4)) {
-        let _ = ClientMessage::parse(&text);
+    fn protocol_shaped_messages_are_parsed_as_the_rules_say((text, duplicate) in message()) {
+        prop_assert_eq!(actual(&text), expected(&text, duplicate), "{}", text);
+    }
+
+    #[test]
+    fn any_protocol_shaped_json_is_answered_without_panicking(text in json_value(4)) {
+        let _ = actual(&text);
     }
 }
 
@@ -77,9 +201,13 @@ enum Op {
     Offer(usize, usize),
     Relay(usize, u8, Option<usize>),
     Drop(usize),
+    /// The socket's writer task empties its queue.
+    Drain(usize),
 }
 
 const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
+/// Tiny queues, so that full queues (and their bell) come up in most runs.
+const QUEUE: usize = 2;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -89,33 +217,165 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..6usize, 0..4u8, prop::option::of(0..4usize))
             .prop_map(|(c, k, n)| Op::Relay(c, k, n)),
         1 => (0..6usize).prop_map(Op::Drop),
+        3 => (0..6usize).prop_map(Op::Drain),
     ]
 }
 
-/// Partners point at each other, and only at users who are logged in.
-fn check_invariants(registry: &Registry) -> Result<(), TestCaseError> {
-    let mut in_calls = 0;
-    for name in NAMES {
-        if let Some((with, state)) = registry.call_of(name) {
-            in_calls += 1;
-            let back = registry.call_of(&with);
-            prop_assert!(
-                back.is_some(),
-                "{name} is in a call with {with}, who is not"
-            );
-            let (back_with, back_state) = back.unwrap();
-            prop_assert_eq!(&back_with, name);
-            let consistent = matches!(
-                (state, back_state),
-                (CallState::Calling, CallState::Ringing)
-                    | (CallState::Ringing, CallState::Calling)
-                    | (CallState::Active, CallState::Active)
-            );
-            prop_assert!(consistent, "{name}: {state:?}, {with}: {back_state:?}");
+struct Socket {
+    conn: Connection,
+    rx: mpsc::Receiver<Queued>,
+    bell: Arc<Notify>,
+}
+
+/// The registry as the README describes it, written without looking at how it does it: who
+/// is logged in on which socket, who is calling whom, and what each socket's queue holds.
+#[derive(Default)]
+struct Model {
+    users: HashMap<&'static str, usize>,
+    names: Vec<Option<&'static str>>,
+    calls: HashMap<&'static str, (&'static str, CallState)>,
+    queues: Vec<Vec<String>>,
+    rung: Vec<bool>,
+}
+
+impl Model {
+    fn deliver(&mut self, to: usize, frame: String) {
+        if self.queues[to].len() < QUEUE {
+            self.queues[to].push(frame);
+        } else {
+            self.rung[to] = true;
         }
     }
-    let (ringing, active) = registry.calls();
-    prop_assert_eq!(in_calls, 2 * (ringing + active));
+
+    fn deliver_to(&mut self, name: &str, frame: String) {
+        let socket = self.users[name];
+        self.deliver(socket, frame);
+    }
+
+    fn login(&mut self, c: usize, name: &'static str) -> Result<(), LoginFailure> {
+        if self.names[c].is_some() {
+            return Err(LoginFailure::AlreadyLoggedIn);
+        }
+        if self.users.contains_key(name) {
+            return Err(LoginFailure::NameTaken);
+        }
+        self.users.insert(name, c);
+        self.names[c] = Some(name);
+        self.deliver(c, format!("welcome {c}"));
+        Ok(())
+    }
+
+    fn offer(&mut self, c: usize, to: &'static str, frame: &str) -> Result<Arc<str>, RelayError> {
+        let me = self.names[c].ok_or(RelayError::NotLoggedIn)?;
+        if me == to {
+            return Err(RelayError::SelfCall);
+        }
+        if !self.users.contains_key(to) {
+            return Err(RelayError::UnknownUser(to.into()));
+        }
+        match self.calls.get(me) {
+            Some((with, _)) if *with == to => {}
+            Some((with, _)) => return Err(RelayError::AlreadyInCall((*with).into())),
+            None if self.calls.contains_key(to) => return Err(RelayError::Busy(to.into())),
+            None => {
+                self.calls.insert(me, (to, CallState::Calling));
+                self.calls.insert(to, (me, CallState::Ringing));
+            }
+        }
+        self.deliver_to(to, frame.to_owned());
+        Ok(to.into())
+    }
+
+    fn relay(
+        &mut self,
+        c: usize,
+        kind: Relay,
+        to: Option<&'static str>,
+        frame: &str,
+    ) -> Result<Arc<str>, RelayError> {
+        let me = self.names[c].ok_or(RelayError::NotLoggedIn)?;
+        let partner = match (self.calls.get(me), to) {
+            (None, None) => return Err(RelayError::NoCall),
+            (Some((with, _)), Some(to)) if *with != to => {
+                return Err(RelayError::NotInCallWith(to.into()));
+            }
+            (None, Some(to)) => return Err(RelayError::NotInCallWith(to.into())),
+            (Some((with, _)), _) => *with,
+        };
+        match kind {
+            Relay::Answer => {
+                self.calls.insert(me, (partner, CallState::Active));
+                self.calls.insert(partner, (me, CallState::Active));
+            }
+            Relay::Decline | Relay::Close => {
+                self.calls.remove(me);
+                self.calls.remove(partner);
+            }
+            Relay::Candidate => {}
+        }
+        self.deliver_to(partner, frame.to_owned());
+        Ok(partner.into())
+    }
+
+    fn drop_socket(&mut self, c: usize) {
+        self.queues[c].clear();
+        self.rung[c] = false;
+        let Some(me) = self.names[c].take() else {
+            return;
+        };
+        self.users.remove(me);
+        if let Some((partner, _)) = self.calls.remove(me) {
+            self.calls.remove(partner);
+            let close = format!(r#"{{"type":"close","username":"{me}","reason":"disconnected"}}"#);
+            self.deliver_to(partner, close);
+        }
+    }
+}
+
+/// Empties a socket's queue as its writer would; checks it held exactly what the model says,
+/// and that the bell rang exactly when a frame did not fit.
+fn drain(c: usize, socket: &mut Socket, model: &mut Model) -> Result<(), TestCaseError> {
+    let mut got = Vec::new();
+    while let Ok(frame) = socket.rx.try_recv() {
+        match *frame {
+            Message::Text(text) => got.push(text.to_string()),
+            other => prop_assert!(false, "socket {} got a non-text frame {:?}", c, other),
+        }
+    }
+    let frames = std::mem::take(&mut model.queues[c]);
+    prop_assert_eq!(&got, &frames, "socket {} received the wrong frames", c);
+    let rung = socket.bell.notified().now_or_never().is_some();
+    prop_assert_eq!(
+        rung,
+        std::mem::take(&mut model.rung[c]),
+        "socket {}'s bell",
+        c
+    );
+    Ok(())
+}
+
+/// The registry agrees with the model on every user and call.
+fn check_state(registry: &Registry, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(registry.users(), model.users.len());
+    for name in NAMES {
+        let wanted = model
+            .calls
+            .get(name)
+            .map(|(with, state)| (with.to_string(), *state));
+        prop_assert_eq!(registry.call_of(name), wanted, "{}'s call", name);
+    }
+    let ringing = model
+        .calls
+        .values()
+        .filter(|(_, s)| *s == CallState::Calling)
+        .count();
+    let active = model
+        .calls
+        .values()
+        .filter(|(_, s)| *s == CallState::Active)
+        .count()
+        / 2;
+    prop_assert_eq!(registry.calls(), (ringing, active));
     Ok(())
 }
 
@@ -123,45 +383,64 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_call_state_machine_stays_consistent(ops in prop::collection::vec(op(), 1..80)) {
+    fn the_registry_delivers_what_the_rules_say_to_whom_they_say(
+        ops in prop::collection::vec(op(), 1..80)
+    ) {
         let registry = Registry::new();
-        // Tiny queues, so full queues (and their bell) are exercised too.
-        let mut sockets: Vec<Option<(Connection, mpsc::Receiver<Queued>)>> = Vec::new();
-        let connect = |registry: &Registry| {
-            let (tx, rx) = mpsc::channel(2);
-            Some((registry.connect(Outbox::new(tx, Arc::new(Notify::new()))), rx))
-        };
-        for op in ops {
+        let mut model = Model::default();
+        let mut sockets: Vec<Option<Socket>> = Vec::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            let frame = format!("frame {step}");
             match op {
-                Op::Connect => sockets.push(connect(&registry)),
+                Op::Connect => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let bell = Arc::new(Notify::new());
+                    let conn = registry.connect(Outbox::new(tx, bell.clone()));
+                    sockets.push(Some(Socket { conn, rx, bell }));
+                    model.names.push(None);
+                    model.queues.push(Vec::new());
+                    model.rung.push(false);
+                }
                 Op::Login(c, n) => {
-                    if let Some(Some((conn, _))) = sockets.get_mut(c) {
-                        let _ = conn.login(NAMES[n], Message::text("welcome"));
+                    if let Some(Some(socket)) = sockets.get_mut(c) {
+                        let got = socket.conn.login(NAMES[n], Message::text(format!("welcome {c}")));
+                        prop_assert_eq!(got, model.login(c, NAMES[n]));
                     }
                 }
                 Op::Offer(c, n) => {
-                    if let Some(Some((conn, _))) = sockets.get(c) {
-                        let _ = conn.offer(NAMES[n], Message::text("offer"));
+                    if let Some(Some(socket)) = sockets.get(c) {
+                        let got = socket.conn.offer(NAMES[n], Message::text(frame.clone()));
+                        prop_assert_eq!(got, model.offer(c, NAMES[n], &frame));
                     }
                 }
                 Op::Relay(c, kind, to) => {
-                    if let Some(Some((conn, _))) = sockets.get(c) {
+                    if let Some(Some(socket)) = sockets.get(c) {
                         let kind = [Relay::Answer, Relay::Candidate, Relay::Decline, Relay::Close]
                             [usize::from(kind)];
-                        let _ = conn.relay(kind, to.map(|n| NAMES[n]), Message::text("x"));
+                        let to = to.map(|n| NAMES[n]);
+                        let got = socket.conn.relay(kind, to, Message::text(frame.clone()));
+                        prop_assert_eq!(got, model.relay(c, kind, to, &frame));
                     }
                 }
                 Op::Drop(c) => {
-                    if let Some(socket) = sockets.get_mut(c) {
-                        socket.take();
+                    if let Some(socket) = sockets.get_mut(c)
+                        && socket.take().is_some()
+                    {
+                        model.drop_socket(c);
+                    }
+                }
+                Op::Drain(c) => {
+                    if let Some(Some(socket)) = sockets.get_mut(c) {
+                        drain(c, socket, &mut model)?;
                     }
                 }
             }
-            // Drain the queues now and then, as writer tasks would.
-            for (_, rx) in sockets.iter_mut().flatten() {
-                while rx.try_recv().is_ok() {}
+            check_state(&registry, &model)?;
+        }
+        for (c, socket) in sockets.iter_mut().enumerate() {
+            if let Some(socket) = socket {
+                drain(c, socket, &mut model)?;
             }
-            check_invariants(&registry)?;
         }
         sockets.clear();
         prop_assert_eq!(registry.users(), 0);

@@ -147,7 +147,20 @@ async fn pages_are_served_over_http2_when_negotiated() {
 async fn the_certificate_is_checked_and_bad_handshakes_do_not_stop_the_server() {
     let server = TestServer::start().await;
 
-    // A client that trusts some other certificate refuses this server.
+    // The server presents exactly the certificate it generated, for the name asked.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = common::connector(server.cert.as_ref().unwrap(), &[])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a client trusting dialtone's certificate connects");
+    assert_eq!(
+        tls.get_ref().1.peer_certificates(),
+        Some(std::slice::from_ref(server.cert.as_ref().unwrap()))
+    );
+    drop(tls);
+
+    // A client that trusts some other certificate refuses this server; the server counts the
+    // failed handshake and carries on.
     let (other_pem, _) =
         dialtone::tls::generate(&["localhost".into()], std::time::SystemTime::now()).unwrap();
     use rustls::pki_types::pem::PemObject;
@@ -157,6 +170,21 @@ async fn the_certificate_is_checked_and_bad_handshakes_do_not_stop_the_server() 
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await;
     assert!(refused.is_err(), "a foreign certificate must not verify");
+    let failures = || async {
+        let metrics = server.get("/metrics").await.body;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("dialtone_tls_handshake_failures_total "))
+            .map(|value| value.trim().to_owned())
+    };
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while failures().await.as_deref() != Some("1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused handshake is counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Garbage instead of a ClientHello, and a client that hangs up mid-handshake.
     let mut garbage = TcpStream::connect(server.addr).await.unwrap();
@@ -189,6 +217,7 @@ async fn proxy_mode_redirects_plain_http_and_serves_https_traffic() {
     )
     .unwrap();
     config.apply_port_env(Some("5000")).unwrap();
+    config.limits.max_connections_per_ip = std::num::NonZeroUsize::new(1).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
     let server = TestServer::start_config(config, dir).await;
     assert!(server.cert.is_none(), "TLS is off behind the router");
@@ -227,5 +256,18 @@ async fn proxy_mode_redirects_plain_http_and_serves_https_traffic() {
         )
         .await;
     assert_eq!(ws.login("alice").await["success"], true);
+    // The client is the router's last X-Forwarded-For hop, not the router's own address: with
+    // one socket allowed per client, another client gets in, and the same client (whatever it
+    // wrote before the router's entry) does not.
+    let via_router = |xff: &'static str| [("x-forwarded-proto", "https"), ("x-forwarded-for", xff)];
+    let mut other = server
+        .try_ws_with("/", &via_router("198.51.100.5"))
+        .await
+        .expect("another client behind the same router");
+    assert_eq!(other.login("bob").await["success"], true);
+    let same = server
+        .try_ws_with("/", &via_router("192.0.2.1, 198.51.100.4"))
+        .await;
+    assert_eq!(same.err(), Some(StatusCode::TOO_MANY_REQUESTS));
     server.stop().await;
 }

@@ -42,6 +42,11 @@ async fn login_is_refused_when_taken_invalid_or_repeated() {
         assert_eq!(reply["success"], false, "{bad:?}: {reply}");
         assert_eq!(reply["code"], "invalid-name", "{bad:?}");
     }
+    // The limit counts characters, not bytes: 32 two-byte characters fit, 33 do not.
+    let reply = other.login(&"ñ".repeat(33)).await;
+    assert_eq!(reply["code"], "invalid-name", "{reply}");
+    let (_wide, reply) = server.user(&"ñ".repeat(32)).await;
+    assert_eq!(reply["username"], "ñ".repeat(32));
     // The same socket can still log in under a free name.
     assert_eq!(other.login("ñandú").await["success"], true);
 
@@ -165,6 +170,52 @@ async fn busy_decline_and_strangers() {
         .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
         .await;
     assert_eq!(bob.recv().await["username"], "carol");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn someone_in_a_call_cannot_reach_into_another_call() {
+    let server = TestServer::start().await;
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let (mut carol, _) = server.user("carol").await;
+    let (mut dave, _) = server.user("dave").await;
+    for (caller, callee, name) in [
+        (&mut alice, &mut bob, "bob"),
+        (&mut carol, &mut dave, "dave"),
+    ] {
+        caller
+            .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": name}))
+            .await;
+        callee.recv().await;
+        callee
+            .send(json!({"type": "answer", "answer": {"type": "answer", "sdp": "v=0\r\n"}}))
+            .await;
+        caller.recv().await;
+    }
+    assert_eq!(server.app.registry().calls(), (0, 2));
+
+    // alice, in a call with bob, names carol (in a call with dave) in every relayed type.
+    for message in [
+        json!({"type": "candidate", "candidate": {"candidate": "evil"}, "otherUsername": "carol"}),
+        json!({"type": "answer", "answer": {"sdp": "evil"}, "otherUsername": "carol"}),
+        json!({"type": "decline", "otherUsername": "carol"}),
+        json!({"type": "close", "otherUsername": "carol"}),
+    ] {
+        assert_eq!(
+            alice.error_code(message.clone()).await,
+            "not-in-call",
+            "{message}"
+        );
+    }
+    for ws in [&mut bob, &mut carol, &mut dave] {
+        ws.quiet(200).await;
+    }
+    assert_eq!(server.app.registry().calls(), (0, 2), "both calls go on");
+    alice
+        .send(json!({"type": "candidate", "candidate": {"candidate": "mine"}}))
+        .await;
+    assert_eq!(bob.recv().await["candidate"]["candidate"], "mine");
     server.stop().await;
 }
 
@@ -342,25 +393,43 @@ async fn turn_credentials_are_minted_per_login() {
     assert_eq!(name, "alice");
     let expiry: u64 = expiry.parse().unwrap();
     assert!((before + 600..=before + 602).contains(&expiry), "{expiry}");
-    // The credential is base64 of a 20-byte HMAC-SHA1: 28 characters with one '='.
-    let credential = turn["credential"].as_str().unwrap();
-    assert_eq!(credential.len(), 28);
-    assert!(credential.ends_with('='));
+    // The credential is what coturn computes from the shared secret: base64 of
+    // HMAC-SHA1(secret, username), computed here with ring directly.
+    let credential_for = |username: &str| {
+        use base64::Engine;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"north-wind");
+        base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, username.as_bytes()).as_ref())
+    };
+    assert_eq!(turn["credential"], credential_for(username), "{reply}");
+
+    // Each login gets its own: bob's names bob and verifies only for bob.
+    let (_bob, reply) = server.user("bob").await;
+    let bobs = &reply["iceServers"][1];
+    let bob_username = bobs["username"].as_str().unwrap();
+    assert!(bob_username.ends_with(":bob"), "{reply}");
+    assert_eq!(bobs["credential"], credential_for(bob_username));
+    assert_ne!(bobs["credential"], turn["credential"]);
+    // The secret itself never leaves the server.
+    assert!(!reply.to_string().contains("north-wind"), "{reply}");
     server.stop().await;
 }
 
 #[tokio::test]
-async fn heartbeat_pings_and_drops_a_silent_socket() {
+async fn heartbeat_pings_and_drops_a_silent_socket_after_two_intervals() {
     use futures_util::{SinkExt, StreamExt};
+    use std::time::{Duration, Instant};
     use tokio_tungstenite::tungstenite::Message;
+    const INTERVAL: Duration = Duration::from_secs(2);
     let server = TestServer::start_with(
-        "[websocket]\nping_interval_secs = 1\n",
+        "[websocket]\nping_interval_secs = 2\n",
         &common::repo_public(),
     )
     .await;
     let (mut alice, _) = server.user("alice").await;
-    // bob logs in, then never reads again.
+    // bob logs in, then never reads again: the last the server hears of him is his login.
     let mut bob = server.raw_ws_with("/ws", &[]).await;
+    let silent_since = Instant::now();
     bob.send(Message::text(r#"{"type":"login","username":"bob"}"#))
         .await
         .unwrap();
@@ -370,20 +439,55 @@ async fn heartbeat_pings_and_drops_a_silent_socket() {
         .await;
 
     // alice reads, so her client answers the server's Pings with Pongs.
+    let deadline = tokio::time::Instant::now() + INTERVAL * 2;
     assert!(
-        matches!(alice.next_frame().await, common::Frame::Ping),
+        matches!(alice.next_frame_by(deadline).await, common::Frame::Ping),
         "the server pings every interval"
     );
 
-    // bob's socket stays open but never reads, so it never answers: after two intervals of
-    // silence the server drops him, and alice hears that the call is over.
+    // bob never answers: after two intervals of silence the server drops him, and alice
+    // hears that the call is over: not sooner, and not much later.
+    let deadline = tokio::time::Instant::now() + INTERVAL * 3;
+    let close = loop {
+        match alice.next_frame_by(deadline).await {
+            common::Frame::Text(text) => {
+                break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
+            common::Frame::Ping => continue,
+            other => panic!("expected bob's close, got {other:?}"),
+        }
+    };
+    let silent_for = silent_since.elapsed();
     assert_eq!(
-        alice.recv().await,
+        close,
         json!({"type": "close", "username": "bob", "reason": "disconnected"})
     );
+    assert!(
+        silent_for >= INTERVAL * 3 / 2 && silent_for <= INTERVAL * 5 / 2,
+        "bob was dropped after {silent_for:?} of silence; the rule is two intervals of {INTERVAL:?}"
+    );
     assert_eq!(server.app.registry().users(), 1);
-    alice.quiet(2500).await; // alice, who answers, is kept.
-    drop(bob);
+
+    // What bob would read, had he read: alice's offer, the Pings he never answered, then
+    // Close 1001.
+    let close = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            match bob.next().await {
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(Message::Text(text))) if text.contains("\"offer\"") => continue,
+                Some(Ok(Message::Close(frame))) => break frame,
+                other => panic!("expected Pings and a Close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("bob's Close frame was sent")
+    .expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason, "no heartbeat");
+
+    alice.quiet(5000).await; // alice, who answers, is kept well past two intervals.
+    assert_eq!(alice.login("again").await["code"], "already-logged-in");
     server.stop().await;
 }
 

@@ -381,7 +381,18 @@ mod tests {
 
     #[test]
     fn name_rule() {
-        for good in ["alice", "Bob Smith", "ñandú", "a", &"x".repeat(32), "李雷"] {
+        // Lengths are in characters: 32 two- or three-byte characters are a valid name.
+        let (wide, wider) = ("ñ".repeat(32), "李".repeat(32));
+        for good in [
+            "alice",
+            "Bob Smith",
+            "ñandú",
+            "a",
+            &"x".repeat(32),
+            "李雷",
+            &wide,
+            &wider,
+        ] {
             assert_eq!(validate_name(good), Ok(()), "{good:?}");
         }
         for bad in [
@@ -391,6 +402,7 @@ mod tests {
             "a\nb",
             "a\u{7}",
             &"x".repeat(33),
+            &"ñ".repeat(33),
             "a\"b",
             "a\\b",
             "\t",

@@ -379,7 +379,7 @@ mod tests {
         let registry = Registry::new();
         let (alice, mut alice_rx) = logged_in(&registry, "alice");
         let (bob, mut bob_rx) = logged_in(&registry, "bob");
-        let (carol, _carol_rx) = logged_in(&registry, "carol");
+        let (carol, mut carol_rx) = logged_in(&registry, "carol");
 
         assert_eq!(
             bob.relay(Relay::Candidate, None, Message::text("c")),
@@ -416,6 +416,23 @@ mod tests {
             registry.call_of("alice"),
             Some(("bob".into(), CallState::Active))
         );
+        // Nobody in a call can reach into another: every relay named to a non-partner is
+        // refused, and neither the named user nor the partner receives anything.
+        for kind in [
+            Relay::Answer,
+            Relay::Candidate,
+            Relay::Decline,
+            Relay::Close,
+        ] {
+            assert_eq!(
+                alice.relay(kind, Some("carol"), Message::text("x")),
+                Err(RelayError::NotInCallWith("carol".into())),
+                "{kind:?}"
+            );
+        }
+        assert!(carol_rx.try_recv().is_err(), "carol received nothing");
+        assert!(bob_rx.try_recv().is_err(), "bob received nothing");
+        assert_eq!(registry.calls(), (0, 1), "the call is untouched");
         // Renegotiation between partners goes through.
         bob.offer("alice", Message::text("re-offer")).unwrap();
         assert_eq!(text(&mut alice_rx), "re-offer");

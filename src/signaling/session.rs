@@ -16,7 +16,7 @@ use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
@@ -205,10 +205,13 @@ pub async fn serve(
     let mut writer = tokio::spawn(write_frames(sink, rx));
     debug!(%client, "websocket open");
 
+    // One timer serves the heartbeat: it wakes for the next Ping, or sooner when the client
+    // has been silent long enough to be given up (two intervals after it was last heard,
+    // exactly, not whenever the next Ping happens to be due).
     let period = settings.ping_interval;
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut next_ping = last_heard + period;
+    let mut heartbeat = Box::pin(tokio::time::sleep_until(next_ping));
     let login_deadline = tokio::time::sleep(settings.limits.login_timeout());
     tokio::pin!(login_deadline);
     let mut allowance = Allowance::new(&settings.limits, Instant::now());
@@ -259,13 +262,19 @@ pub async fn serve(
                     break End::SlowReader;
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= 2 * period {
+            () = &mut heartbeat => {
+                let now = Instant::now();
+                let silent_at = last_heard + 2 * period;
+                if now >= silent_at {
                     break End::Silent;
                 }
-                if !outbox.deliver(Message::Ping(Default::default())) {
-                    break End::SlowReader;
+                if now >= next_ping {
+                    if !outbox.deliver(Message::Ping(Default::default())) {
+                        break End::SlowReader;
+                    }
+                    next_ping = now + period;
                 }
+                heartbeat.as_mut().reset(next_ping.min(silent_at));
             }
             () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
             () = full.notified() => break End::SlowReader,

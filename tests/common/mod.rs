@@ -3,6 +3,8 @@
 //! and WebSockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,6 +200,13 @@ impl TestServer {
     }
 }
 
+/// A WebSocket on `/ws` to a dialtone at `addr` with TLS off, such as a binary a test started.
+pub async fn plain_ws(addr: SocketAddr) -> Ws {
+    let tcp: Box<dyn Io> = Box::new(TcpStream::connect(addr).await.unwrap());
+    let (stream, _) = client_async(format!("ws://{addr}/ws"), tcp).await.unwrap();
+    Ws::spawn(stream)
+}
+
 /// Sends one request with extra headers over HTTP/1.1 on `io`.
 pub async fn http1(
     io: impl Io + 'static,
@@ -335,16 +344,24 @@ impl Ws {
 
     /// The next frame of any kind; panics after [`PATIENCE`].
     pub async fn next_frame(&mut self) -> Frame {
-        tokio::time::timeout(PATIENCE, self.incoming.recv())
+        self.next_frame_by(tokio::time::Instant::now() + PATIENCE)
+            .await
+    }
+
+    /// The next frame of any kind; panics if none has come by `deadline`.
+    pub async fn next_frame_by(&mut self, deadline: tokio::time::Instant) -> Frame {
+        tokio::time::timeout_at(deadline, self.incoming.recv())
             .await
             .expect("a frame within the patience")
             .unwrap_or(Frame::Gone)
     }
 
-    /// The next JSON message, skipping Pings; panics after [`PATIENCE`].
+    /// The next JSON message, skipping Pings; panics after [`PATIENCE`] in all, however many
+    /// Pings come meanwhile.
     pub async fn recv(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match self.next_frame().await {
+            match self.next_frame_by(deadline).await {
                 Frame::Text(text) => return serde_json::from_str(&text).unwrap(),
                 Frame::Ping => continue,
                 other => panic!("expected a message, got {other:?}"),
@@ -367,10 +384,17 @@ impl Ws {
         }
     }
 
-    /// Waits for the server's Close frame and returns it; panics on a text message.
+    /// Waits for the server's Close frame and returns it; panics on a text message, or after
+    /// [`PATIENCE`] in all.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
+        self.closed_by(tokio::time::Instant::now() + PATIENCE).await
+    }
+
+    /// Waits for the server's Close frame until `deadline`, skipping Pings; panics on a text
+    /// message, or if the socket is still open at `deadline`.
+    pub async fn closed_by(&mut self, deadline: tokio::time::Instant) -> Option<CloseFrame> {
         loop {
-            match self.next_frame().await {
+            match self.next_frame_by(deadline).await {
                 Frame::Close(frame) => return frame,
                 Frame::Gone => return None,
                 Frame::Ping => continue,
