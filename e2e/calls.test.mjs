@@ -2,10 +2,13 @@
 // processes with fake cameras. Screenshots land in target/e2e-artifacts/.
 
 import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   call, expectMediaFlowing, expectTornDown, launchBrowser, login, missing, openPage,
-  screenshot, startServer, state, statusText, waitFor,
+  screenshot, startServer, state, statusText, suiteCertificate, waitFor,
 } from './harness.mjs';
 
 const why = missing();
@@ -18,8 +21,10 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
   const servers = [];
 
   before(async () => {
+    // The browsers trust the suite's certificate and no other (no ignoreHTTPSErrors).
+    const trusted = await suiteCertificate();
     // One browser process per person whose picture matters; carol shares alice's process.
-    browsers = await Promise.all([launchBrowser(), launchBrowser()]);
+    browsers = await Promise.all([launchBrowser(trusted), launchBrowser(trusted)]);
   });
 
   after(async () => {
@@ -27,8 +32,8 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     await Promise.all(servers.map((s) => s.stop()));
   });
 
-  async function start() {
-    const server = await startServer();
+  async function start(options) {
+    const server = await startServer(options);
     servers.push(server);
     return server;
   }
@@ -113,6 +118,18 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     await expectTornDown(alice);
   });
 
+  test('a server with another certificate is refused by the browser', { timeout: 30000 }, async () => {
+    const server = await start({ certs: mkdtempSync(join(tmpdir(), 'dialtone-e2e-other-')) });
+    const context = await browsers[0].newContext();
+    const page = await context.newPage();
+    await assert.rejects(page.goto(server.url), /net::ERR_CERT_/);
+    await context.close();
+    // The suite's own certificate still loads in the same browser.
+    const own = await start();
+    const [alice] = await people(own, 'alice');
+    assert.equal(await state(alice), 'idle');
+  });
+
   test('the server restarts mid-session: pages log in again by themselves and can call', { timeout: 30000 }, async () => {
     const server = await start();
     const [alice, bob] = await people(server, 'alice', 'bob');
@@ -123,7 +140,8 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     await alice.waitForTimeout(1500);
     assert.match(await statusText(alice), /The server is restarting\. Reconnecting/);
 
-    // The same port and folder, so the same certificate.
+    // The same port and folder. The browsers check that the certificate is still the one
+    // they were told to trust: a new one would fail to load.
     servers.push(await startServer({ port: server.port, dir: server.dir }));
     await waitFor(alice, 'idle', 'Logged in as alice.');
     await waitFor(bob, 'idle', 'Logged in as bob.');

@@ -2,7 +2,8 @@
 // real Chromium processes (Debian's package) driven by Playwright, each with a fake camera.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { X509Certificate, createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -21,8 +22,17 @@ export function missing() {
   return null;
 }
 
-/** Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. */
-export async function startServer({ port = 0, dir } = {}) {
+/**
+ * Where the suite's servers keep their certificate: the first server dialtone starts makes it
+ * (tls mode "auto"), every later one reuses it, and the browsers trust exactly that one.
+ */
+const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
+
+/**
+ * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
+ * is the folder of its certificate: the suite's own unless another is given.
+ */
+export async function startServer({ port = 0, dir, certs = suiteCerts } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
@@ -30,6 +40,10 @@ export async function startServer({ port = 0, dir } = {}) {
     `listen = "127.0.0.1:${port}"`,
     `public_dir = ${JSON.stringify(join(repo, 'public'))}`,
     'ice_servers = []',
+    '[tls]',
+    'mode = "auto"',
+    `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
+    `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
     '',
   ].join('\n'));
   const child = spawn(binary, ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -54,6 +68,7 @@ export async function startServer({ port = 0, dir } = {}) {
   return {
     port: bound,
     dir: home,
+    certs,
     url: `https://localhost:${bound}/`,
     log,
     /** SIGTERM, as Heroku or systemd would; resolves with the exit status. */
@@ -76,9 +91,36 @@ const flags = [
   '--no-sandbox',
 ];
 
-/** A browser process of its own (so its fake camera is its own). */
-export async function launchBrowser() {
-  return chromium.launch({ executablePath, args: flags, headless: true });
+/**
+ * The base64 SHA-256 of a certificate's public key (its SPKI), as Chromium's
+ * --ignore-certificate-errors-spki-list wants it.
+ */
+export function spkiHash(certPem) {
+  const spki = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(spki).digest('base64');
+}
+
+/**
+ * The SPKI hash of the certificate the suite's servers present, made by a first start of
+ * dialtone if there is none yet. The browsers accept that certificate and no other, as a
+ * person does who compared the fingerprint once and accepted the warning.
+ */
+export async function suiteCertificate() {
+  const pem = join(suiteCerts, 'cert.pem');
+  if (!existsSync(pem)) {
+    const first = await startServer();
+    await first.stop();
+  }
+  return spkiHash(readFileSync(pem));
+}
+
+/**
+ * A browser process of its own (so its fake camera is its own) that trusts the certificate
+ * with SPKI hash `trusted` and checks every other one as usual.
+ */
+export async function launchBrowser(trusted) {
+  const args = [...flags, `--ignore-certificate-errors-spki-list=${trusted}`];
+  return chromium.launch({ executablePath, args, headless: true });
 }
 
 /**
@@ -87,7 +129,6 @@ export async function launchBrowser() {
  */
 export async function openPage(browser, server, { viewport = { width: 1000, height: 800 } } = {}) {
   const context = await browser.newContext({
-    ignoreHTTPSErrors: true,
     permissions: ['camera', 'microphone'],
     viewport,
   });

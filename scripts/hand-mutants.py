@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Hand-written mutants: one-line breakages that cargo-mutants cannot generate, because the
+code lies inside a macro (the `tokio::select!` loops of session::serve and server::run), or
+because the break is a new line rather than a changed one (logging a payload). They began as
+the mutation audit of issue 14; each names the tests that must catch it.
+
+Each mutant is applied to a copy of the tree (never to the working tree), built with its own
+target directory under target/, and its tests run. Exit status 0 when every mutant was caught.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# (what breaks, file, exact text, replacement, cargo test arguments that must fail)
+MUTANTS = [
+    ("a user in a call relays to a named non-partner", "src/signaling/registry.rs",
+     "(Some(call), Some(to)) if *call.with != *to => {",
+     "(Some(call), Some(to)) if false && *call.with != *to => {",
+     ["--lib", "--test", "signaling", "--test", "fuzz"]),
+    ("X-Forwarded-For trusted without behind_proxy", "src/http.rs",
+     "        if !self.inner.behind_proxy {\n            return peer.ip();",
+     "        if false {\n            return peer.ip();",
+     ["--test", "hardening", "one_address"]),
+    ("message contents logged at info", "src/signaling/session.rs",
+     "    let metrics = &shared.metrics;\n    let message = match ClientMessage::parse(text) {",
+     "    let metrics = &shared.metrics;\n    info!(\"message {text}\");\n"
+     "    let message = match ClientMessage::parse(text) {",
+     ["--test", "cli", "the_log_never"]),
+    ("drain timeout ignored (3600 s)", "src/server.rs",
+     "let deadline = limits.drain_timeout();", "let deadline = Duration::from_secs(3600);",
+     ["--test", "hardening", "shutdown_waits"]),
+    ("silence cut-off after 4 intervals", "src/signaling/session.rs",
+     "let silent_at = last_heard + 2 * period;", "let silent_at = last_heard + 4 * period;",
+     ["--test", "signaling", "heartbeat"]),
+    ("silence never cuts off", "src/signaling/session.rs",
+     "if now >= silent_at {\n                    break End::Silent;",
+     "if false && now >= silent_at {\n                    break End::Silent;",
+     ["--test", "signaling", "heartbeat"]),
+    ("no Pings sent", "src/signaling/session.rs",
+     "if !outbox.deliver(Message::Ping(Default::default())) {",
+     "if false && !outbox.deliver(Message::Ping(Default::default())) {",
+     ["--test", "signaling", "heartbeat"]),
+    ("TLS handshake timeout hard-coded to 10 s", "src/server.rs",
+     "let handshake_timeout = limits.tls_handshake_timeout();",
+     "let handshake_timeout = Duration::from_secs(10);",
+     ["--test", "hardening", "handshake"]),
+    ("header-read timeout hard-coded to 5 s", "src/server.rs",
+     ".header_read_timeout(limits.header_read_timeout());",
+     ".header_read_timeout(Duration::from_secs(5));",
+     ["--test", "hardening", "slow_headers"]),
+    ("login timeout hard-coded to 5 s", "src/signaling/session.rs",
+     "tokio::time::sleep(settings.limits.login_timeout());",
+     "tokio::time::sleep(Duration::from_secs(5));",
+     ["--test", "hardening", "never_logs_in"]),
+    ("login bucket refilled per second", "src/signaling/session.rs",
+     "f64::from(limits.logins_per_minute.get()) / 60.0,",
+     "f64::from(limits.logins_per_minute.get()),",
+     ["--test", "hardening", "login_attempts"]),
+    ("name length counted in bytes", "src/signaling/protocol.rs",
+     "let count = name.chars().count();", "let count = name.len();",
+     ["--lib", "--test", "signaling", "login_is_refused"]),
+    ("panic when a socket's queue is full", "src/signaling/registry.rs",
+     "            Err(mpsc::error::TrySendError::Full(_)) => {\n                self.full.notify_one();",
+     "            Err(mpsc::error::TrySendError::Full(_)) => {\n                panic!(\"full\");",
+     ["--test", "fuzz"]),
+    ("a full queue does not drop the slow reader", "src/signaling/session.rs",
+     "() = full.notified() => break End::SlowReader,",
+     "() = full.notified(), if false => break End::SlowReader,",
+     ["--test", "hardening", "slow_reader"]),
+    ("upgrades accepted on any path", "src/http.rs",
+     '"/" | "/ws" => self.upgrade(req, client, https, conn.tls),',
+     '_ => self.upgrade(req, client, https, conn.tls),',
+     ["--test", "hardening", "upgrades_are"]),
+    ("TURN credential signed with another key", "src/signaling/session.rs",
+     "turn.secret.0.as_bytes(),", "b\"other\",",
+     ["--test", "signaling", "turn_credentials"]),
+    ("flood never closes the socket", "src/signaling/session.rs",
+     "Verdict::Abuse => break End::Flooding,", "Verdict::Abuse => continue,",
+     ["--test", "hardening", "flood"]),
+    ("sessions not closed at shutdown", "src/server.rs",
+     "    app.close_sessions();\n", "",
+     ["--test", "signaling", "shutdown_closes"]),
+]
+
+
+def cargo_test(tree, target, args):
+    env = dict(os.environ, CARGO_TARGET_DIR=target)
+    return subprocess.run(["cargo", "test", "-q", "--locked"] + args, cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def main():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.path.join(repo, "target", "hand-mutants")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo,
+                           check=True, capture_output=True, text=True).stdout.split("\n")
+    tree = tempfile.mkdtemp(prefix="dialtone-hand-mutants-")
+    try:
+        for name in filter(None, files):
+            if os.path.isfile(os.path.join(repo, name)):
+                os.makedirs(os.path.dirname(os.path.join(tree, name)) or tree, exist_ok=True)
+                shutil.copy2(os.path.join(repo, name), os.path.join(tree, name))
+        # The unmutated tree must pass every selection, or "caught" would mean nothing.
+        for _, _, _, _, args in MUTANTS:
+            run = cargo_test(tree, target, args)
+            if run.returncode != 0:
+                print(f"the unmutated tree fails `cargo test {' '.join(args)}`:\n"
+                      f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
+                return 1
+        survivors = 0
+        for number, (what, path, old, new, args) in enumerate(MUTANTS, 1):
+            file = os.path.join(tree, path)
+            with open(file) as f:
+                source = f.read()
+            if source.count(old) != 1:
+                print(f"{number:2} STALE     {what}: the text to mutate is no longer in {path}")
+                survivors += 1
+                continue
+            with open(file, "w") as f:
+                f.write(source.replace(old, new))
+            try:
+                run = cargo_test(tree, target, args)
+                output = run.stdout + run.stderr
+                if "could not compile" in output:
+                    verdict = "UNVIABLE"
+                elif run.returncode != 0:
+                    verdict = "caught"
+                else:
+                    verdict = "SURVIVED"
+            except subprocess.TimeoutExpired:
+                verdict = "caught (timeout)"
+            finally:
+                with open(file, "w") as f:
+                    f.write(source)
+            if verdict in ("SURVIVED", "UNVIABLE"):
+                survivors += 1
+            print(f"{number:2} {verdict:9} {what} ({path})", flush=True)
+        print(f"hand-written mutants: {len(MUTANTS) - survivors} of {len(MUTANTS)} caught")
+        return 0 if survivors == 0 else 2
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
