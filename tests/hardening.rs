@@ -336,6 +336,7 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_cut_off_at_the_handshake_timeout() {
     let server = server_with("[limits]\ntls_handshake_timeout_secs = 2\n").await;
+    let (mut alice, _) = server.user("alice").await;
     let started = Instant::now();
     // One client sends nothing; another sends the first bytes of a ClientHello and stops.
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -352,6 +353,8 @@ async fn a_stalled_tls_handshake_is_cut_off_at_the_handshake_timeout() {
         Duration::from_secs(2),
         "handshakes cut off",
     );
+    // Those who finished their handshake are kept.
+    assert_eq!(alice.login("again").await["code"], "already-logged-in");
     let metrics = server.get("/metrics").await.body;
     assert_eq!(
         sample(&metrics, "dialtone_tls_handshake_failures_total"),

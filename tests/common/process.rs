@@ -124,7 +124,8 @@ impl Running {
                 if child.try_wait().unwrap().is_some() {
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening itself: another test's server may have taken the port meanwhile.
+                if listens_on(child.id(), port) {
                     return Some(Running {
                         child,
                         banner: Vec::new(),
@@ -220,4 +221,34 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (from /proc: the listening
+/// sockets' inodes, matched against the process's descriptors).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    let ours = u16::from_str_radix(local_port, 16).ok()? == port;
+                    (ours && *fields.get(3)? == "0A").then(|| format!("socket:[{}]", fields[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|link| {
+            listening
+                .iter()
+                .any(|socket| link.as_os_str() == socket.as_str())
+        })
 }
