@@ -227,9 +227,11 @@ mod tests {
         let mut flood = Flood::new(5, start);
         assert_eq!(flood.over_rate(start), Verdict::Reply);
         assert_eq!(flood.over_rate(start), Verdict::Drop);
-        let later = start + Duration::from_millis(1100);
+        // At most one reply a second: not before the second is up, and again once it is.
+        let almost = start + Duration::from_millis(999);
+        assert_eq!(flood.over_rate(almost), Verdict::Drop);
+        let later = start + Duration::from_secs(1);
         assert_eq!(flood.over_rate(later), Verdict::Reply);
-        assert_eq!(flood.over_rate(later), Verdict::Drop);
         assert_eq!(flood.over_rate(later), Verdict::Drop);
         assert_eq!(flood.over_rate(later), Verdict::Abuse);
         // A new window forgives.

@@ -56,6 +56,9 @@ async fn above_max_connections_upgrades_get_503_and_users_notice_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(server.try_ws_with("/ws", &[]).await.is_ok());
+    let metrics = server.get("/metrics").await.body;
+    let refused = "dialtone_connections_refused_total{reason=\"server-full\"}";
+    assert_eq!(sample(&metrics, refused), Some(1.0), "{metrics}");
     server.stop().await;
 }
 
@@ -75,6 +78,9 @@ async fn one_address_is_capped_and_behind_a_proxy_the_last_hop_counts() {
         .await;
     assert_eq!(refused.err(), Some(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(server.app.addresses(), 1);
+    let metrics = server.get("/metrics").await.body;
+    let refused = "dialtone_connections_refused_total{reason=\"too-many-from-address\"}";
+    assert_eq!(sample(&metrics, refused), Some(1.0), "{metrics}");
     server.stop().await;
 
     // Behind a proxy every connection comes from the proxy; the client is the last hop it

@@ -426,6 +426,10 @@ async fn heartbeat_pings_and_drops_a_silent_socket_after_two_intervals() {
         &common::repo_public(),
     )
     .await;
+    // The first Ping comes one interval after the socket opened, not at once.
+    let mut carol = server.ws().await;
+    let early = tokio::time::timeout(INTERVAL / 2, carol.next_frame()).await;
+    assert!(early.is_err(), "a frame before any was due: {early:?}");
     let (mut alice, _) = server.user("alice").await;
     // bob logs in, then never reads again: the last the server hears of him is his login.
     let mut bob = server.raw_ws_with("/ws", &[]).await;
