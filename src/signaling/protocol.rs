@@ -147,10 +147,11 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// `"otherUsername": null` arrives here as `None`: serde maps a JSON null to `None` for an
+/// `Option` field, raw or not.
 fn optional_name(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ProtocolError> {
     match raw {
         None => Ok(None),
-        Some(raw) if raw.get() == "null" => Ok(None),
         Some(raw) => string(raw)
             .map(Some)
             .ok_or_else(|| bad("\"otherUsername\" must be a string")),
