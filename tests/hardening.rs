@@ -219,6 +219,52 @@ async fn a_socket_that_never_logs_in_is_closed_at_the_login_timeout() {
     server.stop().await;
 }
 
+/// Waits until the server counts `count` open WebSockets; panics after `limit`.
+async fn connections_fall_to(server: &TestServer, count: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while server.app.connections() > count {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections after {limit:?}, expected {count}",
+            server.app.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// When the server closes a socket, it completes the close handshake: it keeps the
+/// connection until the client's Close reply (a browser that finds the connection reset
+/// instead reports 1006 and loses the code and reason), then lets go at once.
+#[tokio::test]
+async fn the_server_waits_for_the_close_reply_then_lets_go() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server_with("[limits]\nlogin_timeout_secs = 1\n").await;
+    let mut client = server.raw_ws_with("/ws", &[]).await;
+    // Read the server's Close; the reply is only sent on the next read.
+    let frame = tokio::time::timeout(common::PATIENCE, client.next())
+        .await
+        .expect("a Close within the patience");
+    match frame {
+        Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::Policy),
+        other => panic!("expected the server's Close, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.app.connections(),
+        1,
+        "the server waits for the reply"
+    );
+    // Reading sends the reply; the server then closes the connection.
+    let end = tokio::time::timeout(common::PATIENCE, client.next()).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(_)))),
+        "the connection ends: {end:?}"
+    );
+    connections_fall_to(&server, 0, Duration::from_secs(2)).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn websockets_from_a_foreign_origin_are_refused() {
     let server = TestServer::start().await;

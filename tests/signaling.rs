@@ -471,6 +471,16 @@ async fn heartbeat_pings_and_drops_a_silent_socket_after_two_intervals() {
         "bob was dropped after {silent_for:?} of silence; the rule is two intervals of {INTERVAL:?}"
     );
     assert_eq!(server.app.registry().users(), 1);
+    // A socket given up for silence is presumed dead: no Close reply is waited for, and its
+    // place is given back at once (alice's and carol's remain).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while server.app.connections() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "bob's connection is released at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // What bob would read, had he read: alice's offer, the Pings he never answered, then
     // Close 1001.
