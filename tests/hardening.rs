@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Frame, TestServer, repo_public};
+use common::{Frame, TestServer, repo_public, sample};
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,11 +50,7 @@ async fn above_max_connections_upgrades_get_503_and_users_notice_nothing() {
     still_talking(&mut alice, &mut bob).await;
     // A place frees up when someone leaves.
     drop(third);
-    let deadline = Instant::now() + common::PATIENCE;
-    while server.app.connections() > 2 {
-        assert!(Instant::now() < deadline, "the place is given back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.connections_fall_to(2, common::PATIENCE).await;
     assert!(server.try_ws_with("/ws", &[]).await.is_ok());
     let metrics = server.get("/metrics").await.body;
     let refused = "dialtone_connections_refused_total{reason=\"server-full\"}";
@@ -219,19 +215,6 @@ async fn a_socket_that_never_logs_in_is_closed_at_the_login_timeout() {
     server.stop().await;
 }
 
-/// Waits until the server counts `count` open WebSockets; panics after `limit`.
-async fn connections_fall_to(server: &TestServer, count: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while server.app.connections() > count {
-        assert!(
-            Instant::now() < deadline,
-            "{} connections after {limit:?}, expected {count}",
-            server.app.connections()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// When the server closes a socket, it completes the close handshake: it keeps the
 /// connection until the client's Close reply (a browser that finds the connection reset
 /// instead reports 1006 and loses the code and reason), then lets go at once.
@@ -261,7 +244,7 @@ async fn the_server_waits_for_the_close_reply_then_lets_go() {
         matches!(end, Ok(None | Some(Err(_)))),
         "the connection ends: {end:?}"
     );
-    connections_fall_to(&server, 0, Duration::from_secs(2)).await;
+    server.connections_fall_to(0, Duration::from_secs(2)).await;
     server.stop().await;
 }
 
@@ -526,13 +509,6 @@ async fn a_slow_reader_is_dropped_and_its_partner_goes_on() {
     server.stop().await;
 }
 
-/// Reads one counter or gauge line from the exposition.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_what_happened() {
     let server = server_with("[websocket]\nmax_message_bytes = 2048\n").await;
@@ -594,13 +570,6 @@ async fn metrics_count_what_happened() {
     server.stop().await;
 }
 
-/// Reads one value from the binary's /healthz.
-async fn health(addr: std::net::SocketAddr) -> Value {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = Request::get("/healthz").header("host", "localhost");
-    serde_json::from_str(&common::http1(tcp, request, &[]).await.body).unwrap()
-}
-
 /// Thousands of connect / login / call / disconnect cycles against the real binary, a third
 /// of them ending in a dropped TCP connection without a Close frame. The memory measured is
 /// the server process's own, so nothing the test itself allocates can hide or fake a leak.
@@ -650,7 +619,8 @@ async fn churn_leaves_nothing_behind() {
         // Every session ends, and the registry and the address counts are empty again.
         let deadline = Instant::now() + common::PATIENCE;
         loop {
-            let health = health(addr).await;
+            let health: Value =
+                serde_json::from_str(&common::plain_get(addr, "/healthz").await.body).unwrap();
             if health["users"] == 0 && health["connections"] == 0 {
                 break;
             }
@@ -672,16 +642,7 @@ async fn churn_leaves_nothing_behind() {
         grown < 2 * 1024,
         "the server's RSS grew by {grown} KiB over 2 x {CYCLES} cycles ({before} -> {after} KiB)"
     );
-    let metrics = {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        common::http1(
-            tcp,
-            Request::get("/metrics").header("host", "localhost"),
-            &[],
-        )
-        .await
-        .body
-    };
+    let metrics = common::plain_get(addr, "/metrics").await.body;
     assert_eq!(
         sample(&metrics, "dialtone_calls{state=\"active\"}"),
         Some(0.0)

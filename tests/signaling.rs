@@ -247,16 +247,13 @@ async fn a_vanished_peer_ends_the_call_and_frees_the_name() {
     assert_eq!(bob_again.recv().await["reason"], "disconnected");
     drop(bob_again);
     // Both sessions are gone from the registry.
-    let app = server.app.clone();
-    tokio::time::timeout(common::PATIENCE, async {
-        while app.connections() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every connection is gone");
-    assert_eq!(app.registry().users(), 0);
-    assert_eq!(app.addresses(), 0, "no per-address counts left behind");
+    server.connections_fall_to(0, common::PATIENCE).await;
+    assert_eq!(server.app.registry().users(), 0);
+    assert_eq!(
+        server.app.addresses(),
+        0,
+        "no per-address counts left behind"
+    );
     server.stop().await;
 }
 
@@ -473,14 +470,7 @@ async fn heartbeat_pings_and_drops_a_silent_socket_after_two_intervals() {
     assert_eq!(server.app.registry().users(), 1);
     // A socket given up for silence is presumed dead: no Close reply is waited for, and its
     // place is given back at once (alice's and carol's remain).
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while server.app.connections() > 2 {
-        assert!(
-            Instant::now() < deadline,
-            "bob's connection is released at once"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server.connections_fall_to(2, Duration::from_secs(1)).await;
 
     // What bob would read, had he read: alice's offer, the Pings he never answered, then
     // Close 1001.

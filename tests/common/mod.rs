@@ -191,6 +191,19 @@ impl TestServer {
         stream
     }
 
+    /// Waits until the server counts at most `count` open WebSockets; panics after `limit`.
+    pub async fn connections_fall_to(&self, count: usize, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.app.connections() > count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections after {limit:?}, expected {count}",
+                self.app.connections()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Opens a WebSocket and logs in as `name`, returning the login reply.
     pub async fn user(&self, name: &str) -> (Ws, Value) {
         let mut ws = self.ws().await;
@@ -205,6 +218,20 @@ pub async fn plain_ws(addr: SocketAddr) -> Ws {
     let tcp: Box<dyn Io> = Box::new(TcpStream::connect(addr).await.unwrap());
     let (stream, _) = client_async(format!("ws://{addr}/ws"), tcp).await.unwrap();
     Ws::spawn(stream)
+}
+
+/// GET over plain HTTP/1.1 from a dialtone at `addr` with TLS off.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let request = Request::get(path).header("host", "localhost");
+    http1(tcp, request, &[]).await
+}
+
+/// Reads one counter or gauge line from a /metrics exposition.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Sends one request with extra headers over HTTP/1.1 on `io`.
