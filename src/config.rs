@@ -24,6 +24,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("the PORT environment variable must be a port number from 1 to 65535, not {0:?}")]
     BadPort(String),
+    #[error("the REDIS_URL environment variable is not usable: {0}")]
+    BadRedisUrl(String),
 }
 
 /// The whole configuration, as read from `config.toml`.
@@ -47,6 +49,133 @@ pub struct Config {
     /// served by dialtone itself, judged from the request's Host.
     pub allowed_origins: Vec<Origin>,
     pub log_format: LogFormat,
+    /// Several instances as one service, through Redis. Without a URL: one process, in memory.
+    pub cluster: ClusterConfig,
+}
+
+/// The Redis backplane. Times are in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` (TLS). When unset, the `REDIS_URL` environment variable is
+    /// used (the Heroku Redis add-on sets it); when both are unset, dialtone runs alone.
+    pub redis_url: Option<RedisUrl>,
+    /// Accept any certificate on `rediss://`: Heroku Redis presents a self-signed one.
+    pub tls_insecure: bool,
+    /// Put before every key and channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// This instance's name in Redis. Default: `DYNO` (Heroku), else host name plus a random
+    /// suffix.
+    pub instance_id: Option<String>,
+    /// How often the lease is renewed, and the other checks run.
+    pub heartbeat_ms: NonZeroU64,
+    /// How long a lease lasts without renewal: the time to notice an instance that died.
+    pub lease_ms: NonZeroU64,
+    /// The longest any one Redis command may take before it counts as failed.
+    pub timeout_ms: NonZeroU64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let n64 = |n: u64| NonZeroU64::new(n).expect("the defaults are not zero");
+        ClusterConfig {
+            redis_url: None,
+            tls_insecure: false,
+            key_prefix: "dialtone:".into(),
+            instance_id: None,
+            heartbeat_ms: n64(1000),
+            lease_ms: n64(5000),
+            timeout_ms: n64(1000),
+        }
+    }
+}
+
+/// Where the Redis URL came from, for the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlSource {
+    File,
+    Environment,
+}
+
+impl ClusterConfig {
+    /// Takes `REDIS_URL` when the file names no Redis. Returns where the URL came from.
+    pub fn apply_env(&mut self, redis_url: Option<&str>) -> Result<Option<UrlSource>, ConfigError> {
+        if self.redis_url.is_some() {
+            return Ok(Some(UrlSource::File));
+        }
+        match redis_url.map(str::trim).filter(|url| !url.is_empty()) {
+            None => Ok(None),
+            Some(url) => {
+                self.redis_url =
+                    Some(RedisUrl::try_from(url.to_owned()).map_err(ConfigError::BadRedisUrl)?);
+                Ok(Some(UrlSource::Environment))
+            }
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.get())
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.get())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.get())
+    }
+}
+
+/// A `redis://` or `rediss://` URL. Its `Debug` and [`RedisUrl::redacted`] never show the
+/// password.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without user name and password, for logs.
+    pub fn redacted(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let (authority, path) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        format!("{scheme}://{host}{path}")
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl TryFrom<String> for RedisUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(RedisUrl(url))
+        } else {
+            Err(format!(
+                "the Redis URL must start with redis:// or rediss:// (TLS), e.g. \
+                 redis://127.0.0.1:6379, not {:?}",
+                url.split("://").next().unwrap_or("")
+            ))
+        }
+    }
 }
 
 /// A web origin, `http(s)://host[:port]`, lower-cased, without a default port or a path.
@@ -175,6 +304,7 @@ impl Default for Config {
             limits: Limits::default(),
             allowed_origins: Vec::new(),
             log_format: LogFormat::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::config::{Config, Origin};
 use crate::limits::{Admission, Refusal};
 use crate::metrics::{Metrics, Snapshot};
 use crate::signaling::registry::Registry;
+use crate::signaling::registry::cluster::Cluster;
 use crate::signaling::session::{self, Settings, Shared};
 
 /// The body type of every response: static files stream, everything else is one buffer.
@@ -65,7 +66,27 @@ struct Inner {
 }
 
 impl App {
+    /// The application with the engine the config asks for: Redis when `[cluster]` names
+    /// one (connecting and subscribing before it returns), memory otherwise.
+    pub async fn start(config: &Config) -> anyhow::Result<App> {
+        let metrics = Metrics::new();
+        let registry = match &config.cluster.redis_url {
+            None => Registry::new(),
+            Some(_) => Registry::Cluster(Cluster::start(&config.cluster, &metrics).await?),
+        };
+        Ok(App::with_registry(config, registry, metrics)?)
+    }
+
+    /// The application with the in-memory engine.
     pub fn new(config: &Config) -> Result<App, AppError> {
+        App::with_registry(config, Registry::new(), Metrics::new())
+    }
+
+    fn with_registry(
+        config: &Config,
+        registry: Registry,
+        metrics: Metrics,
+    ) -> Result<App, AppError> {
         let root = config
             .public_dir
             .canonicalize()
@@ -84,9 +105,9 @@ impl App {
         Ok(App {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared {
-                    registry: Registry::new(),
+                    registry,
                     settings: Settings::from_config(config),
-                    metrics: Metrics::new(),
+                    metrics,
                 }),
                 admission: Admission::new(
                     limits.max_connections.get(),
@@ -296,15 +317,26 @@ impl App {
         uncached(&body, Metrics::content_type())
     }
 
+    /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.
     fn health(&self) -> Response<Body> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "users": self.registry().users(),
             "connections": self.connections(),
-        })
-        .to_string();
-        uncached(&body, "application/json")
+        });
+        let backplane = self.registry().backplane_up();
+        if let Some(up) = backplane {
+            body["backplane"] = if up { "ok" } else { "unavailable" }.into();
+            if !up {
+                body["status"] = "unavailable".into();
+            }
+        }
+        let mut response = uncached(&body.to_string(), "application/json");
+        if backplane == Some(false) {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
     }
 
     async fn file(&self, req: Request<Incoming>) -> Response<Body> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dialtone::config::{Config, LogFormat, Mode, TlsConfig};
+use dialtone::config::{Config, LogFormat, Mode, TlsConfig, UrlSource};
 use dialtone::http::App;
 use dialtone::tls::Certificates;
 use dialtone::{server, tls};
@@ -74,8 +74,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
              platform's TLS router, trusting X-Forwarded-Proto and X-Forwarded-For"
         ),
     }
+    let redis_url = std::env::var("REDIS_URL").ok();
+    match config.cluster.apply_env(redis_url.as_deref())? {
+        None => info!(
+            "one instance, state in memory (set [cluster] redis_url or REDIS_URL to run several)"
+        ),
+        Some(source) => {
+            let from = match source {
+                UrlSource::File => format!("[cluster] redis_url in {}", path.display()),
+                UrlSource::Environment => "the REDIS_URL environment variable".to_owned(),
+            };
+            info!("Redis backplane from {from}");
+        }
+    }
     let tls = tls::setup(&config.tls)?;
-    let app = App::new(&config)?;
+    let app = App::start(&config).await?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another dialtone running? change `listen` in {}",

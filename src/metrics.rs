@@ -3,7 +3,10 @@
 //! Counters are bumped where things happen; the gauges (connections, users, calls) are read
 //! from the registry and admission at scrape time, so they can never drift from the truth.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
+};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -138,4 +141,74 @@ impl Metrics {
     pub fn content_type() -> &'static str {
         prometheus::TEXT_FORMAT
     }
+
+    /// The backplane's series, registered only when there is one.
+    pub fn backplane(&self) -> Backplane {
+        let backplane = Backplane {
+            round_trips: HistogramVec::new(
+                HistogramOpts::new(
+                    "dialtone_backplane_round_trip_seconds",
+                    "Redis round trips, by operation.",
+                )
+                .buckets(vec![
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0,
+                ]),
+                &["op"],
+            )
+            .expect("valid metric"),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "dialtone_backplane_errors_total",
+                    "Redis commands that failed or timed out, by operation.",
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
+            published: IntCounter::new(
+                "dialtone_backplane_published_total",
+                "Messages sent to users on other instances.",
+            )
+            .expect("valid metric"),
+            received: IntCounter::new(
+                "dialtone_backplane_received_total",
+                "Messages received from other instances for users here.",
+            )
+            .expect("valid metric"),
+            instances: IntGauge::new(
+                "dialtone_backplane_instances",
+                "Live instances in the cluster, this one included, as of the last heartbeat.",
+            )
+            .expect("valid metric"),
+            up: IntGauge::new(
+                "dialtone_backplane_up",
+                "1 while the backplane is usable, 0 while it is not.",
+            )
+            .expect("valid metric"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+            Box::new(backplane.round_trips.clone()),
+            Box::new(backplane.errors.clone()),
+            Box::new(backplane.published.clone()),
+            Box::new(backplane.received.clone()),
+            Box::new(backplane.instances.clone()),
+            Box::new(backplane.up.clone()),
+        ];
+        for collector in collectors {
+            // Registered once per Metrics; a second call finds them there already.
+            let _ = self.registry.register(collector);
+        }
+        backplane
+    }
+}
+
+/// The backplane's counters; cloning shares them.
+#[derive(Debug, Clone)]
+pub struct Backplane {
+    pub round_trips: HistogramVec,
+    pub errors: IntCounterVec,
+    pub published: IntCounter,
+    pub received: IntCounter,
+    pub instances: IntGauge,
+    pub up: IntGauge,
 }

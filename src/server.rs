@@ -111,6 +111,8 @@ pub async fn run(
     if tokio::time::timeout(deadline, drained).await.is_err() {
         warn!("connections still open after {deadline:?}; stopping anyway");
     }
+    // In a cluster: free this instance's names and tell remote partners, before exiting.
+    app.registry().leave().await;
 }
 
 async fn serve_http<I>(

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dialtone::signaling::protocol::{ClientMessage, LoginFailure, ProtocolError};
-use dialtone::signaling::registry::{
-    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError,
-};
+// The in-memory engine's synchronous API: the model checks every step at once. The same rules
+// run against the Redis engine in tests/engines.rs.
+use dialtone::signaling::registry::memory::{Connection, Registry};
+use dialtone::signaling::registry::{CallState, Outbox, Queued, Relay, RelayError};
 use futures_util::FutureExt;
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;

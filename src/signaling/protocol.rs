@@ -196,6 +196,8 @@ pub enum LoginFailure {
     InvalidName,
     AlreadyLoggedIn,
     RateLimited,
+    /// The shared backplane (Redis) cannot be reached: nobody can be logged in safely.
+    Unavailable,
 }
 
 impl LoginFailure {
@@ -205,6 +207,7 @@ impl LoginFailure {
             LoginFailure::InvalidName => "invalid-name",
             LoginFailure::AlreadyLoggedIn => "already-logged-in",
             LoginFailure::RateLimited => "rate-limited",
+            LoginFailure::Unavailable => "unavailable",
         }
     }
 }

@@ -124,6 +124,8 @@ enum End {
     Flooding,
     /// It never logged in.
     NoLogin,
+    /// Another instance took its name while Redis was away.
+    NameLost,
     ServerShutdown,
 }
 
@@ -136,6 +138,7 @@ impl End {
             End::BadUtf8 => (CloseCode::Invalid, "text frames must be UTF-8"),
             End::Flooding => (CloseCode::Policy, "too many messages"),
             End::NoLogin => (CloseCode::Policy, "log in first"),
+            End::NameLost => (CloseCode::Policy, "your name was taken over: log in again"),
             End::ServerShutdown => (CloseCode::Away, "server restarting"),
         };
         Some(CloseFrame {
@@ -245,7 +248,9 @@ pub async fn serve(
                     }
                 }
                 let reply = match message {
-                    Message::Text(text) => handle(&mut conn, &text, &shared, &mut allowance, client),
+                    Message::Text(text) => {
+                        handle(&mut conn, &text, &shared, &mut allowance, client).await
+                    }
                     Message::Binary(_) => {
                         metrics.error("binary-frame");
                         Some(ServerMessage::error(
@@ -277,10 +282,16 @@ pub async fn serve(
                 heartbeat.as_mut().reset(next_ping.min(silent_at));
             }
             () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
-            () = full.notified() => break End::SlowReader,
+            () = full.notified() => {
+                break if conn.evicted() { End::NameLost } else { End::SlowReader };
+            }
             // wait_for checks the current value first: a socket upgraded during the drain
             // closes at once instead of waiting for a change that already happened.
-            _ = shutdown.wait_for(|&stopping| stopping) => break End::ServerShutdown,
+            // (The watch guard is dropped inside: the select's output must not hold it
+            // while a message is handled.)
+            () = async { drop(shutdown.wait_for(|&stopping| stopping).await) } => {
+                break End::ServerShutdown;
+            }
         }
     };
 
@@ -355,8 +366,9 @@ async fn write_frames(
     let _ = sink.close().await;
 }
 
-/// Handles one text message; returns the reply for the sender, if any.
-fn handle(
+/// Handles one text message; returns the reply for the sender, if any. With the memory
+/// engine nothing in here waits; with Redis each step is one round trip under a timeout.
+async fn handle(
     conn: &mut Connection,
     text: &str,
     shared: &Shared,
@@ -372,62 +384,89 @@ fn handle(
         }
     };
     match message {
-        ClientMessage::Login { username } => login(conn, &username, shared, allowance, client),
-        ClientMessage::Offer { offer, to } => relayed(conn, metrics, "offer", |me| {
-            let frame = ServerMessage::Offer {
-                offer,
-                username: me,
+        ClientMessage::Login { username } => {
+            login(conn, &username, shared, allowance, client).await
+        }
+        ClientMessage::Offer { offer, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Offer {
+                    offer,
+                    username: me,
+                }
+                .to_json()
             };
-            conn.offer(&to, Message::text(frame.to_json()))
-        }),
-        ClientMessage::Answer { answer, to } => relayed(conn, metrics, "answer", |me| {
-            let frame = ServerMessage::Answer {
-                answer,
-                username: me,
+            let result = match conn.name() {
+                None => Err(RelayError::NotLoggedIn),
+                Some(me) => conn.offer(&to, frame(me)).await,
             };
-            conn.relay(Relay::Answer, to.as_deref(), Message::text(frame.to_json()))
-        }),
-        ClientMessage::Candidate { candidate, to } => relayed(conn, metrics, "candidate", |me| {
-            let frame = ServerMessage::Candidate {
-                candidate,
-                username: me,
+            relayed(conn, metrics, "offer", result)
+        }
+        ClientMessage::Answer { answer, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Answer {
+                    answer,
+                    username: me,
+                }
+                .to_json()
             };
-            conn.relay(
-                Relay::Candidate,
-                to.as_deref(),
-                Message::text(frame.to_json()),
-            )
-        }),
-        ClientMessage::Decline { to } => relayed(conn, metrics, "decline", |me| {
-            let frame = ServerMessage::Decline { username: me };
-            conn.relay(
-                Relay::Decline,
-                to.as_deref(),
-                Message::text(frame.to_json()),
-            )
-        }),
-        ClientMessage::Close { to } => relayed(conn, metrics, "close", |me| {
-            let frame = ServerMessage::Close {
-                username: me,
-                reason: CloseReason::HungUp,
+            relay(conn, metrics, Relay::Answer, to.as_deref(), frame).await
+        }
+        ClientMessage::Candidate { candidate, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Candidate {
+                    candidate,
+                    username: me,
+                }
+                .to_json()
             };
-            conn.relay(Relay::Close, to.as_deref(), Message::text(frame.to_json()))
-        }),
+            relay(conn, metrics, Relay::Candidate, to.as_deref(), frame).await
+        }
+        ClientMessage::Decline { to } => {
+            let frame = |me: &str| ServerMessage::Decline { username: me }.to_json();
+            relay(conn, metrics, Relay::Decline, to.as_deref(), frame).await
+        }
+        ClientMessage::Close { to } => {
+            let frame = |me: &str| {
+                ServerMessage::Close {
+                    username: me,
+                    reason: CloseReason::HungUp,
+                }
+                .to_json()
+            };
+            relay(conn, metrics, Relay::Close, to.as_deref(), frame).await
+        }
     }
 }
 
-/// Runs one relay for a logged-in sender (`me` is their name as the registry knows it) and
-/// turns a refusal into the reply for the sender.
+/// Relays an answer, candidate, decline or close; `frame` builds it from the sender's name as
+/// the registry knows it.
+async fn relay(
+    conn: &Connection,
+    metrics: &Metrics,
+    kind: Relay,
+    to: Option<&str>,
+    frame: impl FnOnce(&str) -> String,
+) -> Option<String> {
+    let result = match conn.name() {
+        None => Err(RelayError::NotLoggedIn),
+        Some(me) => conn.relay(kind, to, frame(me)).await,
+    };
+    let label = match kind {
+        Relay::Answer => "answer",
+        Relay::Candidate => "candidate",
+        Relay::Decline => "decline",
+        Relay::Close => "close",
+    };
+    relayed(conn, metrics, label, result)
+}
+
+/// Turns a relay's outcome into the metrics, the log, and the reply for the sender.
 fn relayed(
     conn: &Connection,
     metrics: &Metrics,
     kind: &str,
-    send: impl FnOnce(&str) -> Result<Arc<str>, RelayError>,
+    result: Result<Arc<str>, RelayError>,
 ) -> Option<String> {
-    let result = match conn.name() {
-        None => Err(RelayError::NotLoggedIn),
-        Some(me) => send(me),
-    };
     match result {
         Ok(to) => {
             metrics.relayed(kind);
@@ -442,7 +481,7 @@ fn relayed(
     }
 }
 
-fn login(
+async fn login(
     conn: &mut Connection,
     name: &str,
     shared: &Shared,
@@ -484,7 +523,7 @@ fn login(
         message: None,
     }
     .to_json();
-    match conn.login(name, Message::text(welcome)) {
+    match conn.login(name, welcome).await {
         Ok(()) => {
             info!(%client, user = name, "logged in");
             None
@@ -492,6 +531,10 @@ fn login(
         Err(LoginFailure::NameTaken) => refuse(
             LoginFailure::NameTaken,
             &format!("the name {name} is taken: choose another"),
+        ),
+        Err(LoginFailure::Unavailable) => refuse(
+            LoginFailure::Unavailable,
+            "the service cannot reach its backplane right now: try again in a moment",
         ),
         Err(other) => refuse(other, "login refused"),
     }

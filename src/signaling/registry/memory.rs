@@ -1,63 +1,17 @@
-//! Who is logged in, and who is in a call with whom.
+//! The in-memory engine: one process, every user and call in one map.
 //!
 //! All of it is one map behind one lock, so a user and their call can never disagree. The lock
 //! is a `std::sync::Mutex`: it is only ever held for a few map operations and a non-blocking
-//! `try_send`, never across an `.await`, so an async mutex would only add cost.
-//!
-//! Sessions see the registry only through [`Registry::connect`] and the [`Connection`] it
-//! returns; a shared backplane for several server instances can replace this file behind the
-//! same few methods.
+//! `try_send`, never across an `.await`, so an async mutex would only add cost. Nothing here
+//! waits, so the engine seam's async methods complete on their first poll.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
-use tungstenite::Message;
+use hyper_tungstenite::tungstenite::Message;
 
-use super::protocol::{CloseReason, LoginFailure, ServerMessage};
-use hyper_tungstenite::tungstenite;
-
-/// What a socket's queue holds. Boxed because tokio's bounded channel allocates its first
-/// block of 32 slots up front: 32 boxes are 256 bytes, 32 bare `Message`s 1.8 KB, on every
-/// connection, idle or not (measured: bench/RESULTS.md).
-pub type Queued = Box<Message>;
-
-/// The way into one socket: its bounded queue, and a bell to ring when that queue is full.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    tx: mpsc::Sender<Queued>,
-    full: Arc<Notify>,
-}
-
-impl Outbox {
-    pub fn new(tx: mpsc::Sender<Queued>, full: Arc<Notify>) -> Outbox {
-        Outbox { tx, full }
-    }
-
-    /// Queues a frame without waiting. A full queue means the client stopped reading: it is
-    /// told to go (its session drops it) instead of letting the queue grow.
-    pub fn deliver(&self, frame: Message) -> bool {
-        match self.tx.try_send(Box::new(frame)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.full.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-/// Where a call stands, seen from one side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallState {
-    /// I sent an offer; the other side is ringing.
-    Calling,
-    /// The other side's offer is ringing here.
-    Ringing,
-    /// An answer went through.
-    Active,
-}
+use super::{CallState, Outbox, Relay, RelayError};
+use crate::signaling::protocol::{CloseReason, LoginFailure, ServerMessage};
 
 #[derive(Debug)]
 struct Call {
@@ -80,55 +34,6 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     state: Arc<Mutex<State>>,
-}
-
-/// Relayed message kinds that travel only between partners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relay {
-    Answer,
-    Candidate,
-    Decline,
-    Close,
-}
-
-/// Why a message was not relayed; answered to its sender, whose socket stays open.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RelayError {
-    #[error("log in first: send {{\"type\":\"login\",\"username\":…}}")]
-    NotLoggedIn,
-    #[error("no user named {0} is logged in")]
-    UnknownUser(String),
-    #[error("you cannot call yourself")]
-    SelfCall,
-    #[error("{0} is busy")]
-    Busy(Arc<str>),
-    #[error("you are already in a call with {0}: hang up first")]
-    AlreadyInCall(Arc<str>),
-    #[error("you are not in a call")]
-    NoCall,
-    #[error("you are not in a call with {0}")]
-    NotInCallWith(String),
-}
-
-impl RelayError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            RelayError::NotLoggedIn => "not-logged-in",
-            RelayError::UnknownUser(_) => "unknown-user",
-            RelayError::SelfCall => "self-call",
-            RelayError::Busy(_) => "busy",
-            RelayError::AlreadyInCall(_) => "already-in-call",
-            RelayError::NoCall | RelayError::NotInCallWith(_) => "not-in-call",
-        }
-    }
-
-    /// The frame that tells the sender: `busy` has its own message type, the rest are errors.
-    pub fn reply(&self) -> String {
-        match self {
-            RelayError::Busy(name) => ServerMessage::Busy { username: name }.to_json(),
-            other => ServerMessage::error(other.code(), &other.to_string()),
-        }
-    }
 }
 
 impl Registry {
@@ -330,7 +235,9 @@ fn end_call(state: &mut State, who: &Arc<str>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Queued;
     use super::*;
+    use tokio::sync::{Notify, mpsc};
 
     fn socket(registry: &Registry) -> (Connection, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(8);

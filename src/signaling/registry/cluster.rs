@@ -1,0 +1,1076 @@
+//! The Redis engine: several dialtone instances as one service.
+//!
+//! Redis holds who is logged in where, and who is in a call with whom; every check and change
+//! of that state is one Lua script (`lua/`), run with EVALSHA (and loaded again by redis-rs
+//! when a restarted Redis answers NOSCRIPT), so no check and set are ever two round trips.
+//! Each instance keeps, for its own sockets only, a copy of their records: it carries calls
+//! between two users of this instance while Redis is away, and is written back when Redis
+//! comes back empty.
+//!
+//! Messages for a user on another instance are PUBLISHed by the script itself to that
+//! instance's channel, which one task here reads in order and pushes into the sockets' bounded
+//! queues. Pub/sub is at most once: the heartbeat, which renews this instance's lease, also
+//! ends any call whose other side has vanished, so a partner always learns that a call ended.
+//! An instance that dies stops renewing its lease; when it lapses any survivor frees its
+//! names and tells their partners. There is no leader.
+//!
+//! Every Redis command has a timeout. While Redis cannot be reached the engine refuses at
+//! once what needs it (login, a new call), sends nothing to Redis but the heartbeat, so no
+//! commands pile up, and carries on the calls between two users of this instance.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use hyper_tungstenite::tungstenite::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{CallState, Outbox, Relay, RelayError};
+use crate::config::ClusterConfig;
+use crate::metrics::{Backplane, Metrics};
+use crate::signaling::protocol::{CloseReason, LoginFailure, ServerMessage};
+
+/// Most commands in flight on the shared connection; beyond it a command fails at once
+/// instead of queueing in memory.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Names re-claimed per script call after Redis lost them.
+const RECLAIM_BATCH: usize = 256;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+struct Scripts {
+    claim: Script,
+    offer: Script,
+    relay: Script,
+    release: Script,
+    heartbeat: Script,
+    reap: Script,
+    prune: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Scripts {
+            claim: script(include_str!("lua/claim.lua")),
+            offer: script(include_str!("lua/offer.lua")),
+            relay: script(include_str!("lua/relay.lua")),
+            release: script(include_str!("lua/release.lua")),
+            heartbeat: script(include_str!("lua/heartbeat.lua")),
+            reap: script(include_str!("lua/reap.lua")),
+            prune: script(include_str!("lua/prune.lua")),
+        }
+    }
+}
+
+/// The handle sessions and the HTTP layer share; cloning it is one reference count.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    id: String,
+    prefix: String,
+    channel: String,
+    client: redis::Client,
+    redis: ConnectionManager,
+    scripts: Scripts,
+    local: Mutex<Local>,
+    heartbeat: Duration,
+    lease: Duration,
+    timeout: Duration,
+    metrics: Backplane,
+    /// Usable: the last heartbeat went through and the subscription hears its probes.
+    up: AtomicBool,
+    subscribed: AtomicBool,
+    probes_sent: AtomicU64,
+    probes_heard: AtomicU64,
+    resubscribe: Notify,
+    /// Set when a script found a record of ours missing: the heartbeat re-claims at once.
+    reclaim: AtomicBool,
+    next_sid: AtomicU64,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+#[derive(Default)]
+struct Local {
+    members: HashMap<Arc<str>, Member>,
+    /// Calls changed here while Redis was away; written back when it returns.
+    dirty: bool,
+}
+
+struct Member {
+    sid: u64,
+    outbox: Outbox,
+    call: Option<Call>,
+    /// `Some` while the claim is in flight: frames that arrive before the login reply wait
+    /// here, so the reply is always the first thing the client reads.
+    held: Option<Vec<String>>,
+    /// Another instance holds the name now; the session is told to end.
+    evicted: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    with: Arc<str>,
+    state: CallState,
+    /// This side sent the offer (each call is counted by its caller's instance).
+    caller: bool,
+    /// The partner is a socket of this instance.
+    local: bool,
+}
+
+/// What a Redis command's failure leaves the caller with: the engine is (now) unavailable.
+struct Down;
+
+impl Cluster {
+    /// Connects to Redis, subscribes to this instance's channel and takes the lease before
+    /// returning, so no socket is accepted before messages for it can arrive. If Redis cannot
+    /// be reached, the instance starts anyway, unavailable, and keeps trying.
+    pub async fn start(config: &ClusterConfig, metrics: &Metrics) -> anyhow::Result<Cluster> {
+        let url = config
+            .redis_url
+            .as_ref()
+            .context("no Redis URL: set [cluster] redis_url or REDIS_URL")?;
+        if config.lease_ms.get() < 2 * config.heartbeat_ms.get() {
+            anyhow::bail!(
+                "[cluster] lease_ms ({}) must be at least twice heartbeat_ms ({}): one late \
+                 heartbeat must not lose the lease",
+                config.lease_ms,
+                config.heartbeat_ms
+            );
+        }
+        let mut info = url
+            .as_str()
+            .into_connection_info()
+            .with_context(|| format!("the Redis URL {url:?} cannot be used"))?;
+        if config.tls_insecure
+            && let ConnectionAddr::TcpTls {
+                host,
+                port,
+                tls_params,
+                ..
+            } = info.addr().clone()
+        {
+            info = info.set_addr(ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: true,
+                tls_params,
+            });
+        }
+        let client = redis::Client::open(info).context("cannot set up the Redis client")?;
+        let timeout = config.timeout();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1))
+            .set_concurrency_limit(MAX_IN_FLIGHT);
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .context("cannot set up the Redis connection")?;
+        let id = instance_id(config);
+        if id.is_empty() || id.contains(char::is_control) {
+            anyhow::bail!(
+                "[cluster] instance_id must be a non-empty name without control characters"
+            );
+        }
+        let prefix = config.key_prefix.clone();
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                channel: format!("{prefix}ch:{id}"),
+                id,
+                prefix,
+                client,
+                redis,
+                scripts: Scripts::new(),
+                local: Mutex::new(Local::default()),
+                heartbeat: config.heartbeat(),
+                lease: config.lease(),
+                timeout,
+                metrics: metrics.backplane(),
+                up: AtomicBool::new(false),
+                subscribed: AtomicBool::new(false),
+                probes_sent: AtomicU64::new(0),
+                probes_heard: AtomicU64::new(0),
+                resubscribe: Notify::new(),
+                reclaim: AtomicBool::new(false),
+                next_sid: AtomicU64::new(1),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        info!(
+            instance = %cluster.inner.id,
+            "cluster mode: Redis at {}, keys under {:?}",
+            url.redacted(),
+            cluster.inner.prefix
+        );
+        let inner = &cluster.inner;
+        let subscriber = tokio::spawn(inner.clone().listen());
+        let heartbeat = tokio::spawn(inner.clone().beat());
+        lock(&inner.tasks).extend([subscriber.abort_handle(), heartbeat.abort_handle()]);
+        // Wait for the first heartbeat with a live subscription, a few heartbeats at most.
+        let ready = async {
+            while !inner.is_up() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let patience = 3 * (timeout + inner.heartbeat);
+        if tokio::time::timeout(patience, ready).await.is_err() {
+            error!(
+                "the backplane (Redis at {}) is unavailable: logins are refused until it \
+                 answers; check redis_url / REDIS_URL, the password and tls_insecure",
+                url.redacted()
+            );
+        }
+        Ok(cluster)
+    }
+
+    /// This instance's name in the cluster.
+    pub fn instance(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn connect(&self, outbox: Outbox) -> Connection {
+        Connection {
+            cluster: self.clone(),
+            outbox,
+            sid: self.inner.next_sid.fetch_add(1, Ordering::Relaxed),
+            name: None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.inner.is_up()
+    }
+
+    pub fn users(&self) -> usize {
+        let local = self.inner.lock();
+        local.members.values().filter(|m| m.held.is_none()).count()
+    }
+
+    pub fn calls(&self) -> (usize, usize) {
+        let local = self.inner.lock();
+        let count = |wanted: CallState| {
+            local
+                .members
+                .values()
+                .filter_map(|m| m.call.as_ref())
+                .filter(|call| call.caller && call.state == wanted)
+                .count()
+        };
+        (count(CallState::Calling), count(CallState::Active))
+    }
+
+    pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
+        let local = self.inner.lock();
+        let call = local.members.get(name)?.call.as_ref()?;
+        Some((call.with.to_string(), call.state))
+    }
+
+    /// Stops the heartbeat and frees every name of this instance in Redis, telling remote
+    /// partners. Called at shutdown once the sessions have closed.
+    pub async fn leave(&self) {
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        let inner = &self.inner;
+        let done: Result<Vec<i64>, Down> = inner
+            .run("leave", inner.invoke(&inner.scripts.reap).arg("leave"))
+            .await;
+        match done {
+            Ok(_) => info!(instance = %inner.id, "left the cluster: names released"),
+            Err(Down) => warn!(
+                instance = %inner.id,
+                "could not leave the cluster cleanly: the other instances free this \
+                 instance's names when its lease lapses"
+            ),
+        }
+        inner.up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// `DYNO` on Heroku (web.1, web.2, …), else the host name and a random suffix, so two
+/// processes on one host never share an id.
+fn instance_id(config: &ClusterConfig) -> String {
+    if let Some(id) = &config.instance_id {
+        return id.clone();
+    }
+    if let Ok(dyno) = std::env::var("DYNO")
+        && !dyno.is_empty()
+    {
+        return dyno;
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut suffix = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix);
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}-{suffix}")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Held only for map operations and non-blocking sends; the data stays consistent
+    // between statements, so a poisoned lock is carried on with.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn close_frame(from: &str) -> String {
+    ServerMessage::Close {
+        username: from,
+        reason: CloseReason::Disconnected,
+    }
+    .to_json()
+}
+
+/// The change a relayed message of `kind` makes to the call of the side that receives it (or
+/// sends it), when that call is with `with`.
+fn apply(call: &mut Option<Call>, kind: Relay, with: &str) {
+    let Some(current) = call else { return };
+    if *current.with != *with {
+        return;
+    }
+    match kind {
+        Relay::Answer => current.state = CallState::Active,
+        Relay::Decline | Relay::Close => *call = None,
+        Relay::Candidate => {}
+    }
+}
+
+impl Relay {
+    fn wire(self) -> &'static str {
+        match self {
+            Relay::Answer => "answer",
+            Relay::Candidate => "candidate",
+            Relay::Decline => "decline",
+            Relay::Close => "close",
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        lock(&self.local)
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// A call of `script` with the two arguments every script starts with.
+    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.prefix).arg(&self.id);
+        invocation
+    }
+
+    /// One script call under the timeout, measured. A failure marks the backplane down.
+    async fn run<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &mut ScriptInvocation<'_>,
+    ) -> Result<T, Down> {
+        let mut redis = self.redis.clone();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut redis)).await;
+        self.measured(op, started, outcome)
+    }
+
+    fn measured<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        outcome: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Down> {
+        match outcome {
+            Ok(Ok(value)) => {
+                self.metrics
+                    .round_trips
+                    .with_label_values(&[op])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                self.metrics.errors.with_label_values(&[op]).inc();
+                self.lost(&format!("{op}: {err}"));
+                Err(Down)
+            }
+            Err(_) => {
+                self.metrics.errors.with_label_values(&[op]).inc();
+                self.lost(&format!("{op}: no reply within {:?}", self.timeout));
+                Err(Down)
+            }
+        }
+    }
+
+    fn lost(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.metrics.up.set(0);
+            warn!(
+                instance = %self.id,
+                "backplane lost ({why}): logins and new calls are refused until Redis answers; \
+                 calls between users of this instance go on"
+            );
+        } else {
+            debug!("backplane still down: {why}");
+        }
+    }
+
+    /// Claims names (with the call each is in, for a re-claim). Returns the names another
+    /// live instance holds.
+    async fn claim(
+        &self,
+        names: &[(Arc<str>, u64, Option<Call>)],
+        overwrite_calls: bool,
+    ) -> Result<Vec<String>, Down> {
+        let mut invocation = self.invoke(&self.scripts.claim);
+        invocation
+            .arg(self.lease.as_millis() as u64)
+            .arg(if overwrite_calls { "1" } else { "0" });
+        for (name, sid, call) in names {
+            let (peer, state) = match call {
+                Some(call) => (&*call.with, state_name(call.state)),
+                None => ("", ""),
+            };
+            invocation.arg(&**name).arg(sid).arg(peer).arg(state);
+        }
+        self.run("claim", &mut invocation).await
+    }
+
+    async fn release(&self, name: &str, sid: u64) {
+        let released: Result<i64, Down> = self
+            .run(
+                "release",
+                self.invoke(&self.scripts.release).arg(name).arg(sid),
+            )
+            .await;
+        if released.is_err() {
+            // The heartbeat notices the name Redis still holds for us, and frees it.
+            debug!(user = name, "release deferred: the backplane is down");
+        }
+    }
+
+    /// Delivers to a socket of this instance, if it is still the session the record named.
+    fn deliver_local(local: &mut Local, to: &str, sid: u64, frame: String) {
+        if let Some(member) = local.members.get_mut(to)
+            && member.sid == sid
+        {
+            push(member, frame);
+        }
+    }
+
+    /// A message from another instance, read off this instance's channel.
+    fn receive(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.splitn(5, '\n');
+        let (Some(kind), Some(to), Some(sid), Some(from), Some(frame)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return;
+        };
+        let Ok(sid) = sid.parse::<u64>() else { return };
+        if kind == "probe" {
+            self.probes_heard.fetch_max(sid, Ordering::Relaxed);
+            return;
+        }
+        self.metrics.received.inc();
+        let mut local = self.lock();
+        let Some(member) = local.members.get_mut(to).filter(|m| m.sid == sid) else {
+            return;
+        };
+        let frame = match kind {
+            "offer" => {
+                if member.call.is_none() {
+                    member.call = Some(Call {
+                        with: Arc::from(from),
+                        state: CallState::Ringing,
+                        caller: false,
+                        local: false,
+                    });
+                }
+                frame.to_owned()
+            }
+            "gone" => {
+                // Told once: only a call this side still has ends with a close frame.
+                if member.call.as_ref().is_none_or(|c| *c.with != *from) {
+                    return;
+                }
+                member.call = None;
+                close_frame(from)
+            }
+            other => {
+                let kind = match other {
+                    "answer" => Relay::Answer,
+                    "candidate" => Relay::Candidate,
+                    "decline" => Relay::Decline,
+                    "close" => Relay::Close,
+                    _ => return,
+                };
+                apply(&mut member.call, kind, from);
+                frame.to_owned()
+            }
+        };
+        push(member, frame);
+    }
+
+    /// Reads this instance's channel for as long as the engine runs, resubscribing when the
+    /// connection ends or the heartbeat finds it deaf.
+    async fn listen(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    // Probes sent before now could not be heard: count from here.
+                    self.probes_heard
+                        .store(self.probes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                    self.subscribed.store(true, Ordering::Relaxed);
+                    debug!(channel = %self.channel, "subscribed");
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => self.receive(message.get_payload_bytes()),
+                                None => break,
+                            },
+                            () = self.resubscribe.notified() => break,
+                        }
+                    }
+                    self.subscribed.store(false, Ordering::Relaxed);
+                    self.lost("the subscription ended");
+                }
+                Err(err) => {
+                    self.metrics.errors.with_label_values(&["subscribe"]).inc();
+                    self.lost(&format!("subscribe: {err}"));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn subscribe(&self) -> anyhow::Result<redis::aio::PubSub> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        Ok(tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| anyhow::anyhow!("no reply within {:?}", self.timeout))??)
+    }
+
+    /// The heartbeat: lease, probe, vanished partners, re-claim, reaping. Runs every
+    /// `heartbeat` until the engine leaves.
+    async fn beat(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.heartbeat);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // No reaping right after this instance itself was cut off: the others' leases may
+        // have lapsed for the same reason, and they renew them within a lease.
+        let mut reap_after = Instant::now();
+        loop {
+            ticks.tick().await;
+            let was_up = self.is_up();
+            let Ok(healthy) = self.beat_once().await else {
+                continue;
+            };
+            if healthy && !was_up {
+                reap_after = Instant::now() + self.lease;
+                self.up.store(true, Ordering::Relaxed);
+                self.metrics.up.set(1);
+                info!(instance = %self.id, "backplane up: Redis answers and this instance's channel is heard");
+            }
+            if healthy && Instant::now() >= reap_after {
+                self.reap().await;
+            }
+        }
+    }
+
+    /// One heartbeat. `Ok(true)` when the backplane is usable.
+    async fn beat_once(&self) -> Result<bool, Down> {
+        let reply: Vec<String> = self
+            .run(
+                "heartbeat",
+                self.invoke(&self.scripts.heartbeat)
+                    .arg(self.lease.as_millis() as u64),
+            )
+            .await?;
+        let had_lease = reply.first().is_some_and(|v| v == "1");
+        let held: usize = reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        {
+            let mut local = self.lock();
+            for pair in reply.get(2..).unwrap_or_default().chunks_exact(2) {
+                let (name, peer) = (&pair[0], &pair[1]);
+                if let Some(member) = local.members.get_mut(name.as_str())
+                    && member.call.as_ref().is_some_and(|c| *c.with == **peer)
+                {
+                    member.call = None;
+                    push(member, close_frame(peer));
+                }
+            }
+        }
+        let heard = self.probe().await?;
+        let (claimed, dirty) = {
+            let local = self.lock();
+            let claimed = local.members.values().filter(|m| m.held.is_none()).count();
+            (claimed, local.dirty)
+        };
+        if !had_lease || held != claimed || dirty || self.reclaim.swap(false, Ordering::Relaxed) {
+            if !had_lease {
+                info!(instance = %self.id, "Redis had no lease for this instance: re-claiming its {claimed} user(s)");
+            }
+            self.reconcile().await?;
+        }
+        Ok(heard)
+    }
+
+    /// Publishes a probe on this instance's own channel. Returns whether the subscription is
+    /// alive: Redis counts a subscriber, and the last probes came back.
+    async fn probe(&self) -> Result<bool, Down> {
+        let seq = self.probes_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut redis = self.redis.clone();
+        let started = Instant::now();
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(&self.channel)
+            .arg(format!("probe\n\n{seq}\n\n"));
+        let publish = publish.query_async::<i64>(&mut redis);
+        let receivers = self.measured(
+            "probe",
+            started,
+            tokio::time::timeout(self.timeout, publish).await,
+        )?;
+        let heard = self.probes_heard.load(Ordering::Relaxed);
+        let subscribed = self.subscribed.load(Ordering::Relaxed);
+        if subscribed && (receivers == 0 || heard + 2 < seq) {
+            warn!(
+                channel = %self.channel,
+                "the subscription is deaf (Redis counts {receivers} subscriber(s), probe {heard} \
+                 of {seq} heard): subscribing again"
+            );
+            self.resubscribe.notify_one();
+            return Ok(false);
+        }
+        Ok(subscribed)
+    }
+
+    /// Makes Redis agree with this instance's sockets: claims the names it lost (a restart,
+    /// a lapsed lease), frees the names it holds for sockets that are gone, and ends the
+    /// sessions whose name another instance took meanwhile.
+    async fn reconcile(&self) -> Result<(), Down> {
+        let (claimed, below, overwrite) = {
+            let mut local = self.lock();
+            let overwrite = std::mem::take(&mut local.dirty);
+            let claimed: Vec<_> = local
+                .members
+                .iter()
+                .filter(|(_, m)| m.held.is_none() && !m.evicted)
+                .map(|(name, m)| (name.clone(), m.sid, m.call.clone()))
+                .collect();
+            (claimed, self.next_sid.load(Ordering::Relaxed), overwrite)
+        };
+        for batch in claimed.chunks(RECLAIM_BATCH) {
+            let refused = match self.claim(batch, overwrite).await {
+                Ok(refused) => refused,
+                Err(Down) => {
+                    self.lock().dirty |= overwrite;
+                    return Err(Down);
+                }
+            };
+            let mut local = self.lock();
+            for name in refused {
+                let sid = batch
+                    .iter()
+                    .find(|(n, ..)| **n == *name)
+                    .map(|(_, sid, _)| *sid);
+                if let Some(member) = local.members.get_mut(name.as_str())
+                    && Some(member.sid) == sid
+                {
+                    warn!(user = %name, "another instance took this name while Redis was away: closing the socket");
+                    member.evicted = true;
+                    member.outbox.evict();
+                }
+            }
+        }
+        let mut redis = self.redis.clone();
+        let started = Instant::now();
+        let mut members = redis::cmd("SMEMBERS");
+        members.arg(format!("{}inst:{}:users", self.prefix, self.id));
+        let members = members.query_async::<Vec<String>>(&mut redis);
+        let held = self.measured(
+            "reconcile",
+            started,
+            tokio::time::timeout(self.timeout, members).await,
+        )?;
+        let stale: Vec<String> = {
+            let local = self.lock();
+            held.into_iter()
+                .filter(|name| !local.members.contains_key(name.as_str()))
+                .collect()
+        };
+        if !stale.is_empty() {
+            let mut invocation = self.invoke(&self.scripts.prune);
+            invocation.arg(below).arg(&stale);
+            let freed: i64 = self.run("prune", &mut invocation).await?;
+            debug!("freed {freed} name(s) left behind by releases that failed");
+        }
+        Ok(())
+    }
+
+    async fn reap(&self) {
+        let reply: Result<Vec<i64>, Down> = self
+            .run("reap", self.invoke(&self.scripts.reap).arg("reap"))
+            .await;
+        if let Ok([reaped, live]) = reply
+            .as_deref()
+            .map(|r| <[i64; 2]>::try_from(r).unwrap_or([0, 0]))
+        {
+            self.metrics.instances.set(live);
+            if reaped > 0 {
+                info!(
+                    instance = %self.id,
+                    "{reaped} instance(s) stopped renewing their lease: their users are logged \
+                     out and their partners told"
+                );
+            }
+        }
+    }
+
+    /// Relays between two sockets of this instance while Redis is away. Only the partner the
+    /// local records agree on can be reached; anything else needs Redis.
+    fn fallback(
+        &self,
+        me: &str,
+        sid: u64,
+        kind: Option<Relay>,
+        to: Option<&str>,
+        frame: String,
+    ) -> Result<Arc<str>, RelayError> {
+        let mut local = self.lock();
+        let call = local
+            .members
+            .get(me)
+            .filter(|m| m.sid == sid)
+            .and_then(|m| m.call.clone())
+            .filter(|call| call.local && to.is_none_or(|to| *call.with == *to))
+            .ok_or(RelayError::Unavailable)?;
+        let partner = local
+            .members
+            .get_mut(&call.with)
+            .filter(|p| p.call.as_ref().is_some_and(|c| *c.with == *me))
+            .ok_or(RelayError::Unavailable)?;
+        if let Some(kind) = kind {
+            apply(&mut partner.call, kind, me);
+        }
+        push(partner, frame);
+        if let Some(kind) = kind
+            && let Some(mine) = local.members.get_mut(me)
+        {
+            apply(&mut mine.call, kind, &call.with);
+        }
+        if kind.is_some_and(|k| k != Relay::Candidate) {
+            local.dirty = true;
+        }
+        Ok(call.with)
+    }
+}
+
+fn push(member: &mut Member, frame: String) {
+    match &mut member.held {
+        Some(held) => held.push(frame),
+        None => {
+            member.outbox.deliver(Message::text(frame));
+        }
+    }
+}
+
+fn state_name(state: CallState) -> &'static str {
+    match state {
+        CallState::Calling => "calling",
+        CallState::Ringing => "ringing",
+        CallState::Active => "active",
+    }
+}
+
+/// One socket's membership, through Redis.
+pub struct Connection {
+    cluster: Cluster,
+    outbox: Outbox,
+    sid: u64,
+    name: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("sid", &self.sid)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub fn evicted(&self) -> bool {
+        let Some(name) = &self.name else { return false };
+        let local = self.cluster.inner.lock();
+        local
+            .members
+            .get(name)
+            .is_none_or(|m| m.sid != self.sid || m.evicted)
+    }
+
+    pub async fn login(&mut self, name: &str, welcome: String) -> Result<(), LoginFailure> {
+        if self.name.is_some() {
+            return Err(LoginFailure::AlreadyLoggedIn);
+        }
+        let inner = &self.cluster.inner;
+        if !inner.is_up() {
+            return Err(LoginFailure::Unavailable);
+        }
+        let name: Arc<str> = Arc::from(name);
+        {
+            let mut local = inner.lock();
+            if local.members.contains_key(&name) {
+                return Err(LoginFailure::NameTaken);
+            }
+            local.members.insert(
+                name.clone(),
+                Member {
+                    sid: self.sid,
+                    outbox: self.outbox.clone(),
+                    call: None,
+                    held: Some(Vec::new()),
+                    evicted: false,
+                },
+            );
+        }
+        let claimed = inner.claim(&[(name.clone(), self.sid, None)], false).await;
+        let mut local = inner.lock();
+        let ours = local
+            .members
+            .get_mut(&name)
+            .filter(|member| member.sid == self.sid);
+        match (claimed, ours) {
+            (Ok(refused), Some(member)) if refused.is_empty() => {
+                member.outbox.deliver(Message::text(welcome));
+                for frame in member.held.take().unwrap_or_default() {
+                    member.outbox.deliver(Message::text(frame));
+                }
+                self.name = Some(name);
+                Ok(())
+            }
+            (claimed, ours) => {
+                if ours.is_some() {
+                    local.members.remove(&name);
+                }
+                // A claim that went through but whose reply came too late leaves a record
+                // that the heartbeat frees (no socket here holds it).
+                match claimed {
+                    Ok(_) => Err(LoginFailure::NameTaken),
+                    Err(Down) => Err(LoginFailure::Unavailable),
+                }
+            }
+        }
+    }
+
+    pub async fn offer(&self, to: &str, frame: String) -> Result<Arc<str>, RelayError> {
+        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
+        if **me == *to {
+            return Err(RelayError::SelfCall);
+        }
+        let inner = &self.cluster.inner;
+        if !inner.is_up() {
+            return inner.fallback(me, self.sid, None, Some(to), frame);
+        }
+        let reply: Vec<String> = match inner
+            .run(
+                "offer",
+                inner
+                    .invoke(&inner.scripts.offer)
+                    .arg(&**me)
+                    .arg(self.sid)
+                    .arg(to)
+                    .arg(&frame),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Down) => return inner.fallback(me, self.sid, None, Some(to), frame),
+        };
+        match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["ok", instance, their_sid, new] => {
+                let callee: Arc<str> = Arc::from(to);
+                let local_callee = instance == inner.id;
+                let their_sid = their_sid.parse().unwrap_or(0);
+                let mut local = inner.lock();
+                if new == "1"
+                    && let Some(mine) = local.members.get_mut(me)
+                {
+                    mine.call = Some(Call {
+                        with: callee.clone(),
+                        state: CallState::Calling,
+                        caller: true,
+                        local: local_callee,
+                    });
+                }
+                if local_callee {
+                    if new == "1"
+                        && let Some(theirs) = local.members.get_mut(to)
+                        && theirs.sid == their_sid
+                    {
+                        theirs.call = Some(Call {
+                            with: me.clone(),
+                            state: CallState::Ringing,
+                            caller: false,
+                            local: true,
+                        });
+                    }
+                    Inner::deliver_local(&mut local, to, their_sid, frame);
+                } else {
+                    inner.metrics.published.inc();
+                }
+                Ok(callee)
+            }
+            ["unknown"] => Err(RelayError::UnknownUser(to.to_owned())),
+            ["busy"] => Err(RelayError::Busy(Arc::from(to))),
+            ["in-call", with] => Err(RelayError::AlreadyInCall(Arc::from(with))),
+            _ => {
+                // "stale": Redis lost this session's record; the heartbeat re-claims it.
+                inner.reclaim.store(true, Ordering::Relaxed);
+                Err(RelayError::Unavailable)
+            }
+        }
+    }
+
+    pub async fn relay(
+        &self,
+        kind: Relay,
+        to: Option<&str>,
+        frame: String,
+    ) -> Result<Arc<str>, RelayError> {
+        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
+        let inner = &self.cluster.inner;
+        if !inner.is_up() {
+            return inner.fallback(me, self.sid, Some(kind), to, frame);
+        }
+        let reply: Vec<String> = match inner
+            .run(
+                "relay",
+                inner
+                    .invoke(&inner.scripts.relay)
+                    .arg(&**me)
+                    .arg(self.sid)
+                    .arg(kind.wire())
+                    .arg(to.unwrap_or(""))
+                    .arg(&frame),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Down) => return inner.fallback(me, self.sid, Some(kind), to, frame),
+        };
+        let refusal = || match to {
+            None => RelayError::NoCall,
+            Some(to) => RelayError::NotInCallWith(to.to_owned()),
+        };
+        match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["ok", partner, instance, their_sid] => {
+                let partner: Arc<str> = Arc::from(partner);
+                let mut local = inner.lock();
+                if let Some(mine) = local.members.get_mut(me) {
+                    apply(&mut mine.call, kind, &partner);
+                }
+                if instance == inner.id {
+                    let their_sid = their_sid.parse().unwrap_or(0);
+                    if let Some(theirs) = local.members.get_mut(&partner)
+                        && theirs.sid == their_sid
+                    {
+                        apply(&mut theirs.call, kind, me);
+                    }
+                    Inner::deliver_local(&mut local, &partner, their_sid, frame);
+                } else {
+                    inner.metrics.published.inc();
+                }
+                Ok(partner)
+            }
+            ["gone", partner] => {
+                // The partner's side ended without word reaching here: say so now.
+                let mut local = inner.lock();
+                if let Some(mine) = local.members.get_mut(me)
+                    && mine.call.as_ref().is_some_and(|c| *c.with == *partner)
+                {
+                    mine.call = None;
+                    push(mine, close_frame(partner));
+                }
+                Err(refusal())
+            }
+            ["no-call"] | ["not-in-call"] => Err(refusal()),
+            _ => {
+                inner.reclaim.store(true, Ordering::Relaxed);
+                Err(RelayError::Unavailable)
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else { return };
+        let inner = self.cluster.inner.clone();
+        {
+            let mut local = inner.lock();
+            let Some(member) = local.members.remove(&name) else {
+                return;
+            };
+            if member.sid != self.sid {
+                // Not ours (cannot happen: names are unique here); put it back.
+                local.members.insert(name, member);
+                return;
+            }
+            if member.evicted {
+                return;
+            }
+            if let Some(call) = member.call
+                && call.local
+                && let Some(partner) = local.members.get_mut(&call.with)
+                && partner.call.as_ref().is_some_and(|c| *c.with == *name)
+            {
+                partner.call = None;
+                push(partner, close_frame(&name));
+            }
+        }
+        let sid = self.sid;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inner.release(&name, sid).await });
+        }
+    }
+}

@@ -1,0 +1,57 @@
+-- Shared by every script. ARGV[1] is the key prefix, ARGV[2] the calling instance's id.
+-- Keys (all under the prefix):
+--   inst:<id>        the instance's lease (a TTL key, renewed by its heartbeat)
+--   inst:<id>:users  the names it holds; inst:<id>:calls the ones of those in a call
+--   instances        every instance id that may still hold names
+--   user:<name>      hash: inst, sid (its session), and while in a call peer and state
+--   ch:<id>          the instance's pub/sub channel
+-- Names never contain a newline (they have no control characters), so envelopes are
+-- newline-separated: kind, to, session id, from, frame.
+local P, ME = ARGV[1], ARGV[2]
+
+local function ukey(name) return P .. 'user:' .. name end
+local function ikey(inst) return P .. 'inst:' .. inst end
+
+local function alive(inst)
+  return inst and redis.call('EXISTS', ikey(inst)) == 1
+end
+
+local function record(name)
+  local r = redis.call('HMGET', ukey(name), 'inst', 'sid', 'peer', 'state')
+  if not r[1] then return nil end
+  return {inst = r[1], sid = r[2], peer = r[3], state = r[4]}
+end
+
+local function set_call(name, inst, peer, state)
+  redis.call('HSET', ukey(name), 'peer', peer, 'state', state)
+  redis.call('SADD', ikey(inst) .. ':calls', name)
+end
+
+local function clear_call(name, inst)
+  redis.call('HDEL', ukey(name), 'peer', 'state')
+  redis.call('SREM', ikey(inst) .. ':calls', name)
+end
+
+local function send(inst, kind, to, sid, from, frame)
+  redis.call('PUBLISH', P .. 'ch:' .. inst,
+    kind .. '\n' .. to .. '\n' .. sid .. '\n' .. from .. '\n' .. frame)
+end
+
+-- Ends the call of `name` (record `rec`) on its partner's side, and tells the partner's
+-- instance unless that is `quiet` (an instance that tells its own users itself).
+local function end_partner(name, rec, quiet)
+  if not rec.peer then return end
+  local theirs = record(rec.peer)
+  if theirs and theirs.peer == name then
+    clear_call(rec.peer, theirs.inst)
+    if theirs.inst ~= quiet and alive(theirs.inst) then
+      send(theirs.inst, 'gone', rec.peer, theirs.sid, name, '')
+    end
+  end
+end
+
+local function remove(name, rec)
+  redis.call('DEL', ukey(name))
+  redis.call('SREM', ikey(rec.inst) .. ':users', name)
+  redis.call('SREM', ikey(rec.inst) .. ':calls', name)
+end

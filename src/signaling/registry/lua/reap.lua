@@ -1,0 +1,28 @@
+-- REAP: ARGV[3] 'reap' or 'leave'. 'reap' frees the names of every instance whose lease
+-- lapsed and tells their partners; any instance may run it, and twice is harmless. 'leave'
+-- does the same for the calling instance at shutdown. Returns {reaped, live instances}.
+local function reap(inst)
+  for _, name in ipairs(redis.call('SMEMBERS', ikey(inst) .. ':users')) do
+    local rec = record(name)
+    if rec and rec.inst == inst then
+      end_partner(name, rec, inst)
+      redis.call('DEL', ukey(name))
+    end
+  end
+  redis.call('DEL', ikey(inst) .. ':users', ikey(inst) .. ':calls', ikey(inst))
+  redis.call('SREM', P .. 'instances', inst)
+end
+if ARGV[3] == 'leave' then
+  reap(ME)
+  return {1, 0}
+end
+local reaped, live = 0, 0
+for _, inst in ipairs(redis.call('SMEMBERS', P .. 'instances')) do
+  if inst == ME or alive(inst) then
+    live = live + 1
+  else
+    reap(inst)
+    reaped = reaped + 1
+  end
+end
+return {reaped, live}

@@ -1,0 +1,249 @@
+//! Who is logged in, and who is in a call with whom: the seam between sessions and the engine
+//! that keeps that state.
+//!
+//! Two engines sit behind it, chosen at start-up:
+//! - [`memory`]: one process, one map behind one lock (the default, and the fastest);
+//! - [`cluster`]: several instances as one service, with the shared state in Redis.
+//!
+//! Sessions see only [`Registry::connect`] and the [`Connection`] it returns, so both engines
+//! keep the same rules: a name is unique, the busy rule holds, only partners exchange answer,
+//! candidate, decline and close, and a dropped socket tells its partner. One semantic suite
+//! (`tests/engines.rs`) runs against both.
+
+pub mod cluster;
+pub mod memory;
+
+use std::sync::Arc;
+
+use hyper_tungstenite::tungstenite::Message;
+use tokio::sync::{Notify, mpsc};
+
+use super::protocol::{LoginFailure, ServerMessage};
+
+/// What a socket's queue holds. Boxed because tokio's bounded channel allocates its first
+/// block of 32 slots up front: 32 boxes are 256 bytes, 32 bare `Message`s 1.8 KB, on every
+/// connection, idle or not (measured: bench/RESULTS.md).
+pub type Queued = Box<Message>;
+
+/// The way into one socket: its bounded queue, and a bell to ring when that queue is full.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Queued>,
+    full: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<Queued>, full: Arc<Notify>) -> Outbox {
+        Outbox { tx, full }
+    }
+
+    /// Queues a frame without waiting. A full queue means the client stopped reading: it is
+    /// told to go (its session drops it) instead of letting the queue grow.
+    pub fn deliver(&self, frame: Message) -> bool {
+        match self.tx.try_send(Box::new(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.full.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Where a call stands, seen from one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// I sent an offer; the other side is ringing.
+    Calling,
+    /// The other side's offer is ringing here.
+    Ringing,
+    /// An answer went through.
+    Active,
+}
+
+/// Relayed message kinds that travel only between partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    Answer,
+    Candidate,
+    Decline,
+    Close,
+}
+
+/// Why a message was not relayed; answered to its sender, whose socket stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("log in first: send {{\"type\":\"login\",\"username\":…}}")]
+    NotLoggedIn,
+    #[error("no user named {0} is logged in")]
+    UnknownUser(String),
+    #[error("you cannot call yourself")]
+    SelfCall,
+    #[error("{0} is busy")]
+    Busy(Arc<str>),
+    #[error("you are already in a call with {0}: hang up first")]
+    AlreadyInCall(Arc<str>),
+    #[error("you are not in a call")]
+    NoCall,
+    #[error("you are not in a call with {0}")]
+    NotInCallWith(String),
+    #[error("the service is reconnecting to its backplane: try again in a moment")]
+    Unavailable,
+}
+
+impl RelayError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RelayError::NotLoggedIn => "not-logged-in",
+            RelayError::UnknownUser(_) => "unknown-user",
+            RelayError::SelfCall => "self-call",
+            RelayError::Busy(_) => "busy",
+            RelayError::AlreadyInCall(_) => "already-in-call",
+            RelayError::NoCall | RelayError::NotInCallWith(_) => "not-in-call",
+            RelayError::Unavailable => "unavailable",
+        }
+    }
+
+    /// The frame that tells the sender: `busy` has its own message type, the rest are errors.
+    pub fn reply(&self) -> String {
+        match self {
+            RelayError::Busy(name) => ServerMessage::Busy { username: name }.to_json(),
+            other => ServerMessage::error(other.code(), &other.to_string()),
+        }
+    }
+}
+
+impl Outbox {
+    /// Rings the bell without a full queue: the engine took the name away (another instance
+    /// holds it now), and the session must end.
+    pub fn evict(&self) {
+        self.full.notify_one();
+    }
+}
+
+/// The engine in use. Cloning it is one reference count.
+#[derive(Debug, Clone)]
+pub enum Registry {
+    Memory(memory::Registry),
+    Cluster(cluster::Cluster),
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::Memory(memory::Registry::new())
+    }
+}
+
+impl Registry {
+    /// The in-memory engine.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers an open socket. Dropping the returned [`Connection`] logs it out, ends its
+    /// call and frees its name, on every exit path.
+    pub fn connect(&self, outbox: Outbox) -> Connection {
+        match self {
+            Registry::Memory(registry) => Connection::Memory(registry.connect(outbox)),
+            Registry::Cluster(cluster) => Connection::Cluster(cluster.connect(outbox)),
+        }
+    }
+
+    /// Users logged in here (on this instance).
+    pub fn users(&self) -> usize {
+        match self {
+            Registry::Memory(registry) => registry.users(),
+            Registry::Cluster(cluster) => cluster.users(),
+        }
+    }
+
+    /// Calls that are ringing, and that are active. In a cluster each call is counted by the
+    /// instance of its caller, so the instances' figures add up to the service's.
+    pub fn calls(&self) -> (usize, usize) {
+        match self {
+            Registry::Memory(registry) => registry.calls(),
+            Registry::Cluster(cluster) => cluster.calls(),
+        }
+    }
+
+    /// The call state of `name` (a user of this instance), for tests and diagnostics.
+    pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
+        match self {
+            Registry::Memory(registry) => registry.call_of(name),
+            Registry::Cluster(cluster) => cluster.call_of(name),
+        }
+    }
+
+    /// `None` without a backplane; otherwise whether it is usable now.
+    pub fn backplane_up(&self) -> Option<bool> {
+        match self {
+            Registry::Memory(_) => None,
+            Registry::Cluster(cluster) => Some(cluster.is_up()),
+        }
+    }
+
+    /// At shutdown, after the sessions closed: frees this instance's names in the backplane
+    /// and tells remote partners. Nothing to do in memory.
+    pub async fn leave(&self) {
+        if let Registry::Cluster(cluster) = self {
+            cluster.leave().await;
+        }
+    }
+}
+
+/// One socket's membership in the registry.
+#[derive(Debug)]
+pub enum Connection {
+    Memory(memory::Connection),
+    Cluster(cluster::Connection),
+}
+
+impl Connection {
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Connection::Memory(conn) => conn.name(),
+            Connection::Cluster(conn) => conn.name(),
+        }
+    }
+
+    /// Claims `name`. `welcome` reaches the client before anything another user sends to the
+    /// new name.
+    pub async fn login(&mut self, name: &str, welcome: String) -> Result<(), LoginFailure> {
+        match self {
+            Connection::Memory(conn) => conn.login(name, Message::text(welcome)),
+            // Boxed so the memory engine's sessions do not carry the Redis future's size.
+            Connection::Cluster(conn) => Box::pin(conn.login(name, welcome)).await,
+        }
+    }
+
+    /// Sends an offer to `to`: starts a call, or renegotiates the current one with `to`.
+    pub async fn offer(&self, to: &str, frame: String) -> Result<Arc<str>, RelayError> {
+        match self {
+            Connection::Memory(conn) => conn.offer(to, Message::text(frame)),
+            Connection::Cluster(conn) => Box::pin(conn.offer(to, frame)).await,
+        }
+    }
+
+    /// Relays an answer, candidate, decline or close to the current partner. `to`, when the
+    /// client names someone, must be that partner: nobody can reach into another call.
+    pub async fn relay(
+        &self,
+        kind: Relay,
+        to: Option<&str>,
+        frame: String,
+    ) -> Result<Arc<str>, RelayError> {
+        match self {
+            Connection::Memory(conn) => conn.relay(kind, to, Message::text(frame)),
+            Connection::Cluster(conn) => Box::pin(conn.relay(kind, to, frame)).await,
+        }
+    }
+
+    /// Whether the engine took this socket's name away (the session then ends).
+    pub fn evicted(&self) -> bool {
+        match self {
+            Connection::Memory(_) => false,
+            Connection::Cluster(conn) => conn.evicted(),
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! One semantic suite for both registry engines: the same scenarios run against the in-memory
+//! engine and against two Redis-backed instances sharing a real `redis-server`, with the
+//! users spread over the two instances. Whatever one server promises, the cluster promises.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::Redis;
+use dialtone::config::Config;
+use dialtone::metrics::Metrics;
+use dialtone::signaling::protocol::LoginFailure;
+use dialtone::signaling::registry::cluster::Cluster;
+use dialtone::signaling::registry::{
+    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError,
+};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Two places to log in: the same registry twice (memory), or two instances (Redis).
+struct Engines {
+    sides: [Registry; 2],
+    _redis: Option<Redis>,
+}
+
+struct User {
+    conn: Connection,
+    rx: mpsc::Receiver<Queued>,
+    bell: Arc<Notify>,
+    side: usize,
+}
+
+async fn memory() -> Option<Engines> {
+    let registry = Registry::new();
+    Some(Engines {
+        sides: [registry.clone(), registry],
+        _redis: None,
+    })
+}
+
+async fn redis() -> Option<Engines> {
+    let redis = Redis::start()?;
+    let instance = |id: &str| {
+        let text = format!(
+            "[cluster]\nredis_url = {:?}\ninstance_id = {id:?}\nheartbeat_ms = 200\nlease_ms = 1000\n",
+            redis.url()
+        );
+        Config::parse(&text, Path::new("test.toml"))
+            .unwrap()
+            .cluster
+    };
+    let a = Cluster::start(&instance("a"), &Metrics::new())
+        .await
+        .unwrap();
+    let b = Cluster::start(&instance("b"), &Metrics::new())
+        .await
+        .unwrap();
+    assert!(a.is_up() && b.is_up(), "both instances are up");
+    Some(Engines {
+        sides: [Registry::Cluster(a), Registry::Cluster(b)],
+        _redis: Some(redis),
+    })
+}
+
+/// Runs a scenario against both engines.
+macro_rules! both_engines {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn memory() {
+                super::$scenario(super::memory().await.unwrap()).await;
+            }
+            #[tokio::test]
+            async fn redis() {
+                if let Some(engines) = super::redis().await {
+                    super::$scenario(engines).await;
+                }
+            }
+        }
+    )*};
+}
+
+both_engines!(
+    a_name_is_unique_everywhere_and_freed_on_drop,
+    a_call_from_ringing_to_hang_up,
+    a_dropped_socket_ends_the_call_for_the_partner,
+    two_callers_cannot_both_ring_one_callee,
+    crossed_offers_make_one_call,
+    a_senders_messages_arrive_in_order,
+);
+
+impl Engines {
+    fn socket(&self, side: usize) -> User {
+        let (tx, rx) = mpsc::channel(1024);
+        let bell = Arc::new(Notify::new());
+        User {
+            conn: self.sides[side].connect(Outbox::new(tx, bell.clone())),
+            rx,
+            bell,
+            side,
+        }
+    }
+
+    async fn user(&self, side: usize, name: &str) -> User {
+        let mut user = self.socket(side);
+        user.conn
+            .login(name, format!("welcome {name}"))
+            .await
+            .unwrap();
+        assert_eq!(user.next().await, format!("welcome {name}"));
+        user
+    }
+
+    fn call_of(&self, user: &User, name: &str) -> Option<(String, CallState)> {
+        self.sides[user.side].call_of(name)
+    }
+
+    /// Ringing and active calls in the whole service.
+    fn calls(&self) -> (usize, usize) {
+        let (a, b) = (self.sides[0].calls(), self.sides[1].calls());
+        match &self.sides[0] {
+            Registry::Memory(_) => a,
+            Registry::Cluster(_) => (a.0 + b.0, a.1 + b.1),
+        }
+    }
+}
+
+impl User {
+    async fn next(&mut self) -> String {
+        let frame = tokio::time::timeout(PATIENCE, self.rx.recv())
+            .await
+            .expect("a frame within the patience")
+            .expect("the queue is open");
+        match *frame {
+            Message::Text(text) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    async fn json(&mut self) -> serde_json::Value {
+        serde_json::from_str(&self.next().await).unwrap()
+    }
+
+    /// Nothing arrives for a while.
+    async fn quiet(&mut self) {
+        let got = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await;
+        assert!(got.is_err(), "expected nothing, got {got:?}");
+    }
+
+    async fn offer(&self, to: &str, text: &str) -> Result<Arc<str>, RelayError> {
+        self.conn.offer(to, text.to_owned()).await
+    }
+
+    async fn relay(
+        &self,
+        kind: Relay,
+        to: Option<&str>,
+        text: &str,
+    ) -> Result<Arc<str>, RelayError> {
+        self.conn.relay(kind, to, text.to_owned()).await
+    }
+}
+
+/// Retries a login until the name is free (a release is one round trip in a cluster).
+async fn login_when_free(user: &mut User, name: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match user.conn.login(name, "welcome".into()).await {
+            Ok(()) => break,
+            Err(LoginFailure::NameTaken) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("{name} was not freed: {other:?}"),
+        }
+    }
+    assert_eq!(user.next().await, "welcome");
+}
+
+async fn a_name_is_unique_everywhere_and_freed_on_drop(engines: Engines) {
+    let alice = engines.user(0, "alice").await;
+    for side in [0, 1] {
+        let mut other = engines.socket(side);
+        assert_eq!(
+            other.conn.login("alice", "x".into()).await,
+            Err(LoginFailure::NameTaken),
+            "side {side}"
+        );
+        other.quiet().await;
+    }
+    assert_eq!(engines.sides[0].users(), 1);
+    drop(alice);
+    let mut again = engines.socket(1);
+    login_when_free(&mut again, "alice").await;
+    assert_eq!(
+        again.conn.login("alice2", "x".into()).await,
+        Err(LoginFailure::AlreadyLoggedIn)
+    );
+    assert_eq!(engines.sides[1].users(), 1);
+    drop(again);
+    let mut third = engines.socket(0);
+    login_when_free(&mut third, "alice").await;
+}
+
+async fn a_call_from_ringing_to_hang_up(engines: Engines) {
+    let mut alice = engines.user(0, "alice").await;
+    let mut bob = engines.user(1, "bob").await;
+    let mut carol = engines.user(0, "carol").await;
+
+    assert_eq!(
+        bob.relay(Relay::Candidate, None, "c").await,
+        Err(RelayError::NoCall)
+    );
+    assert_eq!(alice.offer("bob", "offer").await.as_deref(), Ok("bob"));
+    assert_eq!(bob.next().await, "offer");
+    assert_eq!(
+        engines.call_of(&alice, "alice"),
+        Some(("bob".into(), CallState::Calling))
+    );
+    assert_eq!(
+        engines.call_of(&bob, "bob"),
+        Some(("alice".into(), CallState::Ringing))
+    );
+    assert_eq!(
+        carol.offer("bob", "x").await,
+        Err(RelayError::Busy("bob".into()))
+    );
+    assert_eq!(
+        carol.relay(Relay::Candidate, Some("bob"), "x").await,
+        Err(RelayError::NotInCallWith("bob".into()))
+    );
+    assert_eq!(
+        alice.offer("carol", "x").await,
+        Err(RelayError::AlreadyInCall("bob".into()))
+    );
+    assert_eq!(engines.calls(), (1, 0));
+
+    bob.relay(Relay::Answer, None, "answer").await.unwrap();
+    assert_eq!(alice.next().await, "answer");
+    assert_eq!(engines.calls(), (0, 1));
+    assert_eq!(
+        engines.call_of(&alice, "alice"),
+        Some(("bob".into(), CallState::Active))
+    );
+    assert_eq!(
+        engines.call_of(&bob, "bob"),
+        Some(("alice".into(), CallState::Active))
+    );
+    // Nobody in a call reaches into another, in any relayed type.
+    for kind in [
+        Relay::Answer,
+        Relay::Candidate,
+        Relay::Decline,
+        Relay::Close,
+    ] {
+        assert_eq!(
+            alice.relay(kind, Some("carol"), "x").await,
+            Err(RelayError::NotInCallWith("carol".into())),
+            "{kind:?}"
+        );
+    }
+    carol.quiet().await;
+    bob.quiet().await;
+    assert_eq!(engines.calls(), (0, 1), "the call is untouched");
+    // Renegotiation between partners, both ways; candidates without a name go to the partner.
+    bob.offer("alice", "re-offer").await.unwrap();
+    assert_eq!(alice.next().await, "re-offer");
+    alice.relay(Relay::Candidate, None, "cand").await.unwrap();
+    assert_eq!(bob.next().await, "cand");
+    alice.relay(Relay::Close, Some("bob"), "bye").await.unwrap();
+    assert_eq!(bob.next().await, "bye");
+    assert_eq!(engines.calls(), (0, 0));
+    assert_eq!(engines.call_of(&bob, "bob"), None);
+    assert_eq!(alice.offer("alice", "x").await, Err(RelayError::SelfCall));
+    assert_eq!(
+        alice.offer("zed", "x").await,
+        Err(RelayError::UnknownUser("zed".into()))
+    );
+    // Declined: both are free again.
+    carol.offer("bob", "offer 2").await.unwrap();
+    assert_eq!(bob.next().await, "offer 2");
+    bob.relay(Relay::Decline, None, "no").await.unwrap();
+    assert_eq!(carol.next().await, "no");
+    alice.offer("bob", "offer 3").await.unwrap();
+    assert_eq!(bob.next().await, "offer 3");
+    let unlogged = engines.socket(1);
+    assert_eq!(
+        unlogged.offer("bob", "x").await,
+        Err(RelayError::NotLoggedIn)
+    );
+}
+
+async fn a_dropped_socket_ends_the_call_for_the_partner(engines: Engines) {
+    let alice = engines.user(0, "alice").await;
+    let mut bob = engines.user(1, "bob").await;
+    let mut carol = engines.user(0, "carol").await;
+    alice.offer("bob", "offer").await.unwrap();
+    bob.next().await;
+    bob.relay(Relay::Answer, None, "answer").await.unwrap();
+    drop(alice);
+    assert_eq!(
+        bob.json().await,
+        json!({"type": "close", "username": "alice", "reason": "disconnected"})
+    );
+    assert_eq!(engines.call_of(&bob, "bob"), None);
+    assert_eq!(
+        bob.relay(Relay::Candidate, None, "late").await,
+        Err(RelayError::NoCall)
+    );
+    // bob is free for a new call; dropping the callee tells the caller as well.
+    carol.offer("bob", "offer").await.unwrap();
+    bob.next().await;
+    drop(bob);
+    assert_eq!(carol.json().await["username"], "bob");
+    assert_eq!(engines.calls(), (0, 0));
+}
+
+async fn two_callers_cannot_both_ring_one_callee(engines: Engines) {
+    let alice = engines.user(0, "alice").await;
+    let bob = engines.user(1, "bob").await;
+    let mut carol = engines.user(0, "carol").await;
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(
+            alice.offer("carol", "from alice"),
+            bob.offer("carol", "from bob")
+        );
+        let won = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "exactly one offer rings carol: {a:?} {b:?}");
+        let lost = if a.is_ok() { &b } else { &a };
+        assert_eq!(*lost, Err(RelayError::Busy("carol".into())));
+        let rung = carol.next().await;
+        assert_eq!(rung, if a.is_ok() { "from alice" } else { "from bob" });
+        carol.quiet().await;
+        carol.relay(Relay::Decline, None, "no").await.unwrap();
+        // Wait until the decline reached the caller, so the next round starts clean.
+        let caller = if a.is_ok() { &alice } else { &bob };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while engines
+            .call_of(caller, if a.is_ok() { "alice" } else { "bob" })
+            .is_some()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the decline arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn crossed_offers_make_one_call(engines: Engines) {
+    let mut alice = engines.user(0, "alice").await;
+    let mut bob = engines.user(1, "bob").await;
+    let (a, b) = tokio::join!(
+        alice.offer("bob", "from alice"),
+        bob.offer("alice", "from bob")
+    );
+    // Whichever went first started the call; the other was sent within it (glare is the
+    // browsers' to resolve). Never two calls, never a refusal.
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert_eq!(alice.next().await, "from bob");
+    assert_eq!(bob.next().await, "from alice");
+    let states = (
+        engines.call_of(&alice, "alice").map(|c| c.1),
+        engines.call_of(&bob, "bob").map(|c| c.1),
+    );
+    assert!(
+        matches!(
+            states,
+            (Some(CallState::Calling), Some(CallState::Ringing))
+                | (Some(CallState::Ringing), Some(CallState::Calling))
+        ),
+        "one call, one caller: {states:?}"
+    );
+    assert_eq!(engines.calls(), (1, 0));
+}
+
+async fn a_senders_messages_arrive_in_order(engines: Engines) {
+    let alice = engines.user(0, "alice").await;
+    let mut bob = engines.user(1, "bob").await;
+    alice.offer("bob", "offer").await.unwrap();
+    for i in 0..200 {
+        alice
+            .relay(Relay::Candidate, None, &format!("c{i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bob.next().await, "offer");
+    for i in 0..200 {
+        assert_eq!(bob.next().await, format!("c{i}"));
+    }
+    assert!(!bob.bell.notified_now(), "no queue filled up");
+}
+
+trait NotifiedNow {
+    fn notified_now(&self) -> bool;
+}
+
+impl NotifiedNow for Notify {
+    fn notified_now(&self) -> bool {
+        use futures_util::FutureExt;
+        self.notified().now_or_never().is_some()
+    }
+}
