@@ -2,17 +2,28 @@
 
 mod common;
 
-use common::TestServer;
+use common::{Service, TestServer};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+// Every test between users runs twice: on one server, and with the users spread over two
+// instances sharing one Redis.
+on_one_server_and_split!(
+    login_reply_carries_the_configured_ice_servers,
+    login_is_refused_when_taken_invalid_or_repeated,
+    a_whole_call_is_relayed_with_server_set_names,
+    busy_decline_and_strangers,
+    someone_in_a_call_cannot_reach_into_another_call,
+    a_vanished_peer_ends_the_call_and_frees_the_name,
+    every_error_is_answered_and_the_socket_keeps_working,
+    shutdown_closes_every_socket_with_1001,
+);
 
 fn offer_sdp() -> serde_json::Value {
     json!({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"})
 }
 
-#[tokio::test]
-async fn login_reply_carries_the_configured_ice_servers() {
-    let server = TestServer::start().await;
+async fn login_reply_carries_the_configured_ice_servers(server: Service) {
     let (_alice, reply) = server.user("alice").await;
     assert_eq!(
         reply,
@@ -26,9 +37,7 @@ async fn login_reply_carries_the_configured_ice_servers() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn login_is_refused_when_taken_invalid_or_repeated() {
-    let server = TestServer::start().await;
+async fn login_is_refused_when_taken_invalid_or_repeated(server: Service) {
     let (mut alice, _) = server.user("alice").await;
 
     let mut other = server.ws().await;
@@ -56,9 +65,7 @@ async fn login_is_refused_when_taken_invalid_or_repeated() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_whole_call_is_relayed_with_server_set_names() {
-    let server = TestServer::start().await;
+async fn a_whole_call_is_relayed_with_server_set_names(server: Service) {
     let (mut alice, _) = server.user("alice").await;
     let (mut bob, _) = server.user("bob").await;
 
@@ -114,7 +121,7 @@ async fn a_whole_call_is_relayed_with_server_set_names() {
     assert_eq!(alice.recv().await["username"], "bob");
     alice.send(json!({"type": "leave"})).await;
     assert_eq!(bob.recv().await["type"], "close");
-    assert_eq!(server.app.registry().calls(), (0, 0));
+    assert_eq!(server.calls(), (0, 0));
     server.stop().await;
 }
 
@@ -126,9 +133,7 @@ async fn the_tutorial_root_path_also_upgrades() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn busy_decline_and_strangers() {
-    let server = TestServer::start().await;
+async fn busy_decline_and_strangers(server: Service) {
     let (mut alice, _) = server.user("alice").await;
     let (mut bob, _) = server.user("bob").await;
     let (mut carol, _) = server.user("carol").await;
@@ -173,9 +178,7 @@ async fn busy_decline_and_strangers() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn someone_in_a_call_cannot_reach_into_another_call() {
-    let server = TestServer::start().await;
+async fn someone_in_a_call_cannot_reach_into_another_call(server: Service) {
     let (mut alice, _) = server.user("alice").await;
     let (mut bob, _) = server.user("bob").await;
     let (mut carol, _) = server.user("carol").await;
@@ -193,7 +196,7 @@ async fn someone_in_a_call_cannot_reach_into_another_call() {
             .await;
         caller.recv().await;
     }
-    assert_eq!(server.app.registry().calls(), (0, 2));
+    assert_eq!(server.calls(), (0, 2));
 
     // alice, in a call with bob, names carol (in a call with dave) in every relayed type.
     for message in [
@@ -211,7 +214,7 @@ async fn someone_in_a_call_cannot_reach_into_another_call() {
     for ws in [&mut bob, &mut carol, &mut dave] {
         ws.quiet(200).await;
     }
-    assert_eq!(server.app.registry().calls(), (0, 2), "both calls go on");
+    assert_eq!(server.calls(), (0, 2), "both calls go on");
     alice
         .send(json!({"type": "candidate", "candidate": {"candidate": "mine"}}))
         .await;
@@ -219,15 +222,15 @@ async fn someone_in_a_call_cannot_reach_into_another_call() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_vanished_peer_ends_the_call_and_frees_the_name() {
-    let server = TestServer::start().await;
+async fn a_vanished_peer_ends_the_call_and_frees_the_name(server: Service) {
     let (mut alice, _) = server.user("alice").await;
-    let (bob, _) = server.user("bob").await;
+    let (mut bob, _) = server.user("bob").await;
     alice
         .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
         .await;
-    // bob's TCP connection drops without a Close frame.
+    // bob is being rung (the call exists) when his TCP connection drops without a Close
+    // frame. (Without this wait the drop can be seen before the offer, on another instance.)
+    assert_eq!(bob.recv().await["type"], "offer");
     drop(bob);
     assert_eq!(
         alice.recv().await,
@@ -248,18 +251,12 @@ async fn a_vanished_peer_ends_the_call_and_frees_the_name() {
     drop(bob_again);
     // Both sessions are gone from the registry.
     server.connections_fall_to(0, common::PATIENCE).await;
-    assert_eq!(server.app.registry().users(), 0);
-    assert_eq!(
-        server.app.addresses(),
-        0,
-        "no per-address counts left behind"
-    );
+    assert_eq!(server.users(), 0);
+    assert_eq!(server.addresses(), 0, "no per-address counts left behind");
     server.stop().await;
 }
 
-#[tokio::test]
-async fn every_error_is_answered_and_the_socket_keeps_working() {
-    let server = TestServer::start().await;
+async fn every_error_is_answered_and_the_socket_keeps_working(server: Service) {
     let mut ws = server.ws().await;
 
     let code = ws
@@ -327,7 +324,7 @@ async fn every_error_is_answered_and_the_socket_keeps_working() {
     ws.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "bob"}))
         .await;
     ws.quiet(100).await;
-    assert_eq!(server.app.registry().calls(), (1, 0), "ringing");
+    assert_eq!(server.calls(), (1, 0), "ringing");
     server.stop().await;
 }
 
@@ -355,9 +352,7 @@ async fn an_oversized_message_closes_with_1009_and_harms_nobody_else() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_closes_every_socket_with_1001() {
-    let server = TestServer::start().await;
+async fn shutdown_closes_every_socket_with_1001(server: Service) {
     let (mut alice, _) = server.user("alice").await;
     let (mut bob, _) = server.user("bob").await;
     let stopping = tokio::spawn(server.stop());

@@ -73,7 +73,7 @@ impl TestServer {
 
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
         let tls = tls::setup(&config.tls).unwrap();
-        let app = App::new(&config).unwrap();
+        let app = App::start(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -212,6 +212,105 @@ impl TestServer {
         assert_eq!(reply["success"], true, "login as {name}: {reply}");
         (ws, reply)
     }
+}
+
+/// The service a protocol test talks to: one server, or two instances on one real Redis with
+/// users handed to them in turn (alice on the first, bob on the second, carol on the first…),
+/// so that every exchange between two users crosses instances.
+pub struct Service {
+    pub servers: Vec<TestServer>,
+    turn: std::sync::atomic::AtomicUsize,
+    _redis: Option<redis::Redis>,
+}
+
+impl Service {
+    pub async fn single() -> Option<Service> {
+        Some(Service {
+            servers: vec![TestServer::start().await],
+            turn: Default::default(),
+            _redis: None,
+        })
+    }
+
+    /// `None` (the test is skipped) without redis-server, except under CI.
+    pub async fn split() -> Option<Service> {
+        let redis = redis::Redis::start()?;
+        let mut servers = Vec::new();
+        for id in ["a", "b"] {
+            let extra = format!(
+                "[cluster]\nredis_url = {:?}\ninstance_id = {id:?}\nheartbeat_ms = 200\nlease_ms = 1000\n",
+                redis.url()
+            );
+            servers.push(TestServer::start_with(&extra, &repo_public()).await);
+        }
+        Some(Service {
+            servers,
+            turn: Default::default(),
+            _redis: Some(redis),
+        })
+    }
+
+    /// The server the next socket goes to.
+    fn next(&self) -> &TestServer {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.servers[turn % self.servers.len()]
+    }
+
+    pub async fn ws(&self) -> Ws {
+        self.next().ws().await
+    }
+
+    pub async fn user(&self, name: &str) -> (Ws, Value) {
+        self.next().user(name).await
+    }
+
+    /// Ringing and active calls in the whole service (each counted by its caller's instance).
+    pub fn calls(&self) -> (usize, usize) {
+        self.servers.iter().fold((0, 0), |(r, a), server| {
+            let (ringing, active) = server.app.registry().calls();
+            (r + ringing, a + active)
+        })
+    }
+
+    pub fn users(&self) -> usize {
+        self.servers.iter().map(|s| s.app.registry().users()).sum()
+    }
+
+    pub fn addresses(&self) -> usize {
+        self.servers.iter().map(|s| s.app.addresses()).sum()
+    }
+
+    pub async fn connections_fall_to(&self, count: usize, limit: Duration) {
+        assert_eq!(count, 0, "per server, only zero adds up");
+        for server in &self.servers {
+            server.connections_fall_to(0, limit).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        for server in self.servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// Runs a protocol test against one server and against two instances on Redis.
+#[macro_export]
+macro_rules! on_one_server_and_split {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn one_server() {
+                super::$test(super::common::Service::single().await.unwrap()).await;
+            }
+            #[tokio::test]
+            async fn split_over_two_instances() {
+                if let Some(service) = super::common::Service::split().await {
+                    super::$test(service).await;
+                }
+            }
+        }
+    )*};
 }
 
 /// A WebSocket on `/ws` to a dialtone at `addr` with TLS off, such as a binary a test started.
