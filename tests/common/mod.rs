@@ -486,7 +486,12 @@ impl Ws {
     /// The next JSON message, skipping Pings; panics after [`PATIENCE`] in all, however many
     /// Pings come meanwhile.
     pub async fn recv(&mut self) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        self.recv_within(PATIENCE).await
+    }
+
+    /// The next JSON message, skipping Pings; panics after `limit` in all.
+    pub async fn recv_within(&mut self, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.next_frame_by(deadline).await {
                 Frame::Text(text) => return serde_json::from_str(&text).unwrap(),

@@ -13,6 +13,7 @@ pub struct Redis {
     child: Option<Child>,
     /// `--tls-port` setup, kept so a restart serves the same way.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    extra: Vec<String>,
 }
 
 /// Whether `redis-server` can run here; panics under CI when it cannot.
@@ -36,6 +37,11 @@ pub fn available() -> bool {
 impl Redis {
     /// A fresh Redis, or `None` (test skipped) when there is no redis-server.
     pub fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// A fresh Redis with extra command-line settings, such as `--requirepass`.
+    pub fn start_with(extra: &[&str]) -> Option<Redis> {
         if !available() {
             return None;
         }
@@ -45,6 +51,7 @@ impl Redis {
                 port,
                 child: None,
                 tls: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             if redis.spawn() {
                 return Some(redis);
@@ -63,6 +70,7 @@ impl Redis {
             port,
             child: None,
             tls: Some((cert.to_owned(), key.to_owned())),
+            extra: Vec::new(),
         };
         assert!(redis.spawn(), "redis-server with TLS started");
         Some(redis)
@@ -78,6 +86,7 @@ impl Redis {
     fn spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.args(&self.extra);
         match &self.tls {
             None => {
                 command.args(["--port", &self.port.to_string()]);
@@ -121,8 +130,10 @@ impl Redis {
         }
         tcp.set_read_timeout(Some(Duration::from_secs(1))).ok();
         let _ = tcp.write_all(b"PING\r\n");
+        // With a password set, Redis answers -NOAUTH: it is up all the same.
         let mut reply = [0u8; 7];
-        tcp.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+        tcp.read_exact(&mut reply).is_ok()
+            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
     }
 
     /// Sends one command in Redis' inline syntax; returns the first line of the reply.

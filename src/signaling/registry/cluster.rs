@@ -108,6 +108,8 @@ struct Inner {
     reclaim: AtomicBool,
     next_sid: AtomicU64,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Why the backplane last failed, for the log.
+    last_error: Mutex<String>,
 }
 
 #[derive(Default)]
@@ -215,6 +217,7 @@ impl Cluster {
                 reclaim: AtomicBool::new(false),
                 next_sid: AtomicU64::new(1),
                 tasks: Mutex::new(Vec::new()),
+                last_error: Mutex::new(String::new()),
             }),
         };
         info!(
@@ -236,9 +239,11 @@ impl Cluster {
         let patience = 3 * (timeout + inner.heartbeat);
         if tokio::time::timeout(patience, ready).await.is_err() {
             error!(
-                "the backplane (Redis at {}) is unavailable: logins are refused until it \
-                 answers; check redis_url / REDIS_URL, the password and tls_insecure",
-                url.redacted()
+                "the backplane (Redis at {}) is unavailable ({}): logins are refused until \
+                 it answers; check redis_url / REDIS_URL, the password, and for rediss:// \
+                 tls_insecure",
+                url.redacted(),
+                lock(&inner.last_error)
             );
         }
         Ok(cluster)
@@ -423,6 +428,7 @@ impl Inner {
     }
 
     fn lost(&self, why: &str) {
+        why.clone_into(&mut lock(&self.last_error));
         if self.up.swap(false, Ordering::Relaxed) {
             self.metrics.up.set(0);
             warn!(
