@@ -463,6 +463,11 @@ impl Inner {
     }
 
     async fn release(&self, name: &str, sid: u64) {
+        if !self.is_up() {
+            // Nothing is sent to a Redis that is away; the heartbeat frees the name once it
+            // is back (no socket here holds it).
+            return;
+        }
         let released: Result<i64, Down> = self
             .run(
                 "release",
@@ -605,7 +610,9 @@ impl Inner {
             let Ok(healthy) = self.beat_once().await else {
                 continue;
             };
-            if healthy && !was_up {
+            if !healthy {
+                self.lost("this instance's channel is not heard");
+            } else if !was_up {
                 reap_after = Instant::now() + self.lease;
                 self.up.store(true, Ordering::Relaxed);
                 self.metrics.up.set(1);
