@@ -7,13 +7,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  call, expectMediaFlowing, expectTornDown, launchBrowser, login, missing, openPage,
-  screenshot, startServer, state, statusText, suiteCertificate, waitFor,
+  call, expectMediaFlowing, expectTornDown, haveRedis, launchBrowser, login, missing, openPage,
+  screenshot, startRedis, startServer, state, statusText, suiteCertificate, waitFor,
 } from './harness.mjs';
 
 const why = missing();
 if (why && process.env.CI === 'true') {
   throw new Error(`the end-to-end tests cannot run: ${why}`);
+}
+const noRedis = haveRedis() ? null : 'no redis-server (apt-get install redis-server)';
+if (noRedis && process.env.CI === 'true') {
+  throw new Error(`the cluster test cannot run: ${noRedis}`);
 }
 
 describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () => {
@@ -128,6 +132,39 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     const own = await start();
     const [alice] = await people(own, 'alice');
     assert.equal(await state(alice), 'idle');
+  });
+
+  test('alice and bob on two instances sharing one Redis see each other', { skip: noRedis ?? false, timeout: 40000 }, async () => {
+    const redis = await startRedis();
+    try {
+      const one = await start({ cluster: { url: redis.url, id: 'one' } });
+      const two = await start({ cluster: { url: redis.url, id: 'two' } });
+      const alice = await openPage(browsers[0], one);
+      await login(alice, 'alice');
+      const bob = await openPage(browsers[1], two);
+      await login(bob, 'bob');
+      // One service: the name is taken on the other instance too.
+      const impostor = await openPage(browsers[1], two);
+      await waitFor(impostor, 'logged-out');
+      await impostor.fill('input#username', 'alice');
+      await impostor.click('button#login');
+      await waitFor(impostor, 'logged-out', 'Login failed: the name alice is taken');
+      await impostor.context().close();
+
+      await connect(alice, bob, 'bob', 'alice');
+      await screenshot(bob, 'cluster-in-call-bob');
+      await bob.click('button#close-call');
+      await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
+      await waitFor(alice, 'idle', 'bob hung up.');
+      // bob's instance stops (SIGTERM) mid-call: alice, on the other, is told at once.
+      await connect(bob, alice, 'alice', 'bob');
+      const { code } = await two.stop();
+      assert.equal(code, 0);
+      await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.');
+      assert.deepEqual([...alice.errors, ...bob.errors], []);
+    } finally {
+      await redis.stop();
+    }
   });
 
   test('the server restarts mid-session: pages log in again by themselves and can call', { timeout: 30000 }, async () => {

@@ -1,7 +1,8 @@
 // What the end-to-end tests stand on: the real dialtone binary, started and stopped here, and
 // real Chromium processes (Debian's package) driven by Playwright, each with a fake camera.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createConnection, createServer } from 'node:net';
 import { X509Certificate, createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,7 +33,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
  * is the folder of its certificate: the suite's own unless another is given.
  */
-export async function startServer({ port = 0, dir, certs = suiteCerts } = {}) {
+export async function startServer({ port = 0, dir, certs = suiteCerts, cluster } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
@@ -44,6 +45,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts } = {}) {
     'mode = "auto"',
     `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
     `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
+    ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
     '',
   ].join('\n'));
   const child = spawn(binary, ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -75,6 +77,48 @@ export async function startServer({ port = 0, dir, certs = suiteCerts } = {}) {
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;
+    },
+  };
+}
+
+/** Whether Debian's redis-server is installed. */
+export function haveRedis() {
+  return spawnSync('redis-server', ['--version']).status === 0;
+}
+
+async function freePort() {
+  const probe = createServer();
+  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+/** Answers PING with +PONG on `port`. */
+function pong(port) {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: '127.0.0.1', port }, () => socket.write('PING\r\n'));
+    socket.setTimeout(1000, () => { socket.destroy(); resolve(false); });
+    socket.once('data', (data) => { socket.destroy(); resolve(data.toString().startsWith('+PONG')); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** A real redis-server on a free loopback port, with nothing saved; stopped by its PID. */
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const deadline = Date.now() + 10000;
+  while (!(await pong(port))) {
+    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`redis-server did not start on port ${port}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
     },
   };
 }

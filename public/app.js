@@ -126,11 +126,17 @@ function retry(action) {
 const handlers = {
   async login(message) {
     if (!message.success) {
-      const again = wantedName !== null && me === null && message.code === 'name-taken' && ui.status.dataset.state === 'reconnecting';
-      if (again) {
+      const reconnecting = wantedName !== null && me === null && ui.status.dataset.state === 'reconnecting';
+      if (reconnecting && message.code === 'name-taken') {
         // After a network change the server may still hold our old socket until its
         // heartbeat notices; keep trying under the same name.
         show('reconnecting', `Waiting for the server to free the name ${wantedName}…`);
+        retry(() => send({ type: 'login', username: wantedName }));
+        return;
+      }
+      if (reconnecting && message.code === 'unavailable') {
+        // Several instances share state through a backplane that is away for a moment.
+        show('reconnecting', `${sentence(message.message)} Retrying…`);
         retry(() => send({ type: 'login', username: wantedName }));
         return;
       }
@@ -194,7 +200,8 @@ const handlers = {
   },
 
   error(message) {
-    if (call && call.role === 'caller' && !call.answered && (message.code === 'unknown-user' || message.code === 'self-call' || message.code === 'already-in-call')) {
+    const callEnding = ['unknown-user', 'self-call', 'already-in-call', 'unavailable'];
+    if (call && call.role === 'caller' && !call.answered && callEnding.includes(message.code)) {
       endCall(message.code === 'unknown-user' ? `No user named ${call.peer} is logged in.` : sentence(message.message));
       return;
     }
