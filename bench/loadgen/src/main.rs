@@ -127,8 +127,112 @@ struct Server {
     target: Target,
 }
 
+/// What a scenario drives: one server, or a cluster of two. Side 0 and side 1 are where the
+/// two users of a pair connect (the same server, or the two instances).
+trait Under {
+    fn endpoint(&self, side: usize) -> Endpoint;
+    /// CPU time of every process serving the load, process by process.
+    fn cpu_parts(&self) -> Vec<Duration>;
+}
+
+impl Under for Server {
+    fn endpoint(&self, _side: usize) -> Endpoint {
+        Server::endpoint(self)
+    }
+
+    fn cpu_parts(&self) -> Vec<Duration> {
+        vec![cpu_of(self.pid)]
+    }
+}
+
+/// Two dialtone instances on one redis-server, every pair split across them.
+struct Cluster {
+    redis: Child,
+    redis_pid: u32,
+    servers: [Server; 2],
+}
+
+impl Cluster {
+    async fn start(tls: bool, paths: &Paths) -> anyhow::Result<Cluster> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut redis = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let redis_pid = redis.id().context("redis-server has a pid")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline || redis.try_wait()?.is_some() {
+                bail!("redis-server did not start on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let target = Target {
+            kind: Kind::Dialtone,
+            tls,
+        };
+        let cluster = |id: &str| {
+            format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ninstance_id = \"{id}\"\n")
+        };
+        let one = Server::start_with(target, paths, &cluster("one")).await?;
+        let two = Server::start_with(target, paths, &cluster("two")).await?;
+        Ok(Cluster {
+            redis,
+            redis_pid,
+            servers: [one, two],
+        })
+    }
+
+    async fn stop(mut self) {
+        for server in self.servers {
+            server.stop().await;
+        }
+        let _ = self.redis.kill().await;
+    }
+}
+
+impl Under for Cluster {
+    fn endpoint(&self, side: usize) -> Endpoint {
+        self.servers[side % 2].endpoint()
+    }
+
+    /// The two instances, then redis-server.
+    fn cpu_parts(&self) -> Vec<Duration> {
+        let mut parts: Vec<_> = self.servers.iter().map(|s| cpu_of(s.pid)).collect();
+        parts.push(cpu_of(self.redis_pid));
+        parts
+    }
+}
+
+/// User + system CPU time a process has used.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 impl Server {
     async fn start(target: Target, paths: &Paths) -> anyhow::Result<Server> {
+        Server::start_with(target, paths, "").await
+    }
+
+    /// `extra` is appended to dialtone's config (a `[cluster]` table).
+    async fn start_with(target: Target, paths: &Paths, extra: &str) -> anyhow::Result<Server> {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -149,7 +253,7 @@ impl Server {
                     std::fs::write(
                         &config,
                         format!(
-                            "listen = \"127.0.0.1:{port}\"\npublic_dir = {:?}\n{tls}\n{bench}",
+                            "listen = \"127.0.0.1:{port}\"\npublic_dir = {:?}\n{tls}\n{bench}\n{extra}",
                             paths.repo.join("public").display().to_string()
                         ),
                     )?;
@@ -208,22 +312,6 @@ impl Server {
             port: self.port,
             tls: self.target.tls,
         }
-    }
-
-    /// User + system CPU time the process has used.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) start at ") ".
-        let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-        Duration::from_millis((ticks(11) + ticks(12)) * 10)
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -347,15 +435,15 @@ fn stamp_of(text: &str) -> Option<u64> {
 /// Pairs of logged-in users with a call set up (offer and answer), so both servers relay
 /// between them; `a` sends, `b` receives.
 async fn pairs(
-    server: &Server,
+    server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     count: usize,
 ) -> anyhow::Result<Vec<(Ws, Ws, String)>> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let (a_name, b_name) = (format!("a{i}"), format!("b{i}"));
-        let mut a = connect(server.endpoint(), tls, 2 * i).await?;
-        let mut b = connect(server.endpoint(), tls, 2 * i + 1).await?;
+        let mut a = connect(server.endpoint(0), tls, 2 * i).await?;
+        let mut b = connect(server.endpoint(1), tls, 2 * i + 1).await?;
         login(&mut a, &a_name).await?;
         login(&mut b, &b_name).await?;
         a.send(Message::text(offer(&b_name, epoch_micros())))
@@ -375,12 +463,14 @@ async fn pairs(
 struct Throughput {
     rate: f64,
     cpu_per_message: Duration,
+    /// Of that, the last process's share (redis-server, in a cluster).
+    last_part_per_message: Duration,
 }
 
 /// Every sender as fast as the server takes it, with at most `WINDOW` messages in flight
 /// per pair so nothing queues without bound.
 async fn max_rate(
-    server: &Server,
+    server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
 ) -> anyhow::Result<Throughput> {
@@ -424,13 +514,13 @@ async fn max_rate(
     tokio::time::sleep(plan.warmup).await;
     let (count0, cpu0, t0) = (
         received.load(Ordering::Relaxed),
-        server.cpu(),
+        server.cpu_parts(),
         Instant::now(),
     );
     tokio::time::sleep(plan.measure).await;
     let (count1, cpu1, t1) = (
         received.load(Ordering::Relaxed),
-        server.cpu(),
+        server.cpu_parts(),
         Instant::now(),
     );
     stop.store(true, Ordering::Relaxed);
@@ -438,9 +528,12 @@ async fn max_rate(
         task.abort();
     }
     let messages = count1.saturating_sub(count0).max(1);
+    let used: Duration = cpu1.iter().sum::<Duration>() - cpu0.iter().sum::<Duration>();
+    let last = cpu1.last().copied().unwrap_or_default() - cpu0.last().copied().unwrap_or_default();
     Ok(Throughput {
         rate: messages as f64 / (t1 - t0).as_secs_f64(),
-        cpu_per_message: (cpu1 - cpu0) / messages as u32,
+        cpu_per_message: used / messages as u32,
+        last_part_per_message: last / messages as u32,
     })
 }
 
@@ -455,7 +548,7 @@ struct Latency {
 
 /// A fixed total rate spread over the pairs; latency from send to receive, end to end.
 async fn latency_at(
-    server: &Server,
+    server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
     rate: f64,
@@ -590,7 +683,7 @@ async fn idle(
 
 /// TCP connect, TLS handshake, upgrade, login, close: as many as `workers` manage.
 async fn logins_per_second(
-    server: &Server,
+    server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
 ) -> anyhow::Result<f64> {
@@ -598,7 +691,7 @@ async fn logins_per_second(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..plan.login_workers {
-        let endpoint = server.endpoint();
+        let endpoint = server.endpoint(worker);
         let (tls, done, stop) = (tls.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
@@ -626,7 +719,6 @@ async fn logins_per_second(
 }
 
 /// All figures of one run.
-#[derive(Default)]
 struct Figures {
     throughput: [Throughput; 4],
     latency_10k: [Latency; 4],
@@ -634,6 +726,173 @@ struct Figures {
     idle_bytes: [f64; 4],
     logins: [f64; 4],
     max_idle: Option<(usize, u64, f64)>,
+    /// The cluster section, or why it did not run.
+    cluster: Result<ClusterFigures, String>,
+}
+
+/// Two instances on one Redis: relay over ws, logins over wss.
+#[derive(Default, Clone, Copy)]
+struct ClusterFigures {
+    throughput: Throughput,
+    latency_10k: Latency,
+    logins: f64,
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Figures {
+            throughput: Default::default(),
+            latency_10k: Default::default(),
+            latency_80k: Default::default(),
+            idle_bytes: Default::default(),
+            logins: Default::default(),
+            max_idle: None,
+            cluster: Err("not run".into()),
+        }
+    }
+}
+
+/// The cluster scenarios, each on a fresh cluster like the single-server ones.
+async fn run_cluster(
+    paths: &Paths,
+    tls: &tokio_rustls::TlsConnector,
+    plan: Plan,
+) -> anyhow::Result<ClusterFigures> {
+    let mut figures = ClusterFigures::default();
+    let cluster = Cluster::start(false, paths).await?;
+    let t = max_rate(&cluster, tls, plan).await?;
+    eprintln!(
+        "cluster ws: max rate {:.0} msg/s, {:.1} µs CPU/msg (both instances and redis-server, \
+         of which redis-server {:.1})",
+        t.rate,
+        micros(t.cpu_per_message),
+        micros(t.last_part_per_message)
+    );
+    figures.throughput = t;
+    cluster.stop().await;
+
+    let cluster = Cluster::start(false, paths).await?;
+    let l = latency_at(&cluster, tls, plan, 10_000.0 * plan_scale(plan)).await?;
+    eprintln!(
+        "cluster ws: at 10k msg/s p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, {} of {} received",
+        micros(l.p50),
+        micros(l.p99),
+        micros(l.max),
+        l.received,
+        l.sent
+    );
+    figures.latency_10k = l;
+    cluster.stop().await;
+
+    let cluster = Cluster::start(true, paths).await?;
+    figures.logins = logins_per_second(&cluster, tls, plan).await?;
+    eprintln!("cluster wss: {:.0} logins/s", figures.logins);
+    cluster.stop().await;
+    Ok(figures)
+}
+
+/// The cluster section of the table, beside the single instance and the baseline of the
+/// same run.
+fn cluster_table(f: &Figures, plan: Plan, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n## Several instances\n\nTwo dialtone instances and one redis-server, every pair split across the \
+         instances (each message crosses Redis pub/sub). CPU for the cluster is both instances \
+         plus redis-server."
+    );
+    let c = match &f.cluster {
+        Ok(c) => *c,
+        Err(why) => {
+            let _ = writeln!(out, "\nNot run: {why}.");
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "\n| what | one instance | cluster of two | baseline | cluster / baseline | target | met |\n|---|---|---|---|---|---|---|"
+    );
+    let mut row = |what: &str,
+                   one: String,
+                   cluster: String,
+                   base: String,
+                   ratio: Option<f64>,
+                   target: &str,
+                   met: Option<bool>| {
+        let ratio = ratio.map_or("–".to_owned(), |r| format!("{r:.2}×"));
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(
+            out,
+            "| {what} | {one} | {cluster} | {base} | {ratio} | {target} | {met} |"
+        );
+    };
+    let (one, base) = (f.throughput[0], f.throughput[2]);
+    let r = ratio(c.throughput.rate, base.rate);
+    row(
+        "maximum relay rate, ws (msg/s)",
+        format!("{:.0}", one.rate),
+        format!("{:.0}", c.throughput.rate),
+        format!("{:.0}", base.rate),
+        Some(r),
+        "≥ 1.0×",
+        Some(r >= 1.0),
+    );
+    let r = ratio(
+        micros(c.throughput.cpu_per_message),
+        micros(base.cpu_per_message),
+    );
+    let redis_share = micros(c.throughput.last_part_per_message);
+    row(
+        &format!("CPU per relayed message, ws (µs; cluster: {redis_share:.1} of it redis-server)"),
+        format!("{:.1}", micros(one.cpu_per_message)),
+        format!("{:.1}", micros(c.throughput.cpu_per_message)),
+        format!("{:.1}", micros(base.cpu_per_message)),
+        Some(r),
+        "≤ 1.0×",
+        Some(r <= 1.0),
+    );
+    let low = rate_label(10_000.0, plan);
+    let (one, base) = (f.latency_10k[0], f.latency_10k[2]);
+    row(
+        &format!("p50 latency at {low}, ws (µs)"),
+        format!("{:.0}", micros(one.p50)),
+        format!("{:.0}", micros(c.latency_10k.p50)),
+        format!("{:.0}", micros(base.p50)),
+        Some(ratio(micros(c.latency_10k.p50), micros(base.p50))),
+        "",
+        None,
+    );
+    let p99 = micros(c.latency_10k.p99);
+    row(
+        &format!("p99 latency at {low}, ws (µs)"),
+        format!("{:.0}", micros(one.p99)),
+        format!("{p99:.0}"),
+        format!("{:.0}", micros(base.p99)),
+        Some(ratio(p99, micros(base.p99))),
+        "< 5 ms, none lost",
+        Some(p99 < 5000.0 && c.latency_10k.received >= c.latency_10k.sent),
+    );
+    row(
+        "WSS logins per second",
+        format!("{:.0}", f.logins[1]),
+        format!("{:.0}", c.logins),
+        format!("{:.0}", f.logins[3]),
+        Some(ratio(c.logins, f.logins[3])),
+        "",
+        None,
+    );
+    let _ = writeln!(
+        out,
+        "\nCluster latency at {low}: p50 / p99 / max {:.0} / {:.0} / {:.0} µs; {} of {} received.",
+        micros(c.latency_10k.p50),
+        micros(c.latency_10k.p99),
+        micros(c.latency_10k.max),
+        c.latency_10k.received,
+        c.latency_10k.sent
+    );
 }
 
 async fn run_target(
@@ -892,17 +1151,35 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut figures = Figures::default();
     // Alternate dialtone and baseline so drift on a shared machine hits both.
+    // --cluster-only: the cluster section alone, for working on it (no RESULTS.md).
+    let cluster_only = std::env::args().any(|a| a == "--cluster-only");
+    let single = if cluster_only { 0 } else { 4 };
     for (index, target) in [
         (0, TARGETS[0]),
         (2, TARGETS[2]),
         (1, TARGETS[1]),
         (3, TARGETS[3]),
-    ] {
+    ]
+    .into_iter()
+    .take(single)
+    {
         run_target(index, target, &paths, &tls, plan, &mut figures).await?;
     }
-    let table = table(&figures, plan);
+    let have_redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    figures.cluster = if have_redis {
+        run_cluster(&paths, &tls, plan)
+            .await
+            .map_err(|err| format!("{err:#}"))
+    } else {
+        Err("no redis-server here (apt-get install redis-server)".into())
+    };
+    let mut table = table(&figures, plan);
+    cluster_table(&figures, plan, &mut table);
     println!("{table}");
-    if !quick {
+    if !quick && !cluster_only {
         let date = String::from_utf8(
             std::process::Command::new("date")
                 .arg("-u")

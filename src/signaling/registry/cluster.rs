@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -44,8 +44,29 @@ use crate::signaling::protocol::{CloseReason, LoginFailure, ServerMessage};
 const MAX_IN_FLIGHT: usize = 4096;
 /// Names re-claimed per script call after Redis lost them.
 const RECLAIM_BATCH: usize = 256;
+/// Messages waiting to be published, for all sockets together; a sender waits (at most the
+/// command timeout) when it is full.
+const PUBLISH_QUEUE: usize = 4096;
+/// Most messages sent in one round trip.
+const PUBLISH_BATCH: usize = 256;
 
 const COMMON: &str = include_str!("lua/common.lua");
+
+/// Every operation the metrics name.
+const OPS: [&str; 12] = [
+    "claim",
+    "offer",
+    "relay",
+    "publish",
+    "release",
+    "heartbeat",
+    "probe",
+    "reconcile",
+    "prune",
+    "reap",
+    "leave",
+    "subscribe",
+];
 
 struct Scripts {
     claim: Script,
@@ -98,6 +119,11 @@ struct Inner {
     lease: Duration,
     timeout: Duration,
     metrics: Backplane,
+    /// The round-trip histogram and error counter of each operation, looked up once: the
+    /// label lookup would otherwise cost a hash and a lock on every relayed message.
+    ops: HashMap<&'static str, (prometheus::Histogram, prometheus::IntCounter)>,
+    /// The publish queue (see [`Inner::publish`]).
+    outgoing: mpsc::Sender<Outgoing>,
     /// Usable: the last heartbeat went through and the subscription hears its probes.
     up: AtomicBool,
     subscribed: AtomicBool,
@@ -123,6 +149,8 @@ struct Member {
     sid: u64,
     outbox: Outbox,
     call: Option<Call>,
+    /// The version of the Redis record this copy reflects (see `lua/common.lua`).
+    ver: u64,
     /// `Some` while the claim is in flight: frames that arrive before the login reply wait
     /// here, so the reply is always the first thing the client reads.
     held: Option<Vec<String>>,
@@ -134,10 +162,27 @@ struct Member {
 struct Call {
     with: Arc<str>,
     state: CallState,
-    /// This side sent the offer (each call is counted by its caller's instance).
-    caller: bool,
-    /// The partner is a socket of this instance.
-    local: bool,
+    /// The partner's instance, `None` when it is this one, and its session there.
+    at: Option<Arc<str>>,
+    sid: u64,
+}
+
+impl Member {
+    /// Takes a change from Redis (a script's reply or a message) if it is newer than what
+    /// this copy has. Returns whether it was.
+    fn update(&mut self, ver: u64, call: Option<Call>) -> bool {
+        if ver <= self.ver {
+            return false;
+        }
+        self.ver = ver;
+        self.call = call;
+        true
+    }
+
+    /// The partner this copy names, if it is `with`.
+    fn partner_is(&self, with: &str) -> bool {
+        self.call.as_ref().is_some_and(|call| *call.with == *with)
+    }
 }
 
 /// What a Redis command's failure leaves the caller with: the engine is (now) unavailable.
@@ -183,7 +228,8 @@ impl Cluster {
         let timeout = config.timeout();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            // Each command is under `timeout` already (Inner::run); one timer is enough.
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1))
             .set_concurrency_limit(MAX_IN_FLIGHT);
@@ -196,6 +242,8 @@ impl Cluster {
             );
         }
         let prefix = config.key_prefix.clone();
+        let backplane = metrics.backplane();
+        let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 channel: format!("{prefix}ch:{id}"),
@@ -208,7 +256,15 @@ impl Cluster {
                 heartbeat: config.heartbeat(),
                 lease: config.lease(),
                 timeout,
-                metrics: metrics.backplane(),
+                outgoing,
+                ops: OPS
+                    .iter()
+                    .map(|&op| {
+                        let round_trips = backplane.round_trips.with_label_values(&[op]);
+                        (op, (round_trips, backplane.errors.with_label_values(&[op])))
+                    })
+                    .collect(),
+                metrics: backplane,
                 up: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 probes_sent: AtomicU64::new(0),
@@ -229,7 +285,12 @@ impl Cluster {
         let inner = &cluster.inner;
         let subscriber = tokio::spawn(inner.clone().listen());
         let heartbeat = tokio::spawn(inner.clone().beat());
-        lock(&inner.tasks).extend([subscriber.abort_handle(), heartbeat.abort_handle()]);
+        let publisher = tokio::spawn(inner.clone().publish(queue));
+        lock(&inner.tasks).extend([
+            subscriber.abort_handle(),
+            heartbeat.abort_handle(),
+            publisher.abort_handle(),
+        ]);
         // Wait for the first heartbeat with a live subscription, a few heartbeats at most.
         let ready = async {
             while !inner.is_up() {
@@ -260,6 +321,7 @@ impl Cluster {
             outbox,
             sid: self.inner.next_sid.fetch_add(1, Ordering::Relaxed),
             name: None,
+            pending: Arc::default(),
         }
     }
 
@@ -272,17 +334,23 @@ impl Cluster {
         local.members.values().filter(|m| m.held.is_none()).count()
     }
 
+    /// A ringing call is counted by its caller's instance, an active one by the instance of
+    /// the partner whose name sorts first: each call once in the whole cluster.
     pub fn calls(&self) -> (usize, usize) {
         let local = self.inner.lock();
-        let count = |wanted: CallState| {
-            local
-                .members
-                .values()
-                .filter_map(|m| m.call.as_ref())
-                .filter(|call| call.caller && call.state == wanted)
-                .count()
-        };
-        (count(CallState::Calling), count(CallState::Active))
+        let calls = local
+            .members
+            .iter()
+            .filter_map(|(name, m)| Some((name, m.call.as_ref()?)));
+        let (mut ringing, mut active) = (0, 0);
+        for (name, call) in calls {
+            match call.state {
+                CallState::Calling => ringing += 1,
+                CallState::Active if **name < *call.with => active += 1,
+                _ => {}
+            }
+        }
+        (ringing, active)
     }
 
     pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
@@ -347,18 +415,19 @@ fn close_frame(from: &str) -> String {
     .to_json()
 }
 
-/// The change a relayed message of `kind` makes to the call of the side that receives it (or
-/// sends it), when that call is with `with`.
-fn apply(call: &mut Option<Call>, kind: Relay, with: &str) {
-    let Some(current) = call else { return };
-    if *current.with != *with {
-        return;
-    }
-    match kind {
-        Relay::Answer => current.state = CallState::Active,
-        Relay::Decline | Relay::Close => *call = None,
-        Relay::Candidate => {}
-    }
+/// The call a side has after a relayed message of `kind` between it and `with` (at `at`,
+/// session `sid`): active after an answer, none after a decline or close.
+fn after(kind: Relay, with: &str, at: Option<Arc<str>>, sid: u64) -> Option<Call> {
+    (kind == Relay::Answer).then(|| Call {
+        with: Arc::from(with),
+        state: CallState::Active,
+        at,
+        sid,
+    })
+}
+
+fn number(text: &str) -> u64 {
+    text.parse().unwrap_or(0)
 }
 
 impl Relay {
@@ -406,24 +475,30 @@ impl Inner {
         started: Instant,
         outcome: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, Down> {
+        let metrics = self.ops.get(op);
         match outcome {
             Ok(Ok(value)) => {
-                self.metrics
-                    .round_trips
-                    .with_label_values(&[op])
-                    .observe(started.elapsed().as_secs_f64());
+                if let Some((round_trips, _)) = metrics {
+                    round_trips.observe(started.elapsed().as_secs_f64());
+                }
                 Ok(value)
             }
             Ok(Err(err)) => {
-                self.metrics.errors.with_label_values(&[op]).inc();
+                self.failed(op);
                 self.lost(&format!("{op}: {err}"));
                 Err(Down)
             }
             Err(_) => {
-                self.metrics.errors.with_label_values(&[op]).inc();
+                self.failed(op);
                 self.lost(&format!("{op}: no reply within {:?}", self.timeout));
                 Err(Down)
             }
+        }
+    }
+
+    fn failed(&self, op: &'static str) {
+        if let Some((_, errors)) = self.ops.get(op) {
+            errors.inc();
         }
     }
 
@@ -445,19 +520,24 @@ impl Inner {
     /// live instance holds.
     async fn claim(
         &self,
-        names: &[(Arc<str>, u64, Option<Call>)],
+        names: &[(Arc<str>, u64, Option<Call>, u64)],
         overwrite_calls: bool,
     ) -> Result<Vec<String>, Down> {
         let mut invocation = self.invoke(&self.scripts.claim);
         invocation
             .arg(self.lease.as_millis() as u64)
             .arg(if overwrite_calls { "1" } else { "0" });
-        for (name, sid, call) in names {
+        for (name, sid, call, ver) in names {
             let (peer, state) = match call {
                 Some(call) => (&*call.with, state_name(call.state)),
                 None => ("", ""),
             };
-            invocation.arg(&**name).arg(sid).arg(peer).arg(state);
+            invocation
+                .arg(&**name)
+                .arg(sid)
+                .arg(peer)
+                .arg(state)
+                .arg(ver);
         }
         self.run("claim", &mut invocation).await
     }
@@ -489,22 +569,37 @@ impl Inner {
         }
     }
 
-    /// A message from another instance, read off this instance's channel.
+    /// What arrived on this instance's channel: one envelope, or a batch of them.
     fn receive(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
-        let mut parts = text.splitn(5, '\n');
-        let (Some(kind), Some(to), Some(sid), Some(from), Some(frame)) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return;
+        let Some(mut rest) = text.strip_prefix("batch\n") else {
+            return self.receive_one(text);
         };
-        let Ok(sid) = sid.parse::<u64>() else { return };
+        while let Some((len, after)) = rest.split_once('\n') {
+            let Some(envelope) = len.parse::<usize>().ok().and_then(|len| after.get(..len)) else {
+                return;
+            };
+            self.receive_one(envelope);
+            rest = &after[envelope.len()..];
+        }
+    }
+
+    /// One envelope from another instance (see `lua/common.lua` for its fields).
+    fn receive_one(&self, text: &str) {
+        let mut parts = text.splitn(8, '\n');
+        let mut field = || parts.next().unwrap_or_default();
+        let (kind, to, sid, from, from_at, from_sid, ver, frame) = (
+            field(),
+            field(),
+            number(field()),
+            field(),
+            field(),
+            number(field()),
+            number(field()),
+            field(),
+        );
         if kind == "probe" {
             self.probes_heard.fetch_max(sid, Ordering::Relaxed);
             return;
@@ -514,35 +609,43 @@ impl Inner {
         let Some(member) = local.members.get_mut(to).filter(|m| m.sid == sid) else {
             return;
         };
+        let from_at = Some(Arc::from(from_at));
         let frame = match kind {
-            "offer" => {
-                if member.call.is_none() {
-                    member.call = Some(Call {
-                        with: Arc::from(from),
-                        state: CallState::Ringing,
-                        caller: false,
-                        local: false,
-                    });
+            // Version 0: a message that changed nothing in Redis (a candidate, a renegotiation)
+            // and that the sender's instance checked against its own copy; this side checks
+            // against its own too, so only partners reach each other.
+            "offer" | "candidate" if ver == 0 => {
+                if !member.partner_is(from) {
+                    return;
                 }
                 frame.to_owned()
             }
+            "offer" => {
+                member.update(
+                    ver,
+                    Some(Call {
+                        with: Arc::from(from),
+                        state: CallState::Ringing,
+                        at: from_at,
+                        sid: from_sid,
+                    }),
+                );
+                frame.to_owned()
+            }
             "gone" => {
-                // Told once: only a call this side still has ends with a close frame.
-                if member.call.as_ref().is_none_or(|c| *c.with != *from) {
+                if !member.update(ver, None) {
                     return;
                 }
-                member.call = None;
                 close_frame(from)
             }
             other => {
                 let kind = match other {
                     "answer" => Relay::Answer,
-                    "candidate" => Relay::Candidate,
                     "decline" => Relay::Decline,
                     "close" => Relay::Close,
                     _ => return,
                 };
-                apply(&mut member.call, kind, from);
+                member.update(ver, after(kind, from, from_at, from_sid));
                 frame.to_owned()
             }
         };
@@ -576,7 +679,7 @@ impl Inner {
                     self.lost("the subscription ended");
                 }
                 Err(err) => {
-                    self.metrics.errors.with_label_values(&["subscribe"]).inc();
+                    self.failed("subscribe");
                     self.lost(&format!("subscribe: {err}"));
                 }
             }
@@ -637,12 +740,12 @@ impl Inner {
         let held: usize = reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         {
             let mut local = self.lock();
-            for pair in reply.get(2..).unwrap_or_default().chunks_exact(2) {
-                let (name, peer) = (&pair[0], &pair[1]);
+            for ended in reply.get(2..).unwrap_or_default().chunks_exact(3) {
+                let (name, peer, ver) = (&ended[0], &ended[1], number(&ended[2]));
                 if let Some(member) = local.members.get_mut(name.as_str())
-                    && member.call.as_ref().is_some_and(|c| *c.with == **peer)
+                    && member.partner_is(peer)
+                    && member.update(ver, None)
                 {
-                    member.call = None;
                     push(member, close_frame(peer));
                 }
             }
@@ -703,7 +806,7 @@ impl Inner {
                 .members
                 .iter()
                 .filter(|(_, m)| m.held.is_none() && !m.evicted)
-                .map(|(name, m)| (name.clone(), m.sid, m.call.clone()))
+                .map(|(name, m)| (name.clone(), m.sid, m.call.clone(), m.ver))
                 .collect();
             (claimed, self.next_sid.load(Ordering::Relaxed), overwrite)
         };
@@ -720,7 +823,7 @@ impl Inner {
                 let sid = batch
                     .iter()
                     .find(|(n, ..)| **n == *name)
-                    .map(|(_, sid, _)| *sid);
+                    .map(|(_, sid, ..)| *sid);
                 if let Some(member) = local.members.get_mut(name.as_str())
                     && Some(member.sid) == sid
                 {
@@ -774,13 +877,14 @@ impl Inner {
         }
     }
 
-    /// Relays between two sockets of this instance while Redis is away. Only the partner the
-    /// local records agree on can be reached; anything else needs Redis.
+    /// Relays an answer, decline or close between two sockets of this instance while Redis is
+    /// away. Only the partner the local copies agree on can be reached; the change is written
+    /// to Redis when it is back.
     fn fallback(
         &self,
         me: &str,
         sid: u64,
-        kind: Option<Relay>,
+        kind: Relay,
         to: Option<&str>,
         frame: String,
     ) -> Result<Arc<str>, RelayError> {
@@ -790,26 +894,183 @@ impl Inner {
             .get(me)
             .filter(|m| m.sid == sid)
             .and_then(|m| m.call.clone())
-            .filter(|call| call.local && to.is_none_or(|to| *call.with == *to))
+            .filter(|call| call.at.is_none() && to.is_none_or(|to| *call.with == *to))
             .ok_or(RelayError::Unavailable)?;
         let partner = local
             .members
             .get_mut(&call.with)
-            .filter(|p| p.call.as_ref().is_some_and(|c| *c.with == *me))
+            .filter(|p| p.sid == call.sid && p.partner_is(me))
             .ok_or(RelayError::Unavailable)?;
-        if let Some(kind) = kind {
-            apply(&mut partner.call, kind, me);
-        }
+        let ver = partner.ver + 1;
+        partner.update(ver, after(kind, me, None, sid));
         push(partner, frame);
-        if let Some(kind) = kind
-            && let Some(mine) = local.members.get_mut(me)
-        {
-            apply(&mut mine.call, kind, &call.with);
+        if let Some(mine) = local.members.get_mut(me) {
+            let ver = mine.ver + 1;
+            mine.update(ver, after(kind, &call.with, None, call.sid));
         }
-        if kind.is_some_and(|k| k != Relay::Candidate) {
-            local.dirty = true;
-        }
+        local.dirty = true;
         Ok(call.with)
+    }
+
+    /// Sends a message that changes nothing in Redis (a candidate, a renegotiating offer)
+    /// straight to the partner this instance's copy names: into its queue when it is here,
+    /// else one PUBLISH to its instance, which checks the partnership against its own copy.
+    /// `Err(frame)` when the copy names no such partner: the caller asks Redis.
+    async fn direct(
+        &self,
+        me: &str,
+        sid: u64,
+        pending: &Arc<Pending>,
+        kind: &str,
+        to: Option<&str>,
+        frame: String,
+    ) -> Result<Result<Arc<str>, RelayError>, String> {
+        let (with, instance, their_sid) = {
+            let mut local = self.lock();
+            let Some(call) = local
+                .members
+                .get(me)
+                .filter(|m| m.sid == sid)
+                .and_then(|m| m.call.as_ref())
+                .filter(|call| to.is_none_or(|to| *call.with == *to))
+                .map(|call| (call.with.clone(), call.at.clone(), call.sid))
+            else {
+                return Err(frame);
+            };
+            match call {
+                (with, None, their_sid) => {
+                    let Some(partner) = local
+                        .members
+                        .get_mut(&with)
+                        .filter(|p| p.sid == their_sid && p.partner_is(me))
+                    else {
+                        return Err(frame);
+                    };
+                    push(partner, frame);
+                    return Ok(Ok(with));
+                }
+                (with, Some(instance), their_sid) => (with, instance, their_sid),
+            }
+        };
+        if !self.is_up() {
+            return Ok(Err(RelayError::Unavailable));
+        }
+        let envelope = format!(
+            "{kind}\n{with}\n{their_sid}\n{me}\n{}\n{sid}\n0\n{frame}",
+            self.id
+        );
+        pending.count.fetch_add(1, Ordering::Relaxed);
+        let outgoing = Outgoing {
+            instance,
+            envelope,
+            pending: pending.clone(),
+        };
+        match tokio::time::timeout(self.timeout, self.outgoing.send(outgoing)).await {
+            Ok(Ok(())) => {
+                self.metrics.published.inc();
+                Ok(Ok(with))
+            }
+            _ => {
+                pending.settle(1);
+                Ok(Err(RelayError::Unavailable))
+            }
+        }
+    }
+
+    /// Sends the queued messages, many per round trip: all those waiting go in one
+    /// pipeline, with one PUBLISH per instance carrying every message for it.
+    async fn publish(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+        let mut batch = Vec::new();
+        while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let mut per_instance: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+            for outgoing in &mut batch {
+                let envelope = std::mem::take(&mut outgoing.envelope);
+                match per_instance
+                    .iter_mut()
+                    .find(|(instance, _)| *instance == outgoing.instance)
+                {
+                    Some((_, envelopes)) => envelopes.push(envelope),
+                    None => per_instance.push((outgoing.instance.clone(), vec![envelope])),
+                }
+            }
+            let mut pipeline = redis::pipe();
+            for (instance, envelopes) in &per_instance {
+                let channel = format!("{}ch:{instance}", self.prefix);
+                pipeline
+                    .cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(batched(envelopes))
+                    .ignore();
+            }
+            let mut redis = self.redis.clone();
+            let started = Instant::now();
+            let sent = pipeline.query_async::<()>(&mut redis);
+            // A failure marks the backplane down; the messages are lost, as pub/sub may lose
+            // them anyway (the heartbeat ends calls whose partner vanished).
+            let _ = self.measured(
+                "publish",
+                started,
+                tokio::time::timeout(self.timeout, sent).await,
+            );
+            for outgoing in batch.drain(..) {
+                outgoing.pending.settle(1);
+            }
+        }
+    }
+}
+
+/// One PUBLISH payload: a single envelope as it is, several as `batch` and then each
+/// envelope after its length in bytes (an envelope's frame may hold newlines).
+fn batched(envelopes: &[String]) -> String {
+    if let [one] = envelopes {
+        return one.clone();
+    }
+    let mut payload = String::from("batch\n");
+    for envelope in envelopes {
+        payload.push_str(&envelope.len().to_string());
+        payload.push('\n');
+        payload.push_str(envelope);
+    }
+    payload
+}
+
+/// A message on its way to another instance's channel.
+struct Outgoing {
+    instance: Arc<str>,
+    envelope: String,
+    pending: Arc<Pending>,
+}
+
+/// One socket's messages still in the publish queue. A script the socket runs next waits
+/// for them to be sent first: they share one connection to Redis, so Redis then sees them
+/// in the order the client sent them.
+#[derive(Default)]
+struct Pending {
+    count: AtomicU64,
+    sent: Notify,
+}
+
+impl Pending {
+    fn settle(&self, n: u64) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.sent.notify_waiters();
+        }
+    }
+
+    /// Waits until nothing of this socket's is queued, at most `limit`.
+    async fn drained(&self, limit: Duration) -> Result<(), RelayError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let sent = self.sent.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| RelayError::Unavailable)?;
+        }
     }
 }
 
@@ -836,6 +1097,7 @@ pub struct Connection {
     outbox: Outbox,
     sid: u64,
     name: Option<Arc<str>>,
+    pending: Arc<Pending>,
 }
 
 impl fmt::Debug for Connection {
@@ -881,12 +1143,15 @@ impl Connection {
                     sid: self.sid,
                     outbox: self.outbox.clone(),
                     call: None,
+                    ver: 0,
                     held: Some(Vec::new()),
                     evicted: false,
                 },
             );
         }
-        let claimed = inner.claim(&[(name.clone(), self.sid, None)], false).await;
+        let claimed = inner
+            .claim(&[(name.clone(), self.sid, None, 0)], false)
+            .await;
         let mut local = inner.lock();
         let ours = local
             .members
@@ -921,10 +1186,19 @@ impl Connection {
             return Err(RelayError::SelfCall);
         }
         let inner = &self.cluster.inner;
+        // Renegotiating with the current partner changes nothing in Redis.
+        let frame = match inner
+            .direct(me, self.sid, &self.pending, "offer", Some(to), frame)
+            .await
+        {
+            Ok(sent) => return sent,
+            Err(frame) => frame,
+        };
         if !inner.is_up() {
-            return inner.fallback(me, self.sid, None, Some(to), frame);
+            return Err(RelayError::Unavailable);
         }
-        let reply: Vec<String> = match inner
+        self.pending.drained(inner.timeout).await?;
+        let reply: Vec<String> = inner
             .run(
                 "offer",
                 inner
@@ -935,37 +1209,39 @@ impl Connection {
                     .arg(&frame),
             )
             .await
-        {
-            Ok(reply) => reply,
-            Err(Down) => return inner.fallback(me, self.sid, None, Some(to), frame),
-        };
+            .map_err(|Down| RelayError::Unavailable)?;
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["ok", instance, their_sid, new] => {
+            ["ok", instance, their_sid, new, my_ver, their_ver] => {
                 let callee: Arc<str> = Arc::from(to);
-                let local_callee = instance == inner.id;
-                let their_sid = their_sid.parse().unwrap_or(0);
+                let here = instance == inner.id;
+                let their_sid = number(their_sid);
                 let mut local = inner.lock();
                 if new == "1"
                     && let Some(mine) = local.members.get_mut(me)
                 {
-                    mine.call = Some(Call {
-                        with: callee.clone(),
-                        state: CallState::Calling,
-                        caller: true,
-                        local: local_callee,
-                    });
+                    mine.update(
+                        number(my_ver),
+                        Some(Call {
+                            with: callee.clone(),
+                            state: CallState::Calling,
+                            at: (!here).then(|| Arc::from(instance)),
+                            sid: their_sid,
+                        }),
+                    );
                 }
-                if local_callee {
-                    if new == "1"
-                        && let Some(theirs) = local.members.get_mut(to)
+                if here {
+                    if let Some(theirs) = local.members.get_mut(to)
                         && theirs.sid == their_sid
                     {
-                        theirs.call = Some(Call {
-                            with: me.clone(),
-                            state: CallState::Ringing,
-                            caller: false,
-                            local: true,
-                        });
+                        theirs.update(
+                            number(their_ver),
+                            Some(Call {
+                                with: me.clone(),
+                                state: CallState::Ringing,
+                                at: None,
+                                sid: self.sid,
+                            }),
+                        );
                     }
                     Inner::deliver_local(&mut local, to, their_sid, frame);
                 } else {
@@ -992,9 +1268,21 @@ impl Connection {
     ) -> Result<Arc<str>, RelayError> {
         let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
         let inner = &self.cluster.inner;
+        let frame = if kind == Relay::Candidate {
+            match inner
+                .direct(me, self.sid, &self.pending, "candidate", to, frame)
+                .await
+            {
+                Ok(sent) => return sent,
+                Err(frame) => frame,
+            }
+        } else {
+            frame
+        };
         if !inner.is_up() {
-            return inner.fallback(me, self.sid, Some(kind), to, frame);
+            return inner.fallback(me, self.sid, kind, to, frame);
         }
+        self.pending.drained(inner.timeout).await?;
         let reply: Vec<String> = match inner
             .run(
                 "relay",
@@ -1009,25 +1297,30 @@ impl Connection {
             .await
         {
             Ok(reply) => reply,
-            Err(Down) => return inner.fallback(me, self.sid, Some(kind), to, frame),
+            Err(Down) => return inner.fallback(me, self.sid, kind, to, frame),
         };
         let refusal = || match to {
             None => RelayError::NoCall,
             Some(to) => RelayError::NotInCallWith(to.to_owned()),
         };
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["ok", partner, instance, their_sid] => {
+            ["ok", partner, instance, their_sid, my_ver, their_ver] => {
                 let partner: Arc<str> = Arc::from(partner);
+                let here = instance == inner.id;
+                let their_sid = number(their_sid);
                 let mut local = inner.lock();
-                if let Some(mine) = local.members.get_mut(me) {
-                    apply(&mut mine.call, kind, &partner);
+                if let Some(mine) = local.members.get_mut(me)
+                    && kind != Relay::Candidate
+                {
+                    let at = (!here).then(|| Arc::from(instance));
+                    mine.update(number(my_ver), after(kind, &partner, at, their_sid));
                 }
-                if instance == inner.id {
-                    let their_sid = their_sid.parse().unwrap_or(0);
+                if here {
                     if let Some(theirs) = local.members.get_mut(&partner)
                         && theirs.sid == their_sid
+                        && kind != Relay::Candidate
                     {
-                        apply(&mut theirs.call, kind, me);
+                        theirs.update(number(their_ver), after(kind, me, None, self.sid));
                     }
                     Inner::deliver_local(&mut local, &partner, their_sid, frame);
                 } else {
@@ -1035,13 +1328,13 @@ impl Connection {
                 }
                 Ok(partner)
             }
-            ["gone", partner] => {
+            ["gone", partner, my_ver] => {
                 // The partner's side ended without word reaching here: say so now.
                 let mut local = inner.lock();
                 if let Some(mine) = local.members.get_mut(me)
-                    && mine.call.as_ref().is_some_and(|c| *c.with == *partner)
+                    && mine.partner_is(partner)
+                    && mine.update(number(my_ver), None)
                 {
-                    mine.call = None;
                     push(mine, close_frame(partner));
                 }
                 Err(refusal())
@@ -1073,11 +1366,13 @@ impl Drop for Connection {
                 return;
             }
             if let Some(call) = member.call
-                && call.local
+                && call.at.is_none()
                 && let Some(partner) = local.members.get_mut(&call.with)
-                && partner.call.as_ref().is_some_and(|c| *c.with == *name)
+                && partner.partner_is(&name)
             {
-                partner.call = None;
+                // Redis clears the partner's record too (RELEASE), one version on.
+                let ver = partner.ver + 1;
+                partner.update(ver, None);
                 push(partner, close_frame(&name));
             }
         }

@@ -3,10 +3,14 @@
 --   inst:<id>        the instance's lease (a TTL key, renewed by its heartbeat)
 --   inst:<id>:users  the names it holds; inst:<id>:calls the ones of those in a call
 --   instances        every instance id that may still hold names
---   user:<name>      hash: inst, sid (its session), and while in a call peer and state
+--   user:<name>      hash: inst, sid (its session), ver (raised on every change of its call),
+--                    and while in a call peer and state
 --   ch:<id>          the instance's pub/sub channel
 -- Names never contain a newline (they have no control characters), so envelopes are
--- newline-separated: kind, to, session id, from, frame.
+-- newline-separated: kind, to, its session id, from, from's instance, from's session id, the
+-- version of to's record after the change ('0' when nothing changed), frame. An instance
+-- applies a change to its copy of a record only when the version is newer than its copy's,
+-- so replies and messages that race each other cannot leave the copy behind.
 local P, ME = ARGV[1], ARGV[2]
 
 local function ukey(name) return P .. 'user:' .. name end
@@ -22,19 +26,31 @@ local function record(name)
   return {inst = r[1], sid = r[2], peer = r[3], state = r[4]}
 end
 
+-- Each returns the record's new version.
 local function set_call(name, inst, peer, state)
   redis.call('HSET', ukey(name), 'peer', peer, 'state', state)
   redis.call('SADD', ikey(inst) .. ':calls', name)
+  return redis.call('HINCRBY', ukey(name), 'ver', 1)
+end
+
+local function set_state(name, state)
+  redis.call('HSET', ukey(name), 'state', state)
+  return redis.call('HINCRBY', ukey(name), 'ver', 1)
 end
 
 local function clear_call(name, inst)
   redis.call('HDEL', ukey(name), 'peer', 'state')
   redis.call('SREM', ikey(inst) .. ':calls', name)
+  return redis.call('HINCRBY', ukey(name), 'ver', 1)
 end
 
-local function send(inst, kind, to, sid, from, frame)
-  redis.call('PUBLISH', P .. 'ch:' .. inst,
-    kind .. '\n' .. to .. '\n' .. sid .. '\n' .. from .. '\n' .. frame)
+local function version(name)
+  return redis.call('HGET', ukey(name), 'ver') or '0'
+end
+
+local function send(inst, kind, to, sid, from, from_inst, from_sid, ver, frame)
+  redis.call('PUBLISH', P .. 'ch:' .. inst, table.concat(
+    {kind, to, sid, from, from_inst, from_sid, ver, frame}, '\n'))
 end
 
 -- Ends the call of `name` (record `rec`) on its partner's side, and tells the partner's
@@ -43,9 +59,9 @@ local function end_partner(name, rec, quiet)
   if not rec.peer then return end
   local theirs = record(rec.peer)
   if theirs and theirs.peer == name then
-    clear_call(rec.peer, theirs.inst)
+    local ver = clear_call(rec.peer, theirs.inst)
     if theirs.inst ~= quiet and alive(theirs.inst) then
-      send(theirs.inst, 'gone', rec.peer, theirs.sid, name, '')
+      send(theirs.inst, 'gone', rec.peer, theirs.sid, name, rec.inst, rec.sid, ver, '')
     end
   end
 end

@@ -1,6 +1,6 @@
 -- HEARTBEAT: ARGV[3] lease ms. Renews the lease, and ends the calls of this instance's users
 -- whose partner has vanished (a lost pub/sub message must not leave anyone in a call).
--- Returns {lease existed (0/1), names held, then name, partner pairs for the ended calls}.
+-- Returns {lease existed (0/1), names held, then name, partner, version for each ended call}.
 local had = redis.call('EXISTS', ikey(ME))
 redis.call('SET', ikey(ME), '1', 'PX', ARGV[3])
 redis.call('SADD', P .. 'instances', ME)
@@ -12,9 +12,10 @@ for _, name in ipairs(redis.call('SMEMBERS', ikey(ME) .. ':calls')) do
   else
     local theirs = record(rec.peer)
     if not theirs or theirs.peer ~= name or not alive(theirs.inst) then
-      clear_call(name, ME)
+      local ver = clear_call(name, ME)
       table.insert(out, name)
       table.insert(out, rec.peer)
+      table.insert(out, tostring(ver))
     end
   end
 end
