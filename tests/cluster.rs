@@ -546,3 +546,29 @@ async fn redis_url_comes_from_the_environment_and_its_password_stays_out_of_the_
         assert!(!log.contains(password), "the password leaked:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn an_instance_restarted_under_its_id_frees_what_its_predecessor_left() {
+    let Some(redis) = Redis::start() else { return };
+    // A lease far longer than the test: the reaper cannot be what frees the names.
+    let slow_reaper = "lease_ms = 60000\n";
+    let mut a = instance(&redis, "a", slow_reaper);
+    let b = instance(&redis, "b", slow_reaper);
+    let _alice = a.user("alice").await;
+    let mut carol = a.user("carol").await;
+    let mut bob = b.user("bob").await;
+    call(&mut carol, &mut bob, "bob").await;
+
+    a.run.signal("KILL");
+    a.run.wait(Duration::from_secs(5));
+    // Same id, as a process manager that restarts a crashed service would do.
+    let a = instance(&redis, "a", slow_reaper);
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "close", "username": "carol", "reason": "disconnected"})
+    );
+    // The names the old process held are free, on the new process and everywhere else.
+    let _alice = a.user("alice").await;
+    let mut carol = b.user("carol").await;
+    call(&mut bob, &mut carol, "carol").await;
+}

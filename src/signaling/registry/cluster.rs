@@ -7,9 +7,15 @@
 //! between two users of this instance while Redis is away, and is written back when Redis
 //! comes back empty.
 //!
-//! Messages for a user on another instance are PUBLISHed by the script itself to that
-//! instance's channel, which one task here reads in order and pushes into the sockets' bounded
-//! queues. Pub/sub is at most once: the heartbeat, which renews this instance's lease, also
+//! Messages for a user on another instance go to that instance's pub/sub channel, which one
+//! task there reads in order and pushes into the sockets' bounded queues. A message that
+//! changes a call (an offer, answer, decline, close) is PUBLISHed by its script. A candidate
+//! or a renegotiating offer changes nothing shared: it goes from this instance's copy of the
+//! call straight into a publish queue that sends many per round trip, and the receiving
+//! instance checks the partnership against its own copy. A socket's next script waits for its
+//! queued messages, so the partner sees everything in the order sent. Records carry a
+//! version, so a reply and a message that race each other cannot leave a copy behind.
+//! Pub/sub is at most once: the heartbeat, which renews this instance's lease, also
 //! ends any call whose other side has vanished, so a partner always learns that a call ended.
 //! An instance that dies stops renewing its lease; when it lapses any survivor frees its
 //! names and tells their partners. There is no leader.
@@ -271,7 +277,7 @@ impl Cluster {
                 probes_heard: AtomicU64::new(0),
                 resubscribe: Notify::new(),
                 reclaim: AtomicBool::new(false),
-                next_sid: AtomicU64::new(1),
+                next_sid: AtomicU64::new(first_session_id()),
                 tasks: Mutex::new(Vec::new()),
                 last_error: Mutex::new(String::new()),
             }),
@@ -381,22 +387,35 @@ impl Cluster {
     }
 }
 
-/// `DYNO` on Heroku (web.1, web.2, …), else the host name and a random suffix, so two
-/// processes on one host never share an id.
+/// `DYNO` on Heroku (web.1, web.2, …), else the host name, and a random suffix either way:
+/// a restarted dyno keeps its `DYNO` while its predecessor may still be draining, and the
+/// two must not be taken for one instance (the old one's leaving would free the new one's
+/// names).
 fn instance_id(config: &ClusterConfig) -> String {
     if let Some(id) = &config.instance_id {
         return id.clone();
     }
-    if let Ok(dyno) = std::env::var("DYNO")
-        && !dyno.is_empty()
-    {
-        return dyno;
-    }
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let name = std::env::var("DYNO")
+        .ok()
+        .filter(|dyno| !dyno.is_empty())
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let mut suffix = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix);
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{host}-{suffix}")
+    format!("{name}-{suffix}")
+}
+
+/// Session ids start from the clock, so a process that restarts under a configured
+/// `instance_id` never reuses an id its predecessor left in Redis, and its ids are newer
+/// (unless its predecessor took over 4,096 sockets per millisecond it ran): milliseconds
+/// since 2026 shifted left 12 bits, which stays under 2^53, where Lua's numbers are exact,
+/// for 68 years.
+fn first_session_id() -> u64 {
+    const EPOCH_2026_MS: u64 = 1_767_225_600_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    (now.saturating_sub(EPOCH_2026_MS) << 12) | 1
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
