@@ -656,9 +656,70 @@ mod tests {
         assert_eq!(a.drain_timeout_secs, b.drain_timeout_secs);
         assert_eq!(shipped.allowed_origins, defaults.allowed_origins);
         assert_eq!(shipped.log_format, defaults.log_format);
+        let (c, d) = (&shipped.cluster, &defaults.cluster);
+        assert!(
+            c.redis_url.is_none() && d.redis_url.is_none(),
+            "alone by default"
+        );
+        assert_eq!(c.tls_insecure, d.tls_insecure);
+        assert!(!d.tls_insecure, "certificates are checked by default");
+        assert_eq!(c.key_prefix, d.key_prefix);
+        assert_eq!(c.instance_id, d.instance_id);
+        assert_eq!(c.heartbeat_ms, d.heartbeat_ms);
+        assert_eq!(c.lease_ms, d.lease_ms);
+        assert_eq!(c.timeout_ms, d.timeout_ms);
+        // Failover within 10 s: the lease, plus one heartbeat to notice it lapsed.
+        assert!(d.lease_ms.get() + d.heartbeat_ms.get() <= 10_000);
         // The documented floors: an office behind one NAT, a browser's candidate burst.
         assert!(b.max_connections_per_ip.get() >= 32);
         assert!(b.message_burst.get() >= 50);
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_never_show_their_password() {
+        let url =
+            RedisUrl::try_from("rediss://user:s3cret@redis.example:6380/2?x=1".to_owned()).unwrap();
+        assert_eq!(url.redacted(), "rediss://redis.example:6380/2");
+        assert_eq!(format!("{url:?}"), "rediss://redis.example:6380/2");
+        assert!(url.is_tls());
+        let plain = RedisUrl::try_from("redis://:p@ss@10.0.0.5:6379".to_owned()).unwrap();
+        assert_eq!(plain.redacted(), "redis://10.0.0.5:6379");
+        assert!(!plain.is_tls());
+        let err = RedisUrl::try_from("http://10.0.0.5:6379".to_owned()).unwrap_err();
+        assert!(
+            err.contains("redis://") && err.contains("\"http\""),
+            "{err}"
+        );
+        let err = parse("[cluster]\nredis_url = \"localhost:6379\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn redis_url_from_the_file_wins_over_the_environment() {
+        let mut config = parse("[cluster]\nredis_url = \"redis://file:6379\"\n").unwrap();
+        let source = config.cluster.apply_env(Some("redis://env:6379")).unwrap();
+        assert_eq!(source, Some(UrlSource::File));
+        assert_eq!(
+            config.cluster.redis_url.unwrap().as_str(),
+            "redis://file:6379"
+        );
+
+        let mut config = Config::default();
+        let source = config
+            .cluster
+            .apply_env(Some(" redis://env:6379 "))
+            .unwrap();
+        assert_eq!(source, Some(UrlSource::Environment));
+        assert_eq!(
+            config.cluster.redis_url.unwrap().as_str(),
+            "redis://env:6379"
+        );
+
+        let mut config = Config::default();
+        assert_eq!(config.cluster.apply_env(Some("")).unwrap(), None);
+        assert_eq!(config.cluster.apply_env(None).unwrap(), None);
+        let err = config.cluster.apply_env(Some("memcached://x")).unwrap_err();
+        assert!(err.to_string().contains("REDIS_URL"), "{err}");
     }
 
     #[test]

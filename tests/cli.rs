@@ -436,3 +436,20 @@ async fn the_log_never_carries_sdp_candidates_or_secrets() {
         assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
     }
 }
+
+#[test]
+fn a_lease_shorter_than_two_heartbeats_stops_the_binary_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(
+        dir.path(),
+        "[tls]\nmode = \"off\"\n[cluster]\nredis_url = \"redis://127.0.0.1:9\"\n\
+         heartbeat_ms = 1000\nlease_ms = 1500\n",
+    );
+    let output = dialtone().arg("--config").arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("lease_ms (1500) must be at least twice heartbeat_ms"),
+        "{stderr}"
+    );
+}
