@@ -230,6 +230,10 @@ impl Cluster {
                 tls_params,
             });
         }
+        // Every relayed message is a small write: Nagle's algorithm (on by default in
+        // redis-rs) would hold each one back until the previous write is acknowledged.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let info = info.set_tcp_settings(tcp);
         let client = redis::Client::open(info).context("cannot set up the Redis client")?;
         let timeout = config.timeout();
         let manager_config = ConnectionManagerConfig::new()
