@@ -355,28 +355,43 @@ async fn two_callers_cannot_both_ring_one_callee(engines: Engines) {
 async fn crossed_offers_make_one_call(engines: Engines) {
     let mut alice = engines.user(0, "alice").await;
     let mut bob = engines.user(1, "bob").await;
-    let (a, b) = tokio::join!(
-        alice.offer("bob", "from alice"),
-        bob.offer("alice", "from bob")
-    );
-    // Whichever went first started the call; the other was sent within it (glare is the
-    // browsers' to resolve). Never two calls, never a refusal.
-    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
-    assert_eq!(alice.next().await, "from bob");
-    assert_eq!(bob.next().await, "from alice");
-    let states = (
-        engines.call_of(&alice, "alice").map(|c| c.1),
-        engines.call_of(&bob, "bob").map(|c| c.1),
-    );
-    assert!(
-        matches!(
-            states,
-            (Some(CallState::Calling), Some(CallState::Ringing))
-                | (Some(CallState::Ringing), Some(CallState::Calling))
-        ),
-        "one call, one caller: {states:?}"
-    );
-    assert_eq!(engines.calls(), (1, 0));
+    // Many rounds: the two offers race each other, and each one's reply races the other's
+    // message, differently each time.
+    for round in 0..30 {
+        let (a, b) = tokio::join!(
+            alice.offer("bob", "from alice"),
+            bob.offer("alice", "from bob")
+        );
+        // Whichever went first started the call; the other was sent within it (glare is the
+        // browsers' to resolve). Never two calls, never a refusal, nothing lost.
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} {b:?}");
+        assert_eq!(alice.next().await, "from bob", "round {round}");
+        assert_eq!(bob.next().await, "from alice", "round {round}");
+        let states = (
+            engines.call_of(&alice, "alice").map(|c| c.1),
+            engines.call_of(&bob, "bob").map(|c| c.1),
+        );
+        assert!(
+            matches!(
+                states,
+                (Some(CallState::Calling), Some(CallState::Ringing))
+                    | (Some(CallState::Ringing), Some(CallState::Calling))
+            ),
+            "round {round}: one call, one caller: {states:?}"
+        );
+        assert_eq!(engines.calls(), (1, 0), "round {round}");
+        alice.relay(Relay::Close, None, "bye").await.unwrap();
+        assert_eq!(bob.next().await, "bye", "round {round}");
+        // bob's side of the call is over before the next round starts.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while engines.call_of(&bob, "bob").is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: bob still in a call"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 async fn a_senders_messages_arrive_in_order(engines: Engines) {

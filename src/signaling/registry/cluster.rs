@@ -634,15 +634,17 @@ impl Inner {
         };
         let from_at = Some(Arc::from(from_at));
         let frame = match kind {
-            // Version 0: a message that changed nothing in Redis (a candidate, a renegotiation)
-            // and that the sender's instance checked against its own copy; this side checks
-            // against its own too, so only partners reach each other.
-            "offer" | "candidate" if ver == 0 => {
+            // Sent straight from the sender's instance (see `Inner::direct`), checked there
+            // against its copy of the call: this side checks against its own too, so only
+            // partners reach each other. (Everything else comes from a script, which checked
+            // in Redis.)
+            "direct-offer" | "direct-candidate" => {
                 if !member.partner_is(from) {
                     return;
                 }
                 frame.to_owned()
             }
+            "candidate" => frame.to_owned(),
             "offer" => {
                 member.update(
                     ver,
@@ -1211,7 +1213,7 @@ impl Connection {
         let inner = &self.cluster.inner;
         // Renegotiating with the current partner changes nothing in Redis.
         let frame = match inner
-            .direct(me, self.sid, &self.pending, "offer", Some(to), frame)
+            .direct(me, self.sid, &self.pending, "direct-offer", Some(to), frame)
             .await
         {
             Ok(sent) => return sent,
@@ -1293,7 +1295,7 @@ impl Connection {
         let inner = &self.cluster.inner;
         let frame = if kind == Relay::Candidate {
             match inner
-                .direct(me, self.sid, &self.pending, "candidate", to, frame)
+                .direct(me, self.sid, &self.pending, "direct-candidate", to, frame)
                 .await
             {
                 Ok(sent) => return sent,
