@@ -16,7 +16,7 @@ import tempfile
 
 # (what breaks, file, exact text, replacement, cargo test arguments that must fail)
 MUTANTS = [
-    ("a user in a call relays to a named non-partner", "src/signaling/registry.rs",
+    ("a user in a call relays to a named non-partner", "src/signaling/registry/memory.rs",
      "(Some(call), Some(to)) if *call.with != *to => {",
      "(Some(call), Some(to)) if false && *call.with != *to => {",
      ["--lib", "--test", "signaling", "--test", "fuzz"]),
@@ -36,8 +36,8 @@ MUTANTS = [
      "let silent_at = last_heard + 2 * period;", "let silent_at = last_heard + 4 * period;",
      ["--test", "signaling", "heartbeat"]),
     ("silence never cuts off", "src/signaling/session.rs",
-     "if now >= silent_at {\n                    break End::Silent;",
-     "if false && now >= silent_at {\n                    break End::Silent;",
+     "if now >= silent_at {\n                        break End::Silent;",
+     "if false && now >= silent_at {\n                        break End::Silent;",
      ["--test", "signaling", "heartbeat"]),
     ("no Pings sent", "src/signaling/session.rs",
      "if !outbox.deliver(Message::Ping(Default::default())) {",
@@ -62,13 +62,13 @@ MUTANTS = [
     ("name length counted in bytes", "src/signaling/protocol.rs",
      "let count = name.chars().count();", "let count = name.len();",
      ["--lib", "--test", "signaling", "login_is_refused"]),
-    ("panic when a socket's queue is full", "src/signaling/registry.rs",
+    ("panic when a socket's queue is full", "src/signaling/registry/mod.rs",
      "            Err(mpsc::error::TrySendError::Full(_)) => {\n                self.full.notify_one();",
      "            Err(mpsc::error::TrySendError::Full(_)) => {\n                panic!(\"full\");",
      ["--test", "fuzz"]),
     ("a full queue does not drop the slow reader", "src/signaling/session.rs",
-     "() = full.notified() => break End::SlowReader,",
-     "() = full.notified(), if false => break End::SlowReader,",
+     "() = full.notified() => {",
+     "() = full.notified(), if false => {",
      ["--test", "hardening", "slow_reader"]),
     ("upgrades accepted on any path", "src/http.rs",
      '"/" | "/ws" => self.upgrade(req, client, https, conn.tls),',
@@ -83,6 +83,19 @@ MUTANTS = [
     ("sessions not closed at shutdown", "src/server.rs",
      "    app.close_sessions();\n", "",
      ["--test", "signaling", "shutdown_closes"]),
+    # The Redis engine's own loops.
+    ("a deaf subscription is never replaced", "src/signaling/registry/cluster.rs",
+     "() = self.resubscribe.notified() => break,",
+     "() = self.resubscribe.notified(), if false => break,",
+     ["--test", "cluster", "half_open"]),
+    ("an instance leaves the cluster without freeing its names", "src/server.rs",
+     "    app.registry().leave().await;\n", "",
+     ["--test", "cluster", "sigterm"]),
+    ("an eviction taken for a slow reader (no Close frame, no reason)",
+     "src/signaling/session.rs",
+     "break if conn.evicted() { End::NameLost } else { End::SlowReader };",
+     "break End::SlowReader;",
+     ["--test", "cluster", "taken_while"]),
 ]
 
 

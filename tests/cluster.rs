@@ -17,6 +17,7 @@ use common::{Ws, plain_get, plain_ws, sample};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// What the spec promises for failover with the default settings.
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -571,4 +572,44 @@ async fn an_instance_restarted_under_its_id_frees_what_its_predecessor_left() {
     let _alice = a.user("alice").await;
     let mut carol = b.user("carol").await;
     call(&mut bob, &mut carol, "carol").await;
+}
+
+#[tokio::test]
+async fn a_name_taken_while_redis_was_empty_closes_the_old_socket_only() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    // a re-claims slowly, b is back at once: b's new "alice" wins the race after the restart.
+    let a = instance(&redis, "a", "heartbeat_ms = 3000\nlease_ms = 6000\n");
+    let b = instance(&redis, "b", "heartbeat_ms = 200\nlease_ms = 1000\n");
+    let mut alice = a.user("alice").await;
+    let mut carol = a.user("carol").await;
+
+    redis.restart_empty();
+    b.backplane_becomes("ok", FAILOVER).await;
+    let mut usurper = b.ws().await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let reply = usurper.login("alice").await;
+        if reply["success"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice could not be taken: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a finds the name taken when it re-claims, and closes its own socket for it, saying why.
+    let frame = alice
+        .closed_by(tokio::time::Instant::now() + FAILOVER)
+        .await
+        .expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(frame.reason, "your name was taken over: log in again");
+    // carol's name was not taken: she stays, and the new alice is the only one.
+    let mut other = b.ws().await;
+    assert_eq!(other.login("carol").await["code"], "name-taken");
+    usurper.send(offer_to("carol")).await;
+    assert_eq!(carol.recv().await["username"], "alice");
 }

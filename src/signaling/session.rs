@@ -219,78 +219,81 @@ pub async fn serve(
     tokio::pin!(login_deadline);
     let mut allowance = Allowance::new(&settings.limits, Instant::now());
 
-    let end = loop {
-        tokio::select! {
-            frame = stream.next() => {
-                let message = match frame {
-                    None => break End::Gone(None),
-                    Some(Err(err)) => break end_for(&err),
-                    Some(Ok(message)) => message,
-                };
-                last_heard = Instant::now();
-                if matches!(message, Message::Text(_) | Message::Binary(_))
-                    && !allowance.messages.take(last_heard.into_std())
-                {
-                    match allowance.flood.over_rate(last_heard.into_std()) {
-                        Verdict::Abuse => break End::Flooding,
-                        Verdict::Drop => continue,
-                        Verdict::Reply => {
-                            metrics.error("rate-limited");
-                            let reply = ServerMessage::error(
-                                "rate-limited",
-                                "too many messages: this one was dropped; slow down",
-                            );
-                            if !outbox.deliver(Message::text(reply)) {
-                                break End::SlowReader;
+    // A socket upgraded during the drain closes at once: the change it would wait for has
+    // already happened.
+    let end = if *shutdown.borrow_and_update() {
+        End::ServerShutdown
+    } else {
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    let message = match frame {
+                        None => break End::Gone(None),
+                        Some(Err(err)) => break end_for(&err),
+                        Some(Ok(message)) => message,
+                    };
+                    last_heard = Instant::now();
+                    if matches!(message, Message::Text(_) | Message::Binary(_))
+                        && !allowance.messages.take(last_heard.into_std())
+                    {
+                        match allowance.flood.over_rate(last_heard.into_std()) {
+                            Verdict::Abuse => break End::Flooding,
+                            Verdict::Drop => continue,
+                            Verdict::Reply => {
+                                metrics.error("rate-limited");
+                                let reply = ServerMessage::error(
+                                    "rate-limited",
+                                    "too many messages: this one was dropped; slow down",
+                                );
+                                if !outbox.deliver(Message::text(reply)) {
+                                    break End::SlowReader;
+                                }
+                                continue;
                             }
-                            continue;
                         }
                     }
-                }
-                let reply = match message {
-                    Message::Text(text) => {
-                        handle(&mut conn, &text, &shared, &mut allowance, client).await
-                    }
-                    Message::Binary(_) => {
-                        metrics.error("binary-frame");
-                        Some(ServerMessage::error(
-                            "binary-frame",
-                            "send JSON in text frames; binary frames are not part of the protocol",
-                        ))
-                    }
-                    Message::Close(frame) => break End::Gone(frame.map(|f| f.code.into())),
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-                };
-                if let Some(reply) = reply
-                    && !outbox.deliver(Message::text(reply))
-                {
-                    break End::SlowReader;
-                }
-            }
-            () = &mut heartbeat => {
-                let now = Instant::now();
-                let silent_at = last_heard + 2 * period;
-                if now >= silent_at {
-                    break End::Silent;
-                }
-                if now >= next_ping {
-                    if !outbox.deliver(Message::Ping(Default::default())) {
+                    let reply = match message {
+                        // Boxed: inline, this future would grow every session's own future by
+                        // ~300 bytes, idle or not; one allocation per message costs less.
+                        Message::Text(text) => {
+                            Box::pin(handle(&mut conn, &text, &shared, &mut allowance, client)).await
+                        }
+                        Message::Binary(_) => {
+                            metrics.error("binary-frame");
+                            Some(ServerMessage::error(
+                                "binary-frame",
+                                "send JSON in text frames; binary frames are not part of the protocol",
+                            ))
+                        }
+                        Message::Close(frame) => break End::Gone(frame.map(|f| f.code.into())),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                    };
+                    if let Some(reply) = reply
+                        && !outbox.deliver(Message::text(reply))
+                    {
                         break End::SlowReader;
                     }
-                    next_ping = now + period;
                 }
-                heartbeat.as_mut().reset(next_ping.min(silent_at));
-            }
-            () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
-            () = full.notified() => {
-                break if conn.evicted() { End::NameLost } else { End::SlowReader };
-            }
-            // wait_for checks the current value first: a socket upgraded during the drain
-            // closes at once instead of waiting for a change that already happened.
-            // (The watch guard is dropped inside: the select's output must not hold it
-            // while a message is handled.)
-            () = async { drop(shutdown.wait_for(|&stopping| stopping).await) } => {
-                break End::ServerShutdown;
+                () = &mut heartbeat => {
+                    let now = Instant::now();
+                    let silent_at = last_heard + 2 * period;
+                    if now >= silent_at {
+                        break End::Silent;
+                    }
+                    if now >= next_ping {
+                        if !outbox.deliver(Message::Ping(Default::default())) {
+                            break End::SlowReader;
+                        }
+                        next_ping = now + period;
+                    }
+                    heartbeat.as_mut().reset(next_ping.min(silent_at));
+                }
+                () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
+                () = full.notified() => {
+                    break if conn.evicted() { End::NameLost } else { End::SlowReader };
+                }
+                // The value only ever turns true (or the sender goes, at the very end).
+                _ = shutdown.changed() => break End::ServerShutdown,
             }
         }
     };

@@ -146,7 +146,7 @@ impl Registry {
     pub fn connect(&self, outbox: Outbox) -> Connection {
         match self {
             Registry::Memory(registry) => Connection::Memory(registry.connect(outbox)),
-            Registry::Cluster(cluster) => Connection::Cluster(cluster.connect(outbox)),
+            Registry::Cluster(cluster) => Connection::Cluster(Box::new(cluster.connect(outbox))),
         }
     }
 
@@ -196,7 +196,8 @@ impl Registry {
 #[derive(Debug)]
 pub enum Connection {
     Memory(memory::Connection),
-    Cluster(cluster::Connection),
+    /// Boxed, so the memory engine's sessions do not carry the bigger variant.
+    Cluster(Box<cluster::Connection>),
 }
 
 impl Connection {
