@@ -89,6 +89,17 @@ impl Instance {
     }
 }
 
+/// Instances a and b on `redis` (with `extra` settings each), alice on a and bob on b, in a
+/// call alice started.
+async fn alice_and_bob_in_a_call(redis: &Redis, extra: &str) -> (Instance, Instance, Ws, Ws) {
+    let a = instance(redis, "a", extra);
+    let b = instance(redis, "b", extra);
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    call(&mut alice, &mut bob, "bob").await;
+    (a, b, alice, bob)
+}
+
 fn offer() -> Value {
     json!({"type": "offer", "offer": {"type": "offer", "sdp": "v=0\r\n"}, "otherUsername": ""})
 }
@@ -188,11 +199,7 @@ async fn two_instances_are_one_service_and_show_it_in_metrics() {
 async fn an_instance_killed_mid_call_is_reaped_and_its_partners_told() {
     let Some(redis) = Redis::start() else { return };
     // The default heartbeat and lease: failover must come within 10 s with them.
-    let mut a = instance(&redis, "a", "");
-    let b = instance(&redis, "b", "");
-    let mut alice = a.user("alice").await;
-    let mut bob = b.user("bob").await;
-    call(&mut alice, &mut bob, "bob").await;
+    let (mut a, b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, "").await;
 
     a.run.signal("KILL");
     a.run.wait(Duration::from_secs(5));
@@ -220,11 +227,7 @@ async fn an_instance_stopped_with_sigterm_releases_its_users_before_it_exits() {
     let Some(redis) = Redis::start() else { return };
     // A lease far longer than the test: only the instance itself can free its names in time.
     let slow_reaper = "lease_ms = 60000\n";
-    let mut a = instance(&redis, "a", slow_reaper);
-    let b = instance(&redis, "b", slow_reaper);
-    let mut alice = a.user("alice").await;
-    let mut bob = b.user("bob").await;
-    call(&mut alice, &mut bob, "bob").await;
+    let (mut a, b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, slow_reaper).await;
 
     a.run.signal("TERM");
     assert_eq!(
@@ -359,11 +362,7 @@ async fn a_redis_restarted_empty_gets_every_user_and_call_back() {
 #[tokio::test]
 async fn a_killed_subscription_is_noticed_and_repaired() {
     let Some(redis) = Redis::start() else { return };
-    let a = instance(&redis, "a", "");
-    let b = instance(&redis, "b", "");
-    let mut alice = a.user("alice").await;
-    let mut bob = b.user("bob").await;
-    call(&mut alice, &mut bob, "bob").await;
+    let (a, _b, mut alice, mut bob) = alice_and_bob_in_a_call(&redis, "").await;
 
     let killed = redis.command("CLIENT KILL TYPE pubsub");
     assert!(killed.starts_with(':'), "{killed}");
@@ -612,4 +611,33 @@ async fn a_name_taken_while_redis_was_empty_closes_the_old_socket_only() {
     assert_eq!(other.login("carol").await["code"], "name-taken");
     usurper.send(offer_to("carol")).await;
     assert_eq!(carol.recv().await["username"], "alice");
+}
+
+#[tokio::test]
+async fn an_instance_started_before_its_redis_waits_for_it() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    redis.kill();
+    // Nothing listens on the Redis port: the instance starts anyway, unavailable.
+    let a = instance(&redis, "a", "timeout_ms = 300\n");
+    let (status, health) = a.health().await;
+    assert_eq!((status, &health["backplane"]), (503, &json!("unavailable")));
+    let mut ws = a.ws().await;
+    let asked = Instant::now();
+    assert_eq!(ws.login("alice").await["code"], "unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(a.run.log().contains("is unavailable"), "{}", a.run.log());
+
+    redis.restart_empty();
+    let waited = a.backplane_becomes("ok", FAILOVER).await;
+    eprintln!("backplane up {waited:?} after Redis started");
+    let mut alice = a.user("alice").await;
+    let mut bob = a.user("bob").await;
+    call(&mut alice, &mut bob, "bob").await;
+    assert!(a.run.log().contains("backplane up"), "{}", a.run.log());
 }

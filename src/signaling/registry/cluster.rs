@@ -782,7 +782,7 @@ impl Inner {
             (claimed, local.dirty)
         };
         if !had_lease || held != claimed || dirty || self.reclaim.swap(false, Ordering::Relaxed) {
-            if !had_lease {
+            if !had_lease && claimed > 0 {
                 info!(instance = %self.id, "Redis had no lease for this instance: re-claiming its {claimed} user(s)");
             }
             self.reconcile().await?;

@@ -248,3 +248,32 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_rings_the_bell_instead_of_growing() {
+        let (tx, _rx) = mpsc::channel(1);
+        let bell = Arc::new(Notify::new());
+        let outbox = Outbox::new(tx, bell.clone());
+        assert!(outbox.deliver(Message::text("1")));
+        assert!(!outbox.deliver(Message::text("2")));
+        // The stored permit makes `notified()` complete at once.
+        let rang = tokio_test_notified(&bell);
+        assert!(rang);
+    }
+
+    fn tokio_test_notified(bell: &Notify) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(100), bell.notified())
+                .await
+                .is_ok()
+        })
+    }
+}
