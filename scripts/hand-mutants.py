@@ -6,6 +6,7 @@ the mutation audit of issue 14; each names the tests that must catch it.
 
 Each mutant is applied to a copy of the tree (never to the working tree), built with its own
 target directory under target/, and its tests run. Exit status 0 when every mutant was caught.
+`--only TEXT` runs just the mutants whose description contains TEXT.
 """
 
 import os
@@ -106,6 +107,10 @@ def cargo_test(tree, target, args):
 
 
 def main():
+    # --only TEXT: just the mutants whose description contains TEXT.
+    mutants = MUTANTS
+    if len(sys.argv) == 3 and sys.argv[1] == "--only":
+        mutants = [m for m in MUTANTS if sys.argv[2] in m[0]]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = os.path.join(repo, "target", "hand-mutants")
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo,
@@ -117,14 +122,14 @@ def main():
                 os.makedirs(os.path.dirname(os.path.join(tree, name)) or tree, exist_ok=True)
                 shutil.copy2(os.path.join(repo, name), os.path.join(tree, name))
         # The unmutated tree must pass every selection, or "caught" would mean nothing.
-        for _, _, _, _, args in MUTANTS:
+        for _, _, _, _, args in mutants:
             run = cargo_test(tree, target, args)
             if run.returncode != 0:
                 print(f"the unmutated tree fails `cargo test {' '.join(args)}`:\n"
                       f"{run.stdout[-3000:]}{run.stderr[-3000:]}")
                 return 1
         survivors = 0
-        for number, (what, path, old, new, args) in enumerate(MUTANTS, 1):
+        for number, (what, path, old, new, args) in enumerate(mutants, 1):
             file = os.path.join(tree, path)
             with open(file) as f:
                 source = f.read()
@@ -151,7 +156,7 @@ def main():
             if verdict in ("SURVIVED", "UNVIABLE"):
                 survivors += 1
             print(f"{number:2} {verdict:9} {what} ({path})", flush=True)
-        print(f"hand-written mutants: {len(MUTANTS) - survivors} of {len(MUTANTS)} caught")
+        print(f"hand-written mutants: {len(mutants) - survivors} of {len(mutants)} caught")
         return 0 if survivors == 0 else 2
     finally:
         shutil.rmtree(tree, ignore_errors=True)

@@ -74,6 +74,7 @@ impl Instance {
             let (status, body) = self.health().await;
             if body["backplane"] == want {
                 assert_eq!(status, if want == "ok" { 200 } else { 503 }, "{body}");
+                assert_eq!(body["status"], want, "{body}");
                 return started.elapsed();
             }
             assert!(
