@@ -505,6 +505,16 @@ async fn a_slow_reader_is_dropped_and_its_partner_goes_on() {
     };
     assert_eq!(offer["username"], "carol", "{offer}");
     assert_eq!(server.app.registry().users(), 2);
+    // Dropped as a slow reader: no Close frame was queued behind the ones it did not read.
+    let metrics = server.get("/metrics").await.body;
+    let closes = |code: &str| {
+        common::sample(
+            &metrics,
+            &format!("dialtone_websocket_closes_total{{code=\"{code}\"}}"),
+        )
+    };
+    assert_eq!(closes("none"), Some(1.0), "{metrics}");
+    assert_eq!(closes("1008"), None, "{metrics}");
     drop(alice);
     server.stop().await;
 }
