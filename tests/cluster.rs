@@ -642,3 +642,26 @@ async fn an_instance_started_before_its_redis_waits_for_it() {
     call(&mut alice, &mut bob, "bob").await;
     assert!(a.run.log().contains("backplane up"), "{}", a.run.log());
 }
+
+#[tokio::test]
+async fn a_message_from_someone_who_is_not_the_partner_is_dropped_on_arrival() {
+    let Some(redis) = Redis::start() else { return };
+    let (_a, b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, "").await;
+    let bob_sid = redis.bulk("HGET dialtone:user:bob sid");
+    let alice_sid = redis.bulk("HGET dialtone:user:alice sid");
+    // What an instance with a stale copy of a call would send: a candidate from mallory, who
+    // is in no call with bob. The receiving instance checks against its own copy.
+    let envelope = |from: &str, sid: &str, text: &str| {
+        format!(
+            "PUBLISH dialtone:ch:b \"direct-candidate\\nbob\\n{bob_sid}\\n{from}\\na\\n{sid}\\n0\\n\
+             {{\\\"type\\\":\\\"candidate\\\",\\\"candidate\\\":{{\\\"candidate\\\":\\\"{text}\\\"}},\
+             \\\"username\\\":\\\"{from}\\\"}}\""
+        )
+    };
+    assert_eq!(redis.command(&envelope("mallory", "7", "forged")), ":1");
+    bob.quiet(500).await;
+    // The same envelope from his partner goes through: the one above was well formed.
+    assert_eq!(redis.command(&envelope("alice", &alice_sid, "real")), ":1");
+    assert_eq!(bob.recv().await["candidate"]["candidate"], "real");
+    drop(b);
+}

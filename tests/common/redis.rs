@@ -149,6 +149,32 @@ impl Redis {
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
+    /// Sends one command whose reply is a bulk string, and returns that string.
+    pub fn bulk(&self, line: &str) -> String {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("redis listens");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        tcp.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some((head, rest)) = text.split_once("\r\n")
+                && let Some(len) = head.strip_prefix('$').and_then(|l| l.parse::<usize>().ok())
+                && rest.len() >= len
+            {
+                return rest[..len].to_owned();
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        panic!(
+            "no bulk reply to {line:?}: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
