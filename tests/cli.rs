@@ -445,9 +445,28 @@ fn a_lease_shorter_than_two_heartbeats_stops_the_binary_with_a_reason() {
         "[tls]\nmode = \"off\"\n[cluster]\nredis_url = \"redis://127.0.0.1:9\"\n\
          heartbeat_ms = 1000\nlease_ms = 1500\n",
     );
-    let output = dialtone().arg("--config").arg(&path).output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let mut child = dialtone()
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must stop by itself, before it would wait for a Redis that is not there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dialtone started with a lease shorter than two heartbeats");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(
         stderr.contains("lease_ms (1500) must be at least twice heartbeat_ms"),
         "{stderr}"
