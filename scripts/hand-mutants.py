@@ -6,7 +6,7 @@ the mutation audit of issue 14; each names the tests that must catch it.
 
 Each mutant is applied to a copy of the tree (never to the working tree), built with its own
 target directory under target/, and its tests run. Exit status 0 when every mutant was caught.
-`--only TEXT` runs just the mutants whose description contains TEXT.
+`--only TEXT...` runs just the mutants whose description contains one of the TEXTs.
 """
 
 import os
@@ -107,10 +107,10 @@ def cargo_test(tree, target, args):
 
 
 def main():
-    # --only TEXT: just the mutants whose description contains TEXT.
+    # --only TEXT...: just the mutants whose description contains one of the TEXTs.
     mutants = MUTANTS
-    if len(sys.argv) == 3 and sys.argv[1] == "--only":
-        mutants = [m for m in MUTANTS if sys.argv[2] in m[0]]
+    if len(sys.argv) >= 3 and sys.argv[1] == "--only":
+        mutants = [m for m in MUTANTS if any(text in m[0] for text in sys.argv[2:])]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = os.path.join(repo, "target", "hand-mutants")
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo,
