@@ -454,13 +454,7 @@ async fn relay(
         None => Err(RelayError::NotLoggedIn),
         Some(me) => conn.relay(kind, to, frame(me)).await,
     };
-    let label = match kind {
-        Relay::Answer => "answer",
-        Relay::Candidate => "candidate",
-        Relay::Decline => "decline",
-        Relay::Close => "close",
-    };
-    relayed(conn, metrics, label, result)
+    relayed(conn, metrics, kind.as_str(), result)
 }
 
 /// Turns a relay's outcome into the metrics, the log, and the reply for the sender.

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 use super::{CallState, Outbox, Relay, RelayError};
 use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
-use crate::signaling::protocol::{CloseReason, LoginFailure, ServerMessage};
+use crate::signaling::protocol::LoginFailure;
 
 /// Most commands in flight on the shared connection; beyond it a command fails at once
 /// instead of queueing in memory.
@@ -320,11 +320,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// This instance's name in the cluster.
-    pub fn instance(&self) -> &str {
-        &self.inner.id
-    }
-
     pub fn connect(&self, outbox: Outbox) -> Connection {
         Connection {
             cluster: self.clone(),
@@ -430,14 +425,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn close_frame(from: &str) -> String {
-    ServerMessage::Close {
-        username: from,
-        reason: CloseReason::Disconnected,
-    }
-    .to_json()
-}
-
 /// The call a side has after a relayed message of `kind` between it and `with` (at `at`,
 /// session `sid`): active after an answer, none after a decline or close.
 fn after(kind: Relay, with: &str, at: Option<Arc<str>>, sid: u64) -> Option<Call> {
@@ -451,17 +438,6 @@ fn after(kind: Relay, with: &str, at: Option<Arc<str>>, sid: u64) -> Option<Call
 
 fn number(text: &str) -> u64 {
     text.parse().unwrap_or(0)
-}
-
-impl Relay {
-    fn wire(self) -> &'static str {
-        match self {
-            Relay::Answer => "answer",
-            Relay::Candidate => "candidate",
-            Relay::Decline => "decline",
-            Relay::Close => "close",
-        }
-    }
 }
 
 impl Inner {
@@ -661,7 +637,7 @@ impl Inner {
                 if !member.update(ver, None) {
                     return;
                 }
-                close_frame(from)
+                super::disconnected(from)
             }
             other => {
                 let kind = match other {
@@ -771,7 +747,7 @@ impl Inner {
                     && member.partner_is(peer)
                     && member.update(ver, None)
                 {
-                    push(member, close_frame(peer));
+                    push(member, super::disconnected(peer));
                 }
             }
         }
@@ -1315,7 +1291,7 @@ impl Connection {
                     .invoke(&inner.scripts.relay)
                     .arg(&**me)
                     .arg(self.sid)
-                    .arg(kind.wire())
+                    .arg(kind.as_str())
                     .arg(to.unwrap_or(""))
                     .arg(&frame),
             )
@@ -1360,7 +1336,7 @@ impl Connection {
                     && mine.partner_is(partner)
                     && mine.update(number(my_ver), None)
                 {
-                    push(mine, close_frame(partner));
+                    push(mine, super::disconnected(partner));
                 }
                 Err(refusal())
             }
@@ -1398,7 +1374,7 @@ impl Drop for Connection {
                 // Redis clears the partner's record too (RELEASE), one version on.
                 let ver = partner.ver + 1;
                 partner.update(ver, None);
-                push(partner, close_frame(&name));
+                push(partner, super::disconnected(&name));
             }
         }
         let sid = self.sid;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hyper_tungstenite::tungstenite::Message;
 
 use super::{CallState, Outbox, Relay, RelayError};
-use crate::signaling::protocol::{CloseReason, LoginFailure, ServerMessage};
+use crate::signaling::protocol::LoginFailure;
 
 #[derive(Debug)]
 struct Call {
@@ -193,12 +193,9 @@ impl Drop for Connection {
             && let Some(partner) = state.users.get_mut(&call.with)
         {
             partner.call = None;
-            let frame = ServerMessage::Close {
-                username: &me,
-                reason: CloseReason::Disconnected,
-            }
-            .to_json();
-            partner.outbox.deliver(Message::text(frame));
+            partner
+                .outbox
+                .deliver(Message::text(super::disconnected(&me)));
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::{Notify, mpsc};
 
-use super::protocol::{LoginFailure, ServerMessage};
+use super::protocol::{CloseReason, LoginFailure, ServerMessage};
 
 /// What a socket's queue holds. Boxed because tokio's bounded channel allocates its first
 /// block of 32 slots up front: 32 boxes are 256 bytes, 32 bare `Message`s 1.8 KB, on every
@@ -69,6 +69,27 @@ pub enum Relay {
     Candidate,
     Decline,
     Close,
+}
+
+impl Relay {
+    /// The message's `type` on the wire (and in the metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relay::Answer => "answer",
+            Relay::Candidate => "candidate",
+            Relay::Decline => "decline",
+            Relay::Close => "close",
+        }
+    }
+}
+
+/// What a partner is told when the other side's socket went: `close`, reason `disconnected`.
+fn disconnected(from: &str) -> String {
+    ServerMessage::Close {
+        username: from,
+        reason: CloseReason::Disconnected,
+    }
+    .to_json()
 }
 
 /// Why a message was not relayed; answered to its sender, whose socket stays open.
