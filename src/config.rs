@@ -504,6 +504,9 @@ pub struct WebSocketConfig {
     pub ping_interval_secs: NonZeroU64,
     /// Largest message accepted, in bytes; a larger one closes the socket with 1009.
     pub max_message_bytes: MessageLimit,
+    /// Seconds a dropped user's name and call are held for them to come back; 0 frees them
+    /// at once.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for WebSocketConfig {
@@ -511,6 +514,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             ping_interval_secs: NonZeroU64::new(25).expect("25 is not zero"),
             max_message_bytes: MessageLimit(64 * 1024),
+            resume_grace_secs: 30,
         }
     }
 }
@@ -518,6 +522,10 @@ impl Default for WebSocketConfig {
 impl WebSocketConfig {
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs.get())
+    }
+
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_secs(self.resume_grace_secs)
     }
 }
 
@@ -639,6 +647,10 @@ mod tests {
         assert_eq!(
             shipped.websocket.ping_interval_secs,
             defaults.websocket.ping_interval_secs
+        );
+        assert_eq!(
+            shipped.websocket.resume_grace_secs,
+            defaults.websocket.resume_grace_secs
         );
         assert_eq!(
             shipped.websocket.max_message_bytes,

@@ -108,6 +108,7 @@ impl App {
                     registry,
                     settings: Settings::from_config(config),
                     metrics,
+                    sessions: Default::default(),
                 }),
                 admission: Admission::new(
                     limits.max_connections.get(),

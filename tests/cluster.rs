@@ -32,8 +32,15 @@ struct Instance {
 fn instance_on(url: &str, id: &str, extra: &str) -> Instance {
     let dir = tempfile::tempdir().unwrap();
     // Tests log in again and again on one socket, more often than a person would.
+    // No grace period unless a test sets one: these tests are about what a dropped socket
+    // or a vanished instance does at once.
+    let websocket = if extra.contains("resume_grace_secs") {
+        ""
+    } else {
+        "[websocket]\nresume_grace_secs = 0\n"
+    };
     let config = format!(
-        "[tls]\nmode = \"off\"\n[limits]\nlogins_per_minute = 600\n\
+        "[tls]\nmode = \"off\"\n{websocket}[limits]\nlogins_per_minute = 600\n\
          [cluster]\nredis_url = {url:?}\ninstance_id = {id:?}\n{extra}"
     );
     let (_, run) = start_in(dir.path(), &config);

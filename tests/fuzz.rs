@@ -33,6 +33,7 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
             Just("\"decline\""),
             Just("\"close\""),
             Just("\"leave\""),
+            Just("\"resume\""),
             Just("\"alice\""),
         ]
         .prop_map(str::to_owned),
@@ -43,6 +44,7 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
     let key = prop_oneof![
         Just("type"),
         Just("username"),
+        Just("token"),
         Just("otherUsername"),
         Just("offer"),
         Just("answer"),
@@ -68,7 +70,8 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
 #[derive(Debug, PartialEq)]
 enum Expected {
     Refused(&'static str),
-    Login(String),
+    Login(String, Option<String>),
+    Resume(String),
     Offer(Value, String),
     Answer(Value, Option<String>),
     Candidate(Value, Option<String>),
@@ -77,8 +80,9 @@ enum Expected {
 }
 
 /// The fields a message may define; a second copy of one of them makes the message ambiguous.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "type",
+    "token",
     "username",
     "otherUsername",
     "offer",
@@ -109,8 +113,15 @@ fn expected(text: &str, duplicate_known_key: bool) -> Expected {
     };
     let bad = Refused("bad-message");
     match kind {
-        "login" => match fields.get("username") {
-            Some(Value::String(name)) => Login(name.clone()),
+        "login" => match (fields.get("username"), fields.get("token")) {
+            (Some(Value::String(name)), None | Some(Value::Null)) => Login(name.clone(), None),
+            (Some(Value::String(name)), Some(Value::String(token))) => {
+                Login(name.clone(), Some(token.clone()))
+            }
+            _ => bad,
+        },
+        "resume" => match to {
+            Ok(Some(to)) => Resume(to),
             _ => bad,
         },
         "offer" => match (object("offer"), to) {
@@ -146,7 +157,10 @@ fn actual(text: &str) -> Expected {
             }
             Refused(err.code())
         }
-        Ok(ClientMessage::Login { username }) => Login(username.into_owned()),
+        Ok(ClientMessage::Login { username, token }) => {
+            Login(username.into_owned(), token.map(|t| t.into_owned()))
+        }
+        Ok(ClientMessage::Resume { to }) => Resume(to.into_owned()),
         Ok(ClientMessage::Offer { offer, to }) => Offer(tree(offer), to.into_owned()),
         Ok(ClientMessage::Answer { answer, to }) => Answer(tree(answer), name(to)),
         Ok(ClientMessage::Candidate { candidate, to }) => Candidate(tree(candidate), name(to)),
@@ -160,6 +174,7 @@ fn message() -> impl Strategy<Value = (String, bool)> {
     let key = prop_oneof![
         3 => Just("type"),
         1 => Just("username"),
+        1 => Just("token"),
         2 => Just("otherUsername"),
         1 => Just("offer"),
         1 => Just("answer"),

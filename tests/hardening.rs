@@ -588,7 +588,9 @@ async fn churn_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (_, running) = common::process::start_in(
         dir.path(),
-        "[tls]\nmode = \"off\"\n[limits]\nmax_connections_per_ip = 1000\n",
+        // A second of grace: the sockets that vanish are held and then let go, and that
+        // path must leave nothing behind either.
+        "[tls]\nmode = \"off\"\n[websocket]\nresume_grace_secs = 1\n[limits]\nmax_connections_per_ip = 1000\n",
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], running.port()));
     async fn cycles(addr: std::net::SocketAddr, round: usize, worker: usize, count: usize) {

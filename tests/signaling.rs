@@ -24,7 +24,13 @@ fn offer_sdp() -> serde_json::Value {
 }
 
 async fn login_reply_carries_the_configured_ice_servers(server: Service) {
-    let (_alice, reply) = server.user("alice").await;
+    let (_alice, mut reply) = server.user("alice").await;
+    // The reconnect token: 128 random bits in base64url (tests/grace.rs uses it).
+    let token = reply
+        .as_object_mut()
+        .and_then(|fields| fields.remove("token"))
+        .expect("a token in the login reply");
+    assert_eq!(token.as_str().map(str::len), Some(22), "{token}");
     assert_eq!(
         reply,
         json!({

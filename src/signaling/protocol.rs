@@ -19,9 +19,16 @@ pub const MAX_NAME_CHARS: usize = 32;
 pub enum ClientMessage<'a> {
     Login {
         username: Cow<'a, str>,
+        /// The reconnect token of an earlier login under this name, to take it back.
+        token: Option<Cow<'a, str>>,
     },
     Offer {
         offer: &'a RawValue,
+        to: Cow<'a, str>,
+    },
+    /// After a login on a server that forgot everyone (it restarted): "I was in a call with
+    /// `to`". The call is restored when both sides have asked for each other.
+    Resume {
         to: Cow<'a, str>,
     },
     Answer {
@@ -59,6 +66,8 @@ struct Envelope<'a> {
     answer: Option<&'a RawValue>,
     #[serde(borrow)]
     candidate: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 /// Why a message was refused. Each is answered with an `error` and the socket stays open.
@@ -109,6 +118,17 @@ impl<'a> ClientMessage<'a> {
                     .username
                     .and_then(string)
                     .ok_or_else(|| bad("login needs \"username\", a string"))?,
+                token: match envelope.token {
+                    None => None,
+                    Some(raw) => {
+                        Some(string(raw).ok_or_else(|| bad("\"token\" must be a string"))?)
+                    }
+                },
+            },
+            "resume" => ClientMessage::Resume {
+                to: to()?.ok_or_else(|| {
+                    bad("resume needs \"otherUsername\": the user whose call to resume")
+                })?,
             },
             "offer" => ClientMessage::Offer {
                 offer: object(envelope.offer, "offer")?,
@@ -240,6 +260,16 @@ pub enum ServerMessage<'a> {
         code: Option<LoginFailure>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<&'a str>,
+        /// A new secret for taking this name back after a dropped connection. It rotates at
+        /// every login.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
+        /// Present (true) when the token took back a session the server still held.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        /// With `resumed`: the user the held session is in a call with, if any.
+        #[serde(rename = "otherUsername", skip_serializing_if = "Option::is_none")]
+        other_username: Option<&'a str>,
     },
     Offer {
         offer: &'a RawValue,
@@ -259,6 +289,10 @@ pub enum ServerMessage<'a> {
     Close {
         username: &'a str,
         reason: CloseReason,
+    },
+    /// Both sides asked to resume their call with each other: it is active again.
+    Resume {
+        username: &'a str,
     },
     /// The callee, named in `username`, is in or being rung for another call.
     Busy {
@@ -294,7 +328,15 @@ mod tests {
     fn parses_the_tutorial_client_messages() {
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"login","username":"alice"}"#),
-            Ok(ClientMessage::Login { username }) if username == "alice"
+            Ok(ClientMessage::Login { username, token: None }) if username == "alice"
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"login","username":"alice","token":"s3cret"}"#),
+            Ok(ClientMessage::Login { token: Some(token), .. }) if token == "s3cret"
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"resume","otherUsername":"bob"}"#),
+            Ok(ClientMessage::Resume { to }) if to == "bob"
         ));
         let offer =
             r#"{"type":"offer","offer":{"type":"offer","sdp":"v=0\r\n"},"otherUsername":"bob"}"#;
@@ -306,7 +348,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match ClientMessage::parse(r#"{"type":"login","username":"\u00f1and\u00fa"}"#).unwrap() {
-            ClientMessage::Login { username } => assert_eq!(username, "ñandú"),
+            ClientMessage::Login { username, .. } => assert_eq!(username, "ñandú"),
             other => panic!("{other:?}"),
         }
         // The seed's client sends answers and candidates without otherUsername.
@@ -362,6 +404,11 @@ mod tests {
             "bad-message"
         );
         assert_eq!(code(r#"{"type":"candidate"}"#), "bad-message");
+        assert_eq!(
+            code(r#"{"type":"login","username":"a","token":7}"#),
+            "bad-message"
+        );
+        assert_eq!(code(r#"{"type":"resume"}"#), "bad-message");
         // Nesting is skipped without recursion: no stack overflow, whatever the depth (the
         // message size limit bounds it). A deep array where an object belongs is refused.
         let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
@@ -444,6 +491,9 @@ mod tests {
                 ice_servers: None,
                 code: Some(LoginFailure::NameTaken),
                 message: Some("taken"),
+                token: None,
+                resumed: None,
+                other_username: None,
             }),
             serde_json::json!({"type":"login","success":false,"code":"name-taken","message":"taken"})
         );

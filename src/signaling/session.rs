@@ -19,8 +19,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::grace::{self, Claim, Handoff, Held, Sessions};
 use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
-use super::registry::{Connection, Outbox, Queued, Registry, Relay, RelayError};
+use super::registry::{Connection, Outbox, Queued, Registry, Relay, RelayError, Resumed};
 use crate::config::{Config, IceServer, Limits, TurnConfig};
 use crate::limits::{Flood, Permit, TokenBucket, Verdict};
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub registry: Registry,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// Reconnect tokens, and the users held in grace.
+    pub sessions: Arc<Sessions>,
 }
 
 /// What every session needs from the configuration.
@@ -47,6 +50,9 @@ pub struct Settings {
     pub ice_servers: Vec<IceServer>,
     pub turn: Option<TurnConfig>,
     pub limits: Limits,
+    /// How long a dropped user's name and call are held (0: not at all), and how long a
+    /// request to resume a call waits for the other side.
+    pub resume_grace: Duration,
 }
 
 impl Settings {
@@ -57,6 +63,7 @@ impl Settings {
             ice_servers: config.ice_servers.clone(),
             turn: config.turn.clone(),
             limits: config.limits.clone(),
+            resume_grace: config.websocket.resume_grace(),
         }
     }
 
@@ -126,6 +133,8 @@ enum End {
     NoLogin,
     /// Another instance took its name while Redis was away.
     NameLost,
+    /// A login with this user's token took the session to another socket.
+    TakenOver,
     ServerShutdown,
 }
 
@@ -139,12 +148,32 @@ impl End {
             End::Flooding => (CloseCode::Policy, "too many messages"),
             End::NoLogin => (CloseCode::Policy, "log in first"),
             End::NameLost => (CloseCode::Policy, "your name was taken over: log in again"),
+            End::TakenOver => (
+                CloseCode::from(4001),
+                "logged in again on another connection",
+            ),
             End::ServerShutdown => (CloseCode::Away, "server restarting"),
         };
         Some(CloseFrame {
             code,
             reason: reason.into(),
         })
+    }
+
+    /// Whether the user is held for a grace period: the connection went without the user
+    /// meaning it to. A Close 1000 is a page leaving on purpose; a protocol offence, or a
+    /// name that is no longer theirs, is not a reason to hold anything.
+    fn keeps_grace(self) -> bool {
+        match self {
+            End::Gone(code) => code != Some(1000),
+            End::Silent | End::SlowReader | End::ServerShutdown => true,
+            End::TooBig
+            | End::BadUtf8
+            | End::Flooding
+            | End::NoLogin
+            | End::NameLost
+            | End::TakenOver => false,
+        }
     }
 
     /// The close code for the metrics: the one sent, or the client's.
@@ -179,6 +208,23 @@ impl Allowance {
                 now,
             ),
         }
+    }
+}
+
+/// What a logged-in socket holds besides its registry membership.
+#[derive(Default)]
+struct Standing {
+    /// Where a login with this user's token asks for the session.
+    claim: Option<Claim>,
+    /// A request to resume a call: with whom, and until when it waits.
+    resume: Option<(Arc<str>, Instant)>,
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -218,6 +264,8 @@ pub async fn serve(
     let login_deadline = tokio::time::sleep(settings.limits.login_timeout());
     tokio::pin!(login_deadline);
     let mut allowance = Allowance::new(&settings.limits, Instant::now());
+    let mut standing = Standing::default();
+    let mut handoff: Option<Handoff> = None;
 
     // A socket upgraded during the drain closes at once: the change it would wait for has
     // already happened.
@@ -256,7 +304,8 @@ pub async fn serve(
                         // Boxed: inline, this future would grow every session's own future by
                         // ~300 bytes, idle or not; one allocation per message costs less.
                         Message::Text(text) => {
-                            Box::pin(handle(&mut conn, &text, &shared, &mut allowance, client)).await
+                            let this = This { client, outbox: &outbox };
+                            Box::pin(handle(&mut conn, &mut standing, &text, &shared, &mut allowance, this)).await
                         }
                         Message::Binary(_) => {
                             metrics.error("binary-frame");
@@ -289,6 +338,20 @@ pub async fn serve(
                     heartbeat.as_mut().reset(next_ping.min(silent_at));
                 }
                 () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
+                request = grace::next_handoff(&mut standing.claim) => {
+                    handoff = Some(request);
+                    break End::TakenOver;
+                }
+                () = until(standing.resume.as_ref().map(|(_, at)| *at)) => {
+                    if let Some((to, _)) = standing.resume.take()
+                        && conn.resume_lapsed(&to).await
+                    {
+                        let close = ServerMessage::Close { username: &to, reason: CloseReason::Disconnected };
+                        if !outbox.deliver(Message::text(close.to_json())) {
+                            break End::SlowReader;
+                        }
+                    }
+                }
                 () = full.notified() => {
                     break if conn.evicted() { End::NameLost } else { End::SlowReader };
                 }
@@ -299,7 +362,37 @@ pub async fn serve(
     };
 
     let name = conn.name().map(str::to_owned);
-    drop(conn);
+    let sessions = &shared.sessions;
+    let held = Held {
+        conn,
+        queue: None,
+        resume: standing.resume.take(),
+    };
+    match (handoff, standing.claim.take()) {
+        (Some(handoff), claim) => {
+            // The new socket carries on with the session; if it gave up waiting, it ends here.
+            if let Err(held) = handoff.send(held) {
+                if let Some(claim) = &claim {
+                    sessions.forget(claim);
+                }
+                drop(held);
+            }
+        }
+        (None, Some(claim))
+            if end.keeps_grace()
+                && !settings.resume_grace.is_zero()
+                && sessions.may_park(settings.limits.max_connections.get()) =>
+        {
+            debug!(%client, user = name.as_deref(), "connection lost: holding the name and call");
+            sessions.park(held, claim, settings.resume_grace);
+        }
+        (None, claim) => {
+            if let Some(claim) = &claim {
+                sessions.forget(claim);
+            }
+            drop(held);
+        }
+    }
     metrics.closed(end.code());
     match end {
         End::Gone(_) => debug!(%client, user = name.as_deref(), "websocket closed"),
@@ -371,12 +464,20 @@ async fn write_frames(
 
 /// Handles one text message; returns the reply for the sender, if any. With the memory
 /// engine nothing in here waits; with Redis each step is one round trip under a timeout.
+/// The socket a message came on: its client's address and its queue.
+#[derive(Clone, Copy)]
+struct This<'a> {
+    client: IpAddr,
+    outbox: &'a Outbox,
+}
+
 async fn handle(
     conn: &mut Connection,
+    standing: &mut Standing,
     text: &str,
     shared: &Shared,
     allowance: &mut Allowance,
-    client: IpAddr,
+    this: This<'_>,
 ) -> Option<String> {
     let metrics = &shared.metrics;
     let message = match ClientMessage::parse(text) {
@@ -387,8 +488,40 @@ async fn handle(
         }
     };
     match message {
-        ClientMessage::Login { username } => {
-            login(conn, &username, shared, allowance, client).await
+        ClientMessage::Login { username, token } => {
+            login(
+                conn,
+                standing,
+                &username,
+                token.as_deref(),
+                shared,
+                allowance,
+                this,
+            )
+            .await
+        }
+        ClientMessage::Resume { to } => {
+            let result = match conn.name() {
+                None => Err(RelayError::NotLoggedIn),
+                Some(me) => {
+                    let frame = ServerMessage::Resume { username: me }.to_json();
+                    conn.resume(&to, frame).await
+                }
+            };
+            match result {
+                Ok(Resumed::Paired) => {
+                    standing.resume = None;
+                    metrics.relayed("resume");
+                    info!(user = conn.name(), with = &*to, "call resumed");
+                    Some(ServerMessage::Resume { username: &to }.to_json())
+                }
+                Ok(Resumed::Waiting) => {
+                    let until = Instant::now() + shared.settings.resume_grace;
+                    standing.resume = Some((Arc::from(&*to), until));
+                    None
+                }
+                Err(err) => relayed(conn, metrics, "resume", Err(err)),
+            }
         }
         ClientMessage::Offer { offer, to } => {
             let frame = |me: &str| {
@@ -480,11 +613,14 @@ fn relayed(
 
 async fn login(
     conn: &mut Connection,
+    standing: &mut Standing,
     name: &str,
+    token: Option<&str>,
     shared: &Shared,
     allowance: &mut Allowance,
-    client: IpAddr,
+    this: This<'_>,
 ) -> Option<String> {
+    let client = this.client;
     let refuse = |code: LoginFailure, message: &str| {
         shared.metrics.error(code.as_str());
         Some(
@@ -494,6 +630,9 @@ async fn login(
                 ice_servers: None,
                 code: Some(code),
                 message: Some(message),
+                token: None,
+                resumed: None,
+                other_username: None,
             }
             .to_json(),
         )
@@ -512,16 +651,40 @@ async fn login(
         return refuse(LoginFailure::InvalidName, why);
     }
     let ice_servers = shared.settings.ice_servers_for(name, SystemTime::now());
-    let welcome = ServerMessage::Login {
-        success: true,
-        username: Some(name),
-        ice_servers: Some(&ice_servers),
-        code: None,
-        message: None,
+    let new_token = grace::new_token();
+    let welcome = |resumed: bool, with: Option<&str>| {
+        ServerMessage::Login {
+            success: true,
+            username: Some(name),
+            ice_servers: Some(&ice_servers),
+            code: None,
+            message: None,
+            token: Some(&new_token),
+            resumed: resumed.then_some(true),
+            other_username: with,
+        }
+        .to_json()
+    };
+    // The token of the user's last login takes the session back from whoever holds it here:
+    // the parked task of a dropped socket, or a socket that still looks open.
+    if let Some(token) = token
+        && let Some(mut held) = shared.sessions.take(name, token).await
+    {
+        standing.claim = Some(shared.sessions.register(name, &new_token));
+        standing.resume = held.resume.take();
+        held.conn
+            .rebind(this.outbox.clone(), held.queue.as_mut(), |with| {
+                Some(welcome(true, with))
+            });
+        // The fresh membership this socket started with was never logged in: dropping it
+        // changes nothing.
+        *conn = held.conn;
+        info!(%client, user = name, "came back with its token");
+        return None;
     }
-    .to_json();
-    match conn.login(name, welcome).await {
+    match conn.login(name, welcome(false, None)).await {
         Ok(()) => {
+            standing.claim = Some(shared.sessions.register(name, &new_token));
             info!(%client, user = name, "logged in");
             None
         }

@@ -67,7 +67,12 @@ impl TestServer {
             public.display().to_string()
         );
         std::fs::write(&path, text).unwrap();
-        let config = Config::load(&path, true).unwrap();
+        let mut config = Config::load(&path, true).unwrap();
+        // The grace period is off unless a test sets it: a test socket that drops then tells
+        // its partner at once, which is what most tests are about (tests/grace.rs sets it).
+        if !extra.contains("resume_grace_secs") {
+            config.websocket.resume_grace_secs = 0;
+        }
         TestServer::start_config(config, dir).await
     }
 
@@ -225,8 +230,13 @@ pub struct Service {
 
 impl Service {
     pub async fn single() -> Option<Service> {
+        Service::single_with("").await
+    }
+
+    /// One server, `extra` appended to its config (tables other than `[cluster]`).
+    pub async fn single_with(extra: &str) -> Option<Service> {
         Some(Service {
-            servers: vec![TestServer::start().await],
+            servers: vec![TestServer::start_with(extra, &repo_public()).await],
             turn: Default::default(),
             _redis: None,
         })
@@ -234,11 +244,16 @@ impl Service {
 
     /// `None` (the test is skipped) without redis-server, except under CI.
     pub async fn split() -> Option<Service> {
+        Service::split_with("").await
+    }
+
+    /// Two instances, `extra` appended to each one's config before its `[cluster]` table.
+    pub async fn split_with(extra: &str) -> Option<Service> {
         let redis = redis::Redis::start()?;
         let mut servers = Vec::new();
         for id in ["a", "b"] {
             let extra = format!(
-                "[cluster]\nredis_url = {:?}\ninstance_id = {id:?}\nheartbeat_ms = 200\nlease_ms = 1000\n",
+                "{extra}\n[cluster]\nredis_url = {:?}\ninstance_id = {id:?}\nheartbeat_ms = 200\nlease_ms = 1000\n",
                 redis.url()
             );
             servers.push(TestServer::start_with(&extra, &repo_public()).await);
@@ -294,9 +309,24 @@ impl Service {
     }
 }
 
-/// Runs a protocol test against one server and against two instances on Redis.
+/// Runs a protocol test against one server and against two instances on Redis; with
+/// `config = EXTRA;` first, each server's config gets `EXTRA` appended.
 #[macro_export]
 macro_rules! on_one_server_and_split {
+    (config = $extra:expr; $($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn one_server() {
+                super::$test(super::common::Service::single_with($extra).await.unwrap()).await;
+            }
+            #[tokio::test]
+            async fn split_over_two_instances() {
+                if let Some(service) = super::common::Service::split_with($extra).await {
+                    super::$test(service).await;
+                }
+            }
+        }
+    )*};
     ($($test:ident),* $(,)?) => {$(
         mod $test {
             #[tokio::test]
@@ -533,6 +563,13 @@ impl Ws {
                 Frame::Text(text) => panic!("expected a close, got {text}"),
             }
         }
+    }
+
+    /// Logs in with a reconnect token from an earlier login reply.
+    pub async fn login_with_token(&mut self, name: &str, token: &Value) -> Value {
+        self.send(serde_json::json!({"type": "login", "username": name, "token": token}))
+            .await;
+        self.recv().await
     }
 
     pub async fn login(&mut self, name: &str) -> Value {

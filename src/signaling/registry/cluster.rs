@@ -40,7 +40,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{CallState, Outbox, Relay, RelayError};
+use super::{CallState, Outbox, Queued, Relay, RelayError, Resumed};
 use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
 use crate::signaling::protocol::LoginFailure;
@@ -59,10 +59,11 @@ const PUBLISH_BATCH: usize = 256;
 const COMMON: &str = include_str!("lua/common.lua");
 
 /// Every operation the metrics name.
-const OPS: [&str; 12] = [
+const OPS: [&str; 13] = [
     "claim",
     "offer",
     "relay",
+    "resume",
     "publish",
     "release",
     "heartbeat",
@@ -78,6 +79,7 @@ struct Scripts {
     claim: Script,
     offer: Script,
     relay: Script,
+    resume: Script,
     release: Script,
     heartbeat: Script,
     reap: Script,
@@ -91,6 +93,7 @@ impl Scripts {
             claim: script(include_str!("lua/claim.lua")),
             offer: script(include_str!("lua/offer.lua")),
             relay: script(include_str!("lua/relay.lua")),
+            resume: script(include_str!("lua/resume.lua")),
             release: script(include_str!("lua/release.lua")),
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             reap: script(include_str!("lua/reap.lua")),
@@ -185,9 +188,11 @@ impl Member {
         true
     }
 
-    /// The partner this copy names, if it is `with`.
+    /// The partner this copy names, if it is `with` (a request to resume names nobody yet).
     fn partner_is(&self, with: &str) -> bool {
-        self.call.as_ref().is_some_and(|call| *call.with == *with)
+        self.call
+            .as_ref()
+            .is_some_and(|call| *call.with == *with && call.state != CallState::Resuming)
     }
 }
 
@@ -639,6 +644,18 @@ impl Inner {
                 }
                 super::disconnected(from)
             }
+            "resume" => {
+                member.update(
+                    ver,
+                    Some(Call {
+                        with: Arc::from(from),
+                        state: CallState::Active,
+                        at: from_at,
+                        sid: from_sid,
+                    }),
+                );
+                frame.to_owned()
+            }
             other => {
                 let kind = match other {
                     "answer" => Relay::Answer,
@@ -895,6 +912,7 @@ impl Inner {
             .get(me)
             .filter(|m| m.sid == sid)
             .and_then(|m| m.call.clone())
+            .filter(|call| call.state != CallState::Resuming)
             .filter(|call| call.at.is_none() && to.is_none_or(|to| *call.with == *to))
             .ok_or(RelayError::Unavailable)?;
         let partner = local
@@ -933,6 +951,7 @@ impl Inner {
                 .get(me)
                 .filter(|m| m.sid == sid)
                 .and_then(|m| m.call.as_ref())
+                .filter(|call| call.state != CallState::Resuming)
                 .filter(|call| to.is_none_or(|to| *call.with == *to))
                 .map(|call| (call.with.clone(), call.at.clone(), call.sid))
             else {
@@ -1089,6 +1108,7 @@ fn state_name(state: CallState) -> &'static str {
         CallState::Calling => "calling",
         CallState::Ringing => "ringing",
         CallState::Active => "active",
+        CallState::Resuming => "resuming",
     }
 }
 
@@ -1349,6 +1369,173 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Moves this user to another socket of this instance. Redis is not involved: the record
+    /// names the instance and the session, and both stay the same.
+    pub fn rebind(
+        &mut self,
+        outbox: Outbox,
+        held: Option<&mut mpsc::Receiver<Queued>>,
+        welcome: impl FnOnce(Option<&str>) -> Option<Message>,
+    ) {
+        if let Some(name) = &self.name {
+            let mut local = self.cluster.inner.lock();
+            if let Some(member) = local
+                .members
+                .get_mut(name)
+                .filter(|member| member.sid == self.sid)
+            {
+                if let Some(frame) = welcome(member.call.as_ref().map(|call| &*call.with)) {
+                    outbox.deliver(frame);
+                }
+                if let Some(held) = held {
+                    while let Ok(frame) = held.try_recv() {
+                        outbox.deliver(*frame);
+                    }
+                }
+                member.outbox = outbox.clone();
+            }
+        }
+        self.outbox = outbox;
+    }
+
+    /// One RESUME script (`lua/resume.lua`) in `mode` 'ask' or 'lapse'.
+    async fn run_resume(&self, to: &str, frame: &str, mode: &str) -> Result<Vec<String>, Down> {
+        let inner = &self.cluster.inner;
+        let me = self.name.as_deref().unwrap_or_default();
+        inner
+            .run(
+                "resume",
+                inner
+                    .invoke(&inner.scripts.resume)
+                    .arg(me)
+                    .arg(self.sid)
+                    .arg(to)
+                    .arg(frame)
+                    .arg(mode),
+            )
+            .await
+    }
+
+    pub async fn resume(&self, to: &str, frame: String) -> Result<Resumed, RelayError> {
+        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
+        if **me == *to {
+            return Err(RelayError::SelfCall);
+        }
+        let inner = &self.cluster.inner;
+        if !inner.is_up() {
+            return Err(RelayError::Unavailable);
+        }
+        self.pending.drained(inner.timeout).await?;
+        let reply = self
+            .run_resume(to, &frame, "ask")
+            .await
+            .map_err(|Down| RelayError::Unavailable)?;
+        let with: Arc<str> = Arc::from(to);
+        match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["paired", instance, their_sid, my_ver, their_ver] => {
+                let here = instance == inner.id;
+                let their_sid = number(their_sid);
+                let mut local = inner.lock();
+                if let Some(mine) = local.members.get_mut(me) {
+                    mine.update(
+                        number(my_ver),
+                        Some(Call {
+                            with: with.clone(),
+                            state: CallState::Active,
+                            at: (!here).then(|| Arc::from(instance)),
+                            sid: their_sid,
+                        }),
+                    );
+                }
+                if here {
+                    if let Some(theirs) = local.members.get_mut(to)
+                        && theirs.sid == their_sid
+                    {
+                        theirs.update(
+                            number(their_ver),
+                            Some(Call {
+                                with: me.clone(),
+                                state: CallState::Active,
+                                at: None,
+                                sid: self.sid,
+                            }),
+                        );
+                    }
+                    Inner::deliver_local(&mut local, to, their_sid, frame);
+                } else {
+                    inner.metrics.published.inc();
+                }
+                Ok(Resumed::Paired)
+            }
+            ["active"] => Ok(Resumed::Paired),
+            ["waiting", my_ver] => {
+                let mut local = inner.lock();
+                if let Some(mine) = local.members.get_mut(me) {
+                    // Nobody to reach yet: the copy names the user but no instance.
+                    let call = Call {
+                        with,
+                        state: CallState::Resuming,
+                        at: None,
+                        sid: 0,
+                    };
+                    mine.update(number(my_ver), Some(call));
+                }
+                Ok(Resumed::Waiting)
+            }
+            ["in-call", with] => Err(RelayError::AlreadyInCall(Arc::from(with))),
+            _ => {
+                inner.reclaim.store(true, Ordering::Relaxed);
+                Err(RelayError::Unavailable)
+            }
+        }
+    }
+
+    pub async fn resume_lapsed(&self, to: &str) -> bool {
+        let Some(me) = self.name.as_ref() else {
+            return false;
+        };
+        let inner = &self.cluster.inner;
+        let pending = |local: &Local| {
+            local.members.get(me).is_some_and(|m| {
+                m.call
+                    .as_ref()
+                    .is_some_and(|c| c.state == CallState::Resuming && *c.with == *to)
+            })
+        };
+        if !pending(&inner.lock()) {
+            return false;
+        }
+        let reply = if inner.is_up() {
+            self.run_resume(to, "", "lapse").await.ok()
+        } else {
+            None
+        };
+        let mut local = inner.lock();
+        match reply.as_deref() {
+            Some([lapsed, ver]) if lapsed == "lapsed" => {
+                if let Some(mine) = local.members.get_mut(me) {
+                    mine.update(number(ver), None);
+                }
+                true
+            }
+            Some(_) => false,
+            // Redis is away: end it in the copy, and write that back when Redis returns.
+            None => {
+                let lapsed = pending(&local);
+                if let Some(mine) = local.members.get_mut(me)
+                    && lapsed
+                {
+                    let ver = mine.ver + 1;
+                    mine.update(ver, None);
+                    local.dirty = true;
+                }
+                lapsed
+            }
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         let Some(name) = self.name.take() else { return };
@@ -1367,6 +1554,7 @@ impl Drop for Connection {
                 return;
             }
             if let Some(call) = member.call
+                && call.state != CallState::Resuming
                 && call.at.is_none()
                 && let Some(partner) = local.members.get_mut(&call.with)
                 && partner.partner_is(&name)

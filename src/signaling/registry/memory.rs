@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hyper_tungstenite::tungstenite::Message;
+use tokio::sync::mpsc;
 
-use super::{CallState, Outbox, Relay, RelayError};
+use super::{CallState, Outbox, Queued, Relay, RelayError, Resumed};
 use crate::signaling::protocol::LoginFailure;
 
 #[derive(Debug)]
@@ -130,7 +131,13 @@ impl Connection {
         }
         let mut state = self.registry.lock();
         let (callee, callee_busy) = match state.users.get_key_value(to) {
-            Some((name, user)) => (name.clone(), user.call.is_some()),
+            // Waiting to resume a call with me is no reason to be busy for me.
+            Some((name, user)) => (
+                name.clone(),
+                user.call
+                    .as_ref()
+                    .is_some_and(|call| !(call.state == CallState::Resuming && call.with == *me)),
+            ),
             None => return Err(RelayError::UnknownUser(to.to_owned())),
         };
         let my_call = current_call(&state, me)?;
@@ -180,6 +187,90 @@ impl Connection {
         deliver(&state, &partner, frame);
         Ok(partner)
     }
+
+    /// Asks to resume my call with `to` after a restart. The call is active again once both
+    /// sides have asked for each other; `frame` then tells `to`. A request naming someone who
+    /// never asks for me pairs with nobody and reaches nobody.
+    pub fn resume(&self, to: &str, frame: Message) -> Result<Resumed, RelayError> {
+        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
+        if **me == *to {
+            return Err(RelayError::SelfCall);
+        }
+        let mut state = self.registry.lock();
+        match current_call(&state, me)? {
+            Some(call) if *call.with == *to && call.state == CallState::Active => {
+                return Ok(Resumed::Paired);
+            }
+            Some(call) => return Err(RelayError::AlreadyInCall(call.with.clone())),
+            None => {}
+        }
+        let asked_for_me = state.users.get_key_value(to).and_then(|(name, user)| {
+            let call = user.call.as_ref()?;
+            (call.state == CallState::Resuming && call.with == *me).then(|| name.clone())
+        });
+        match asked_for_me {
+            Some(partner) => {
+                set_call(&mut state, me, &partner, CallState::Active);
+                set_call(&mut state, &partner, me, CallState::Active);
+                deliver(&state, &partner, frame);
+                Ok(Resumed::Paired)
+            }
+            None => {
+                let to: Arc<str> = Arc::from(to);
+                set_call(&mut state, me, &to, CallState::Resuming);
+                Ok(Resumed::Waiting)
+            }
+        }
+    }
+
+    /// The wait for `to` to resume ran out: drops the request. False when it was no longer
+    /// pending (paired, replaced, or gone).
+    pub fn resume_lapsed(&self, to: &str) -> bool {
+        let Some(me) = self.name.as_ref() else {
+            return false;
+        };
+        let mut state = self.registry.lock();
+        let Some(user) = state.users.get_mut(me) else {
+            return false;
+        };
+        let pending = user
+            .call
+            .as_ref()
+            .is_some_and(|call| call.state == CallState::Resuming && *call.with == *to);
+        if pending {
+            user.call = None;
+        }
+        pending
+    }
+
+    /// Moves this logged-in user to another socket (a reconnect that proved itself with its
+    /// token, or the holding queue of a socket that dropped). Under one lock: `welcome` (built
+    /// from the partner's name, if in a call) is queued first, then whatever `held` kept, and
+    /// only then can anyone else's message reach the new socket, so nothing is reordered.
+    pub fn rebind(
+        &mut self,
+        outbox: Outbox,
+        held: Option<&mut mpsc::Receiver<Queued>>,
+        welcome: impl FnOnce(Option<&str>) -> Option<Message>,
+    ) {
+        let Some(me) = self.name.clone() else {
+            self.outbox = outbox;
+            return;
+        };
+        let mut state = self.registry.lock();
+        if let Some(user) = state.users.get_mut(&me) {
+            if let Some(frame) = welcome(user.call.as_ref().map(|call| &*call.with)) {
+                outbox.deliver(frame);
+            }
+            if let Some(held) = held {
+                while let Ok(frame) = held.try_recv() {
+                    outbox.deliver(*frame);
+                }
+            }
+            user.outbox = outbox.clone();
+        }
+        self.outbox = outbox;
+    }
 }
 
 impl Drop for Connection {
@@ -190,7 +281,12 @@ impl Drop for Connection {
             return;
         };
         if let Some(call) = user.call
+            && call.state != CallState::Resuming
             && let Some(partner) = state.users.get_mut(&call.with)
+            && partner
+                .call
+                .as_ref()
+                .is_some_and(|theirs| theirs.with == me)
         {
             partner.call = None;
             partner
@@ -206,7 +302,12 @@ impl Drop for Connection {
 
 fn current_call<'s>(state: &'s State, me: &str) -> Result<Option<&'s Call>, RelayError> {
     let user = state.users.get(me).ok_or(RelayError::NotLoggedIn)?;
-    Ok(user.call.as_ref())
+    // A request to resume is not a call yet: nothing of mine is relayed on it, and a new
+    // call of mine replaces it.
+    Ok(user
+        .call
+        .as_ref()
+        .filter(|call| call.state != CallState::Resuming))
 }
 
 fn deliver(state: &State, to: &str, frame: Message) {

@@ -60,6 +60,19 @@ pub enum CallState {
     Ringing,
     /// An answer went through.
     Active,
+    /// After a restart that lost every call: I asked to resume my call with the other side,
+    /// who has not asked for me yet. Others calling me get `busy`; my own messages are not
+    /// relayed until the other side asks too.
+    Resuming,
+}
+
+/// What a `resume` request led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Both sides asked for each other: the call is active again, and the other side was told.
+    Paired,
+    /// The other side has not asked yet; the request waits for them (bounded by the caller).
+    Waiting,
 }
 
 /// Relayed message kinds that travel only between partners.
@@ -258,6 +271,39 @@ impl Connection {
         match self {
             Connection::Memory(conn) => conn.relay(kind, to, Message::text(frame)),
             Connection::Cluster(conn) => Box::pin(conn.relay(kind, to, frame)).await,
+        }
+    }
+
+    /// Asks to resume my call with `to` after a restart (see [`Resumed`]); `frame` tells `to`
+    /// when both have asked.
+    pub async fn resume(&self, to: &str, frame: String) -> Result<Resumed, RelayError> {
+        match self {
+            Connection::Memory(conn) => conn.resume(to, Message::text(frame)),
+            Connection::Cluster(conn) => Box::pin(conn.resume(to, frame)).await,
+        }
+    }
+
+    /// The bounded wait for `to` to resume ran out: drops the request. False when it was no
+    /// longer pending.
+    pub async fn resume_lapsed(&self, to: &str) -> bool {
+        match self {
+            Connection::Memory(conn) => conn.resume_lapsed(to),
+            Connection::Cluster(conn) => Box::pin(conn.resume_lapsed(to)).await,
+        }
+    }
+
+    /// Moves this user to another socket's queue, on this instance: `welcome` (built from the
+    /// current partner's name) first, then what `held` kept, then everything new.
+    pub fn rebind(
+        &mut self,
+        outbox: Outbox,
+        held: Option<&mut mpsc::Receiver<Queued>>,
+        welcome: impl FnOnce(Option<&str>) -> Option<String>,
+    ) {
+        let welcome = |with: Option<&str>| welcome(with).map(Message::text);
+        match self {
+            Connection::Memory(conn) => conn.rebind(outbox, held, welcome),
+            Connection::Cluster(conn) => conn.rebind(outbox, held, welcome),
         }
     }
 

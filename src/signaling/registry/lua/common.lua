@@ -4,7 +4,8 @@
 --   inst:<id>:users  the names it holds; inst:<id>:calls the ones of those in a call
 --   instances        every instance id that may still hold names
 --   user:<name>      hash: inst, sid (its session), ver (raised on every change of its call),
---                    and while in a call peer and state
+--                    and while in a call peer and state (calling, ringing, active; or
+--                    resuming: waiting for peer to ask to resume too, see resume.lua)
 --   ch:<id>          the instance's pub/sub channel
 -- Names never contain a newline (they have no control characters), so envelopes are
 -- newline-separated: kind, to, its session id, from, from's instance, from's session id, the
@@ -55,8 +56,9 @@ end
 
 -- Ends the call of `name` (record `rec`) on its partner's side, and tells the partner's
 -- instance unless that is `quiet` (an instance that tells its own users itself).
+-- A side that was only waiting to resume a call ('resuming') has no partner to tell.
 local function end_partner(name, rec, quiet)
-  if not rec.peer then return end
+  if not rec.peer or rec.state == 'resuming' then return end
   local theirs = record(rec.peer)
   if theirs and theirs.peer == name then
     local ver = clear_call(rec.peer, theirs.inst)

@@ -9,7 +9,9 @@ for _, name in ipairs(redis.call('SMEMBERS', ikey(ME) .. ':calls')) do
   local rec = record(name)
   if not rec or rec.inst ~= ME or not rec.peer then
     redis.call('SREM', ikey(ME) .. ':calls', name)
-  else
+  elseif rec.state ~= 'resuming' then
+    -- (A request to resume waits for a partner who may not be back yet; its session
+    -- bounds the wait.)
     local theirs = record(rec.peer)
     if not theirs or theirs.peer ~= name or not alive(theirs.inst) then
       local ver = clear_call(name, ME)

@@ -8,6 +8,11 @@ local mine = record(name)
 if not mine or mine.inst ~= ME or mine.sid ~= sid then return {'stale'} end
 local theirs = record(to)
 if not theirs or not alive(theirs.inst) then return {'unknown'} end
+-- A request to resume is not a call: a new call replaces it.
+if mine.peer and mine.state == 'resuming' then
+  clear_call(name, ME)
+  mine.peer = nil
+end
 if mine.peer then
   if mine.peer ~= to then return {'in-call', mine.peer} end
   if theirs.peer == name then
@@ -18,7 +23,10 @@ if mine.peer then
   -- The partnership was one-sided (its other half already ended): start afresh.
   clear_call(name, ME)
 end
-if theirs.peer then return {'busy'} end
+-- Waiting to resume a call with the caller is no reason to be busy for the caller.
+if theirs.peer and not (theirs.peer == name and theirs.state == 'resuming') then
+  return {'busy'}
+end
 local my_ver = set_call(name, ME, to, 'calling')
 local their_ver = set_call(to, theirs.inst, name, 'ringing')
 if theirs.inst ~= ME then send(theirs.inst, 'offer', to, theirs.sid, name, ME, sid, their_ver, frame) end
