@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import {
-  call, expectMediaFlowing, expectTornDown, haveRedis, launchBrowser, login, missing, openPage,
+  call, expectMediaFlowing, expectTornDown, framesDecoded, haveRedis, launchBrowser, login, missing, openPage,
   screenshot, startRedis, startServer, state, statusText, suiteCertificate, waitFor,
 } from './harness.mjs';
 
@@ -31,6 +31,20 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     browsers = await Promise.all([launchBrowser(trusted), launchBrowser(trusted)]);
   });
 
+  // Each test's pages are closed after it: open pages keep their fake cameras and calls
+  // running, and on a small machine they slow the later tests down.
+  let opened = [];
+  afterEach(async () => {
+    await Promise.all(opened.map((page) => page.context().close().catch(() => {})));
+    opened = [];
+  });
+
+  async function open(browser, server) {
+    const page = await openPage(browser, server);
+    opened.push(page);
+    return page;
+  }
+
   after(async () => {
     await Promise.all(browsers.map((b) => b.close()));
     await Promise.all(servers.map((s) => s.stop()));
@@ -45,7 +59,7 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
   async function people(server, ...names) {
     const pages = [];
     for (const [i, name] of names.entries()) {
-      const page = await openPage(browsers[i % browsers.length], server);
+      const page = await open(browsers[i % browsers.length], server);
       await login(page, name);
       pages.push(page);
     }
@@ -113,13 +127,72 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     assert.deepEqual([...alice.errors, ...bob.errors, ...carol.errors], []);
   });
 
-  test("bob's page closes mid-call: alice sees that the call ended", { timeout: 30000 }, async () => {
+  test("bob's page closes mid-call and never comes back: alice is told after the grace period, not before", { timeout: 30000 }, async () => {
+    const server = await start({ grace: 4 });
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    await connect(alice, bob, 'bob', 'alice');
+    const closed = Date.now();
+    await bob.context().close();
+    // Within the 4 s grace alice still sees the call…
+    await alice.waitForTimeout(2500);
+    assert.equal(await state(alice), 'in-call', await statusText(alice));
+    // …then the usual sentence.
+    await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.');
+    const told = Date.now() - closed;
+    assert.ok(told >= 4000, `told after ${told} ms, inside the grace period`);
+    await expectTornDown(alice);
+  });
+
+  test("a page's signaling socket drops mid-call: it takes its name back with its token, and the call goes on", { timeout: 30000 }, async () => {
     const server = await start();
     const [alice, bob] = await people(server, 'alice', 'bob');
     await connect(alice, bob, 'bob', 'alice');
-    await bob.context().close();
-    await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.');
-    await expectTornDown(alice);
+    const before = await framesDecoded(alice);
+    // The socket object itself, not the network: the page sees its socket close.
+    await alice.evaluate(() => window.__sockets.at(-1).close(3000, 'dropped by the test'));
+    await waitFor(alice, 'reconnecting', 'Connection to the server lost. Reconnecting…', 5000);
+    await waitFor(alice, 'in-call', 'In a call with bob.', 5000);
+    assert.equal(await state(bob), 'in-call', 'bob never noticed');
+    assert.equal(await alice.evaluate(() => window.__sockets.length), 2, 'one reconnect');
+    await expectMediaFlowing(alice);
+    assert.ok(await framesDecoded(alice) > before);
+    // Signaling works on the new socket: hang-up reaches bob.
+    await alice.click('button#close-call');
+    await waitFor(alice, 'idle', 'You hung up.');
+    await waitFor(bob, 'idle', 'alice hung up.');
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
+  });
+
+  test('the server restarts in the middle of a call: video keeps flowing and both pages are back in the call', { timeout: 60000 }, async () => {
+    const server = await start();
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    await connect(alice, bob, 'bob', 'alice');
+    const frames = async () => Promise.all([framesDecoded(alice), framesDecoded(bob)]);
+    const seen = [await frames()];
+    const stopped = Date.now();
+    const { code } = await server.stop();
+    assert.equal(code, 0);
+    await waitFor(alice, 'reconnecting', 'The server is restarting.');
+    await alice.waitForTimeout(1000);
+    seen.push(await frames()); // while no server runs at all
+    servers.push(await startServer({ port: server.port, dir: server.dir }));
+    await Promise.all([
+      waitFor(alice, 'in-call', 'In a call with bob.', 15000),
+      waitFor(bob, 'in-call', 'In a call with alice.', 15000),
+    ]);
+    const back = Date.now() - stopped;
+    await alice.waitForTimeout(1000);
+    seen.push(await frames());
+    for (let i = 1; i < seen.length; i += 1) {
+      assert.ok(seen[i][0] > seen[i - 1][0] && seen[i][1] > seen[i - 1][1], `frames stalled: ${JSON.stringify(seen)}`);
+    }
+    console.log(`# back in the call ${back} ms after SIGTERM (frames ${JSON.stringify(seen)})`);
+    // The resumed call is an ordinary one: hang-up ends it on both sides.
+    await bob.click('button#close-call');
+    await waitFor(bob, 'idle', 'You hung up.');
+    await waitFor(alice, 'idle', 'bob hung up.');
+    await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
   });
 
   test('a server with another certificate is refused by the browser', { timeout: 30000 }, async () => {
@@ -139,12 +212,12 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     try {
       const one = await start({ cluster: { url: redis.url, id: 'one' } });
       const two = await start({ cluster: { url: redis.url, id: 'two' } });
-      const alice = await openPage(browsers[0], one);
+      const alice = await open(browsers[0], one);
       await login(alice, 'alice');
-      const bob = await openPage(browsers[1], two);
+      const bob = await open(browsers[1], two);
       await login(bob, 'bob');
       // One service: the name is taken on the other instance too.
-      const impostor = await openPage(browsers[1], two);
+      const impostor = await open(browsers[1], two);
       await waitFor(impostor, 'logged-out');
       await impostor.fill('input#username', 'alice');
       await impostor.click('button#login');

@@ -33,7 +33,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
  * is the folder of its certificate: the suite's own unless another is given.
  */
-export async function startServer({ port = 0, dir, certs = suiteCerts, cluster } = {}) {
+export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
@@ -45,6 +45,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster }
     'mode = "auto"',
     `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
     `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
+    ...(grace === undefined ? [] : ['[websocket]', `resume_grace_secs = ${grace}`]),
     ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
     '',
   ].join('\n'));
@@ -177,6 +178,15 @@ export async function openPage(browser, server, { viewport = { width: 1000, heig
     viewport,
   });
   await context.addInitScript(() => {
+    // The page's signaling sockets too, so a test can drop one from inside the page.
+    const NativeSocket = window.WebSocket;
+    window.__sockets = [];
+    window.WebSocket = class extends NativeSocket {
+      constructor(...args) {
+        super(...args);
+        window.__sockets.push(this);
+      }
+    };
     const Native = window.RTCPeerConnection;
     window.__pcs = [];
     window.RTCPeerConnection = class extends Native {
@@ -256,6 +266,11 @@ export async function expectMediaFlowing(page) {
     throw new Error(`video frames are not flowing: ${JSON.stringify({ first, second })}`);
   }
   return second;
+}
+
+/** Inbound video frames decoded so far by the newest peer connection. */
+export async function framesDecoded(page) {
+  return (await media(page)).framesDecoded;
 }
 
 /** Waits until the page has torn its call down. */

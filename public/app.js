@@ -1,7 +1,10 @@
 // dialtone's call page: log in, call someone by name, accept or decline, hang up, call again.
 //
 // It speaks the tutorial's wire format over a WebSocket to this page's own origin (/ws).
-// ICE servers come only from the login reply. Candidates trickle: each is sent as it is
+// ICE servers come only from the login reply. A call outlives the signaling socket: when it
+// drops, the peer connection and media carry on, the page reconnects and logs in with its
+// reconnect token (the server held the name and call), or, when the server restarted and
+// forgot everyone, logs in again and asks to resume the call, which the other page does too. Candidates trickle: each is sent as it is
 // found, never before the offer or answer it belongs to, and remote ones that arrive early
 // wait for the remote description.
 
@@ -31,6 +34,7 @@ let reconnectDelay = 500;
 let lostBecause = null; // why the server connection went, while reconnecting
 let wantedName = null; // the name to log in with again after a reconnect
 let me = null; // logged in as
+let token = null; // takes the name (and call) back after a dropped connection; never stored
 let iceServers = [];
 let localStream = null;
 let mediaReady = null; // settles once the camera and microphone are started, or refused
@@ -48,7 +52,8 @@ function show(state, sentence) {
   ui.loginForm.hidden = !(state === 'logged-out' || state === 'connecting');
   ui.callForm.hidden = !['idle', 'calling', 'ringing', 'in-call'].includes(state);
   ui.callButton.disabled = state !== 'idle';
-  ui.hangUp.disabled = !(state === 'calling' || state === 'in-call' || state === 'ringing');
+  ui.hangUp.disabled = !(state === 'calling' || state === 'in-call' || state === 'ringing'
+    || (state === 'reconnecting' && call !== null));
   if (ringing) ui.accept.focus();
 }
 
@@ -75,6 +80,17 @@ function send(message) {
   return false;
 }
 
+function logIn(name) {
+  return send(token ? { type: 'login', username: name, token } : { type: 'login', username: name });
+}
+
+/** The status of the call in progress, as it stands on this page. */
+function showCall() {
+  if (call.answered) show('in-call', `In a call with ${call.peer}.`);
+  else if (call.role === 'caller') show('calling', `Calling ${call.peer}…`);
+  else show('ringing', `${call.peer} is calling you.`);
+}
+
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const socket = new WebSocket(`${scheme}//${location.host}/ws`);
@@ -82,7 +98,7 @@ function connect() {
   socket.onopen = () => {
     reconnectDelay = 500;
     lostBecause = null;
-    if (wantedName) send({ type: 'login', username: wantedName });
+    if (wantedName) logIn(wantedName);
     else show('logged-out', 'Connected. Choose a name and log in.');
   };
   socket.onmessage = (event) => {
@@ -104,10 +120,20 @@ function connect() {
     ws = null;
     // Only a connection that was up says why it went; failed reconnect attempts keep that
     // first reason on screen ("restarting" stays until the server is back).
+    if (event.code === 4001) {
+      // Our token logged in on another connection: that one is us now.
+      wantedName = null;
+      token = null;
+      me = null;
+      endCall();
+      show('logged-out', 'You logged in again on another connection.');
+      return;
+    }
     if (opened || !lostBecause) {
       lostBecause = event.code === 1001 ? 'The server is restarting.' : 'Connection to the server lost.';
     }
-    if (call) endCall(`${lostBecause.slice(0, -1)}: the call ended.`);
+    // The call is not ended: its media does not pass through the server. The login after
+    // the reconnect decides whether it goes on.
     me = null;
     show(wantedName ? 'reconnecting' : 'connecting', `${lostBecause} Reconnecting…`);
     retry(connect);
@@ -131,13 +157,13 @@ const handlers = {
         // After a network change the server may still hold our old socket until its
         // heartbeat notices; keep trying under the same name.
         show('reconnecting', `Waiting for the server to free the name ${wantedName}…`);
-        retry(() => send({ type: 'login', username: wantedName }));
+        retry(() => logIn(wantedName));
         return;
       }
       if (reconnecting && message.code === 'unavailable') {
         // Several instances share state through a backplane that is away for a moment.
         show('reconnecting', `${sentence(message.message)} Retrying…`);
-        retry(() => send({ type: 'login', username: wantedName }));
+        retry(() => logIn(wantedName));
         return;
       }
       wantedName = null;
@@ -147,9 +173,33 @@ const handlers = {
     }
     me = message.username;
     wantedName = me;
+    token = typeof message.token === 'string' ? message.token : null;
     iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
-    idle();
     if (!mediaReady) mediaReady = startMedia();
+    const held = message.resumed === true ? (message.otherUsername ?? null) : undefined;
+    if (held !== undefined) {
+      // The server held our session: it says which call it still has.
+      if (call && held === call.peer) return showCall();
+      if (call) endCall(`The call with ${call.peer} ended while the connection was down.`);
+      else if (held) send({ type: 'close', otherUsername: held }); // we hung up meanwhile
+      else idle();
+      return;
+    }
+    if (call && call.answered) {
+      // A fresh login with a call on this page: the server restarted. Both pages ask to
+      // resume; the server pairs them when both have.
+      send({ type: 'resume', otherUsername: call.peer });
+      show('reconnecting', `Reconnecting the call with ${call.peer}…`);
+      return;
+    }
+    // A call that was still being set up cannot be picked up again.
+    if (call) endCall('Connection to the server lost: the call ended.');
+    else idle();
+  },
+
+  resume(message) {
+    if (!call || call.peer !== message.username) return;
+    show('in-call', `In a call with ${call.peer}.`);
   },
 
   offer(message) {
@@ -331,7 +381,8 @@ function onConnectionState(state) {
   if (state === 'connected') {
     clearTimeout(call.timer);
     call.answered = true;
-    if (ui.status.dataset.state !== 'in-call') show('in-call', `In a call with ${call.peer}.`);
+    // While the server is away the status says so; it says "in a call" again once back.
+    if (me && ui.status.dataset.state !== 'in-call') show('in-call', `In a call with ${call.peer}.`);
     return;
   }
   if (state !== 'failed') return;
@@ -359,7 +410,7 @@ function onConnectionState(state) {
 }
 
 /** Ends the call on our side: the peer connection closed, the remote picture gone. */
-function endCall(what) {
+function endCall(what = undefined) {
   if (call) {
     clearTimeout(call.timer);
     if (call.pc) call.pc.close();
