@@ -72,7 +72,11 @@ impl App {
         let metrics = Metrics::new();
         let registry = match &config.cluster.redis_url {
             None => Registry::new(),
-            Some(_) => Registry::Cluster(Cluster::start(&config.cluster, &metrics).await?),
+            Some(_) => {
+                let cluster = Cluster::start(&config.cluster, &metrics).await?;
+                cluster.set_resume_grace(config.websocket.resume_grace());
+                Registry::Cluster(cluster)
+            }
         };
         Ok(App::with_registry(config, registry, metrics)?)
     }

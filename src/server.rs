@@ -103,6 +103,10 @@ pub async fn run(
         app.connections()
     );
     app.close_sessions();
+    // In a cluster: free this instance's names and tell remote partners (or, with a grace
+    // period, let them wait for a resume elsewhere) now, before the drain: the grace of a
+    // socket held here must not run out during the drain and end its call after all.
+    app.registry().leave().await;
     let drained = async {
         graceful.shutdown().await;
         app.sessions_closed().await;
@@ -111,8 +115,6 @@ pub async fn run(
     if tokio::time::timeout(deadline, drained).await.is_err() {
         warn!("connections still open after {deadline:?}; stopping anyway");
     }
-    // In a cluster: free this instance's names and tell remote partners, before exiting.
-    app.registry().leave().await;
 }
 
 async fn serve_http<I>(

@@ -34,11 +34,14 @@ fn instance_on(url: &str, id: &str, extra: &str) -> Instance {
     // Tests log in again and again on one socket, more often than a person would.
     // No grace period unless a test sets one: these tests are about what a dropped socket
     // or a vanished instance does at once.
-    let websocket = if extra.contains("resume_grace_secs") {
-        ""
-    } else {
-        "[websocket]\nresume_grace_secs = 0\n"
-    };
+    let (grace, extra): (Vec<&str>, Vec<&str>) = extra
+        .lines()
+        .partition(|line| line.starts_with("resume_grace_secs"));
+    let websocket = format!(
+        "[websocket]\n{}\n",
+        grace.first().unwrap_or(&"resume_grace_secs = 0")
+    );
+    let extra = extra.join("\n");
     let config = format!(
         "[tls]\nmode = \"off\"\n{websocket}[limits]\nlogins_per_minute = 600\n\
          [cluster]\nredis_url = {url:?}\ninstance_id = {id:?}\n{extra}"
@@ -228,6 +231,67 @@ async fn an_instance_killed_mid_call_is_reaped_and_its_partners_told() {
         "{}",
         b.run.log()
     );
+}
+
+#[tokio::test]
+async fn with_a_grace_period_a_user_whose_instance_was_killed_resumes_on_another() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b, _alice, mut bob) =
+        alice_and_bob_in_a_call(&redis, "resume_grace_secs = 20\n").await;
+    a.run.signal("KILL");
+    a.run.wait(Duration::from_secs(5));
+    let killed = Instant::now();
+    // alice's page comes back on the other instance: her name is free once the dead
+    // instance's lease lapses; she logs in (her token means nothing there) and resumes.
+    let mut alice = b.ws().await;
+    loop {
+        let reply = alice.login("alice").await;
+        if reply["success"] == true {
+            break;
+        }
+        assert_eq!(reply["code"], "name-taken", "{reply}");
+        assert!(killed.elapsed() < FAILOVER, "alice's name was never freed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    alice
+        .send(json!({"type": "resume", "otherUsername": "bob"}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "resume", "username": "bob"})
+    );
+    // bob heard nothing but that: no "disconnected" in between.
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "resume", "username": "alice"})
+    );
+    eprintln!("resumed {:?} after SIGKILL", killed.elapsed());
+    candidate_gets_through(&mut alice, &mut bob, "after").await;
+    candidate_gets_through(&mut bob, &mut alice, "both ways").await;
+    alice.send(json!({"type": "close"})).await;
+    assert_eq!(bob.recv().await["reason"], "hung-up");
+}
+
+#[tokio::test]
+async fn with_a_grace_period_the_partner_of_a_stopped_instance_waits_then_is_told() {
+    let Some(redis) = Redis::start() else { return };
+    let extra = "resume_grace_secs = 2\nheartbeat_ms = 200\nlease_ms = 1000\n";
+    let (mut a, _b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, extra).await;
+    a.run.signal("TERM");
+    let stopped = Instant::now();
+    // Nobody resumes: bob waits out the grace, then hears the usual ending.
+    bob.quiet(1500).await;
+    let told = bob.recv_within(Duration::from_secs(3)).await;
+    assert_eq!(
+        told,
+        json!({"type": "close", "username": "alice", "reason": "disconnected"})
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(a.run.wait(Duration::from_secs(15)).success());
 }
 
 #[tokio::test]

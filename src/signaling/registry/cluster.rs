@@ -141,6 +141,9 @@ struct Inner {
     resubscribe: Notify,
     /// Set when a script found a record of ours missing: the heartbeat re-claims at once.
     reclaim: AtomicBool,
+    /// Milliseconds the partner of a user whose instance vanished waits for a resume
+    /// (`[websocket] resume_grace_secs`); 0 tells the partner at once.
+    hold_ms: AtomicU64,
     next_sid: AtomicU64,
     tasks: Mutex<Vec<AbortHandle>>,
     /// Why the backplane last failed, for the log.
@@ -286,6 +289,7 @@ impl Cluster {
                 probes_heard: AtomicU64::new(0),
                 resubscribe: Notify::new(),
                 reclaim: AtomicBool::new(false),
+                hold_ms: AtomicU64::new(0),
                 next_sid: AtomicU64::new(first_session_id()),
                 tasks: Mutex::new(Vec::new()),
                 last_error: Mutex::new(String::new()),
@@ -335,6 +339,12 @@ impl Cluster {
         }
     }
 
+    /// How long the partner of a user whose instance vanished waits for them to resume.
+    pub fn set_resume_grace(&self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.inner.hold_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn is_up(&self) -> bool {
         self.inner.is_up()
     }
@@ -377,7 +387,13 @@ impl Cluster {
         }
         let inner = &self.inner;
         let done: Result<Vec<i64>, Down> = inner
-            .run("leave", inner.invoke(&inner.scripts.reap).arg("leave"))
+            .run(
+                "leave",
+                inner
+                    .invoke(&inner.scripts.reap)
+                    .arg("leave")
+                    .arg(inner.hold_ms.load(Ordering::Relaxed)),
+            )
             .await;
         match done {
             Ok(_) => info!(instance = %inner.id, "left the cluster: names released"),
@@ -530,7 +546,8 @@ impl Inner {
         let mut invocation = self.invoke(&self.scripts.claim);
         invocation
             .arg(self.lease.as_millis() as u64)
-            .arg(if overwrite_calls { "1" } else { "0" });
+            .arg(if overwrite_calls { "1" } else { "0" })
+            .arg(self.hold_ms.load(Ordering::Relaxed));
         for (name, sid, call, ver) in names {
             let (peer, state) = match call {
                 Some(call) => (&*call.with, state_name(call.state)),
@@ -643,6 +660,20 @@ impl Inner {
                     return;
                 }
                 super::disconnected(from)
+            }
+            "hold" => {
+                // The partner's instance went: wait for them to resume (no word to the page;
+                // the heartbeat ends the wait).
+                member.update(
+                    ver,
+                    Some(Call {
+                        with: Arc::from(from),
+                        state: CallState::Resuming,
+                        at: None,
+                        sid: 0,
+                    }),
+                );
+                return;
             }
             "resume" => {
                 member.update(
@@ -761,7 +792,10 @@ impl Inner {
             for ended in reply.get(2..).unwrap_or_default().chunks_exact(3) {
                 let (name, peer, ver) = (&ended[0], &ended[1], number(&ended[2]));
                 if let Some(member) = local.members.get_mut(name.as_str())
-                    && member.partner_is(peer)
+                    && member
+                        .call
+                        .as_ref()
+                        .is_some_and(|call| *call.with == **peer)
                     && member.update(ver, None)
                 {
                     push(member, super::disconnected(peer));
@@ -878,7 +912,12 @@ impl Inner {
 
     async fn reap(&self) {
         let reply: Result<Vec<i64>, Down> = self
-            .run("reap", self.invoke(&self.scripts.reap).arg("reap"))
+            .run(
+                "reap",
+                self.invoke(&self.scripts.reap)
+                    .arg("reap")
+                    .arg(self.hold_ms.load(Ordering::Relaxed)),
+            )
             .await;
         if let Ok([reaped, live]) = reply
             .as_deref()

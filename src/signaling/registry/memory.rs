@@ -164,6 +164,16 @@ impl Connection {
     ) -> Result<Arc<str>, RelayError> {
         let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
         let mut state = self.registry.lock();
+        if matches!(kind, Relay::Decline | Relay::Close)
+            && let Some(user) = state.users.get_mut(me)
+            && user
+                .call
+                .as_ref()
+                .is_some_and(|call| call.state == CallState::Resuming)
+        {
+            // Hanging up while waiting for the other side to resume: stop waiting.
+            user.call = None;
+        }
         let my_call = current_call(&state, me)?;
         let partner = match (my_call, to) {
             (None, None) => return Err(RelayError::NoCall),

@@ -13,6 +13,15 @@
 -- applies a change to its copy of a record only when the version is newer than its copy's,
 -- so replies and messages that race each other cannot leave the copy behind.
 local P, ME = ARGV[1], ARGV[2]
+-- Milliseconds the partner of a user whose instance died or stopped waits for them to come
+-- back and resume (see resume.lua); 0 ends the call at once. Set by the scripts that free a
+-- vanished instance's names (CLAIM, REAP).
+local HOLD = 0
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function ukey(name) return P .. 'user:' .. name end
 local function ikey(inst) return P .. 'inst:' .. inst end
@@ -30,6 +39,7 @@ end
 -- Each returns the record's new version.
 local function set_call(name, inst, peer, state)
   redis.call('HSET', ukey(name), 'peer', peer, 'state', state)
+  redis.call('HDEL', ukey(name), 'until')
   redis.call('SADD', ikey(inst) .. ':calls', name)
   return redis.call('HINCRBY', ukey(name), 'ver', 1)
 end
@@ -40,7 +50,7 @@ local function set_state(name, state)
 end
 
 local function clear_call(name, inst)
-  redis.call('HDEL', ukey(name), 'peer', 'state')
+  redis.call('HDEL', ukey(name), 'peer', 'state', 'until')
   redis.call('SREM', ikey(inst) .. ':calls', name)
   return redis.call('HINCRBY', ukey(name), 'ver', 1)
 end
@@ -61,6 +71,14 @@ local function end_partner(name, rec, quiet)
   if not rec.peer or rec.state == 'resuming' then return end
   local theirs = record(rec.peer)
   if theirs and theirs.peer == name then
+    if HOLD > 0 and theirs.state == 'active' and theirs.inst ~= quiet and alive(theirs.inst) then
+      -- The partner waits for `name` to log in again (anywhere) and resume; the partner's
+      -- instance ends the wait after HOLD ms (HEARTBEAT).
+      redis.call('HSET', ukey(rec.peer), 'state', 'resuming', 'until', now_ms() + HOLD)
+      local ver = redis.call('HINCRBY', ukey(rec.peer), 'ver', 1)
+      send(theirs.inst, 'hold', rec.peer, theirs.sid, name, rec.inst, rec.sid, ver, '')
+      return
+    end
     local ver = clear_call(rec.peer, theirs.inst)
     if theirs.inst ~= quiet and alive(theirs.inst) then
       send(theirs.inst, 'gone', rec.peer, theirs.sid, name, rec.inst, rec.sid, ver, '')

@@ -9,9 +9,16 @@ for _, name in ipairs(redis.call('SMEMBERS', ikey(ME) .. ':calls')) do
   local rec = record(name)
   if not rec or rec.inst ~= ME or not rec.peer then
     redis.call('SREM', ikey(ME) .. ':calls', name)
-  elseif rec.state ~= 'resuming' then
-    -- (A request to resume waits for a partner who may not be back yet; its session
-    -- bounds the wait.)
+  elseif rec.state == 'resuming' then
+    -- Waiting for a vanished partner to resume: ended here when the hold runs out. (A
+    -- request the user made has no 'until': its session bounds it.)
+    local deadline = redis.call('HGET', ukey(name), 'until')
+    if deadline and tonumber(deadline) <= now_ms() then
+      table.insert(out, name)
+      table.insert(out, rec.peer)
+      table.insert(out, tostring(clear_call(name, ME)))
+    end
+  else
     local theirs = record(rec.peer)
     if not theirs or theirs.peer ~= name or not alive(theirs.inst) then
       local ver = clear_call(name, ME)

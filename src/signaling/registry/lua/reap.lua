@@ -1,6 +1,8 @@
--- REAP: ARGV[3] 'reap' or 'leave'. 'reap' frees the names of every instance whose lease
--- lapsed and tells their partners; any instance may run it, and twice is harmless. 'leave'
+-- REAP: ARGV[3] 'reap' or 'leave', ARGV[4] HOLD ms. 'reap' frees the names of every
+-- instance whose lease lapsed and tells their partners (or, with HOLD, lets them wait for a
+-- resume); any instance may run it, and twice is harmless. 'leave'
 -- does the same for the calling instance at shutdown. Returns {reaped, live instances}.
+HOLD = tonumber(ARGV[4]) or 0
 local function reap(inst)
   for _, name in ipairs(redis.call('SMEMBERS', ikey(inst) .. ':users')) do
     local rec = record(name)

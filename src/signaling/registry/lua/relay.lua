@@ -7,6 +7,11 @@
 local name, sid, kind, to, frame = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local mine = record(name)
 if not mine or mine.inst ~= ME or mine.sid ~= sid then return {'stale'} end
+if mine.state == 'resuming' and (kind == 'close' or kind == 'decline') then
+  -- Hanging up while waiting for the other side to resume: stop waiting.
+  clear_call(name, ME)
+  mine.peer = nil
+end
 if not mine.peer or mine.state == 'resuming' then
   if to == '' then return {'no-call'} end
   return {'not-in-call'}
