@@ -20,7 +20,7 @@ if (noRedis && process.env.CI === 'true') {
   throw new Error(`the cluster test cannot run: ${noRedis}`);
 }
 
-describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () => {
+describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () => {
   let browsers = [];
   const servers = [];
 
@@ -207,11 +207,12 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
     assert.equal(await state(alice), 'idle');
   });
 
-  test('alice and bob on two instances sharing one Redis see each other', { skip: noRedis ?? false, timeout: 40000 }, async () => {
+  test('alice and bob on two instances sharing one Redis see each other, and a redeploy keeps their call', { skip: noRedis ?? false, timeout: 70000 }, async () => {
     const redis = await startRedis();
     try {
-      const one = await start({ cluster: { url: redis.url, id: 'one' } });
-      const two = await start({ cluster: { url: redis.url, id: 'two' } });
+      // A grace period long enough for a redeploy, short enough to wait out in a test.
+      const one = await start({ cluster: { url: redis.url, id: 'one' }, grace: 8 });
+      const two = await start({ cluster: { url: redis.url, id: 'two' }, grace: 8 });
       const alice = await open(browsers[0], one);
       await login(alice, 'alice');
       const bob = await open(browsers[1], two);
@@ -229,11 +230,26 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 170000 }, () =
       await bob.click('button#close-call');
       await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
       await waitFor(alice, 'idle', 'bob hung up.');
-      // bob's instance stops (SIGTERM) mid-call: alice, on the other, is told at once.
+      // bob's instance is redeployed (SIGTERM, then a new process at the same address)
+      // mid-call: alice, on the other instance, is held for bob; bob's page logs in on the new
+      // process and resumes, and the call goes on, video flowing throughout.
       await connect(bob, alice, 'alice', 'bob');
+      const before = [await framesDecoded(alice), await framesDecoded(bob)];
       const { code } = await two.stop();
       assert.equal(code, 0);
-      await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.');
+      await waitFor(bob, 'reconnecting', 'The server is restarting.');
+      assert.equal(await state(alice), 'in-call', await statusText(alice));
+      await start({ port: two.port, dir: two.dir, cluster: { url: redis.url, id: 'two' }, grace: 8 });
+      await waitFor(bob, 'in-call', 'In a call with alice.', 15000);
+      assert.equal(await state(alice), 'in-call', await statusText(alice));
+      const later = [await framesDecoded(alice), await framesDecoded(bob)];
+      assert.ok(later[0] > before[0] && later[1] > before[1], `frames stalled: ${before} -> ${later}`);
+      await alice.click('button#close-call');
+      await waitFor(bob, 'idle', 'alice hung up.');
+      // Stopped for good, with nobody coming back: alice is told once the grace runs out.
+      await connect(bob, alice, 'alice', 'bob');
+      await bob.context().close();
+      await waitFor(alice, 'idle', 'Connection to bob lost: the call ended.', 15000);
       assert.deepEqual([...alice.errors, ...bob.errors], []);
     } finally {
       await redis.stop();

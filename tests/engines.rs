@@ -14,7 +14,7 @@ use dialtone::metrics::Metrics;
 use dialtone::signaling::protocol::LoginFailure;
 use dialtone::signaling::registry::cluster::Cluster;
 use dialtone::signaling::registry::{
-    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError,
+    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError, Tokens,
 };
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
@@ -109,7 +109,7 @@ impl Engines {
     async fn user(&self, side: usize, name: &str) -> User {
         let mut user = self.socket(side);
         user.conn
-            .login(name, format!("welcome {name}"))
+            .login(name, NO_TOKEN, |_| format!("welcome {name}"))
             .await
             .unwrap();
         assert_eq!(user.next().await, format!("welcome {name}"));
@@ -166,12 +166,18 @@ impl User {
     }
 }
 
+/// A login that presents no reconnect token (tests/grace.rs covers tokens).
+const NO_TOKEN: Tokens = Tokens {
+    presented: None,
+    new: "0000",
+};
+
 /// Retries a login until the name is free (a release is one round trip in a cluster).
 async fn login_when_free(user: &mut User, name: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        match user.conn.login(name, "welcome".into()).await {
-            Ok(()) => break,
+        match user.conn.login(name, NO_TOKEN, |_| "welcome".into()).await {
+            Ok(_) => break,
             Err(LoginFailure::NameTaken) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -186,7 +192,7 @@ async fn a_name_is_unique_everywhere_and_freed_on_drop(engines: Engines) {
     for side in [0, 1] {
         let mut other = engines.socket(side);
         assert_eq!(
-            other.conn.login("alice", "x".into()).await,
+            other.conn.login("alice", NO_TOKEN, |_| "x".into()).await,
             Err(LoginFailure::NameTaken),
             "side {side}"
         );
@@ -197,7 +203,7 @@ async fn a_name_is_unique_everywhere_and_freed_on_drop(engines: Engines) {
     let mut again = engines.socket(1);
     login_when_free(&mut again, "alice").await;
     assert_eq!(
-        again.conn.login("alice2", "x".into()).await,
+        again.conn.login("alice2", NO_TOKEN, |_| "x".into()).await,
         Err(LoginFailure::AlreadyLoggedIn)
     );
     assert_eq!(engines.sides[1].users(), 1);

@@ -326,3 +326,83 @@ async fn a_third_party_cannot_resume_someone_elses_call(server: Service) {
     );
     server.stop().await;
 }
+
+/// With several instances the token is checked in Redis too: a page that reconnects to
+/// another instance takes its session there, call and all.
+mod across_instances {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_takes_a_dropped_session_to_another_instance() {
+        let Some(server) = Service::split_with(GRACE).await else {
+            return;
+        };
+        // alice and bob both on the first instance; alice comes back on the second.
+        let (mut alice, login) = server.servers[0].user("alice").await;
+        let (mut bob, _) = server.servers[0].user("bob").await;
+        alice
+            .send(json!({"type": "offer", "offer": {"sdp": "o"}, "otherUsername": "bob"}))
+            .await;
+        assert_eq!(bob.recv().await["type"], "offer");
+        bob.send(json!({"type": "answer", "answer": {"sdp": "a"}}))
+            .await;
+        assert_eq!(alice.recv().await["type"], "answer");
+        drop(alice);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut alice = server.servers[1].ws().await;
+        let reply = alice.login_with_token("alice", &login["token"]).await;
+        assert_eq!(reply["resumed"], true, "{reply}");
+        assert_eq!(reply["otherUsername"], "bob", "{reply}");
+        // bob's instance now reaches alice on hers, both ways, with no word of the move.
+        bob.send(candidate(1)).await;
+        assert_eq!(alice.recv().await["candidate"]["candidate"], "c1");
+        alice
+            .send(json!({"type": "candidate", "candidate": {"candidate": "back"}}))
+            .await;
+        assert_eq!(bob.recv().await["candidate"]["candidate"], "back");
+        alice
+            .send(json!({"type": "offer", "offer": {"sdp": "restart"}, "otherUsername": "bob"}))
+            .await;
+        assert_eq!(bob.recv().await["offer"]["sdp"], "restart");
+        // The held session on the first instance was let go quietly: its grace running out
+        // (2 s) ends nothing.
+        bob.quiet(2500).await;
+        alice.quiet(100).await;
+        assert_eq!(server.users(), 2);
+        alice.send(json!({"type": "close"})).await;
+        assert_eq!(bob.recv().await["reason"], "hung-up");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_token_takes_a_live_session_from_another_instance() {
+        let Some(server) = Service::split_with(GRACE).await else {
+            return;
+        };
+        let (mut old, login, mut bob) = in_a_call(&server).await;
+        // alice was on the first instance, bob on the second; alice comes back on bob's.
+        let mut alice = server.servers[1].ws().await;
+        let wrong = alice.login_with_token("alice", &json!("guess")).await;
+        assert_eq!(wrong["code"], "name-taken", "{wrong}");
+        let reply = alice.login_with_token("alice", &login["token"]).await;
+        assert_eq!(reply["resumed"], true, "{reply}");
+        assert_eq!(reply["otherUsername"], "bob", "{reply}");
+        assert!(old.closed().await.is_some(), "the old socket is closed");
+        bob.quiet(300).await;
+        bob.send(candidate(2)).await;
+        assert_eq!(alice.recv().await["candidate"]["candidate"], "c2");
+        // The old token is spent everywhere; the new one works on the first instance too.
+        let mut thief = server.servers[0].ws().await;
+        let refused = thief.login_with_token("alice", &login["token"]).await;
+        assert_eq!(refused["code"], "name-taken", "{refused}");
+        drop(alice);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut again = server.servers[0].ws().await;
+        let back = again.login_with_token("alice", &reply["token"]).await;
+        assert_eq!(back["resumed"], true, "{back}");
+        assert_eq!(back["otherUsername"], "bob", "{back}");
+        bob.send(candidate(3)).await;
+        assert_eq!(again.recv().await["candidate"]["candidate"], "c3");
+        server.stop().await;
+    }
+}

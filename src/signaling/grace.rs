@@ -101,6 +101,12 @@ pub fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The token's SHA-256 digest in hex: what the Redis engine keeps, so another instance can
+/// check a token too.
+pub fn digest_hex(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn digest(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
@@ -183,21 +189,29 @@ impl Sessions {
     pub fn park(self: &Arc<Self>, mut held: Held, claim: Claim, grace: Duration) {
         let (tx, rx) = mpsc::channel(HELD_FRAMES);
         let full = Arc::new(Notify::new());
-        held.conn
-            .rebind(Outbox::new(tx, full.clone()), held.queue.as_mut(), |_| None);
+        held.conn.rebind(
+            Outbox::new(tx, full.clone()),
+            held.queue.as_mut(),
+            true,
+            |_| None,
+        );
         let sessions = self.clone();
         sessions.parked.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut claim = claim;
             let name = held.conn.name().map(str::to_owned);
             let handoff = tokio::select! {
-                handoff = claim.next() => Some(handoff),
-                () = tokio::time::sleep(grace) => None,
-                () = full.notified() => None,
+                handoff = claim.next() => Ok(handoff),
+                () = tokio::time::sleep(grace) => Err("did not come back in time: logged out"),
+                () = full.notified() => Err(if held.conn.evicted() {
+                    "came back on another instance"
+                } else {
+                    "too many messages held: logged out"
+                }),
             };
             sessions.parked.fetch_sub(1, Ordering::Relaxed);
             match handoff {
-                Some(handoff) => {
+                Ok(handoff) => {
                     held.queue = Some(rx);
                     // If the login gave up waiting, the membership is dropped here instead.
                     if let Err(held) = handoff.send(held) {
@@ -205,13 +219,10 @@ impl Sessions {
                         drop(held);
                     }
                 }
-                None => {
+                Err(why) => {
                     sessions.forget(&claim);
                     drop(held.conn);
-                    info!(
-                        user = name.as_deref(),
-                        "did not come back in time: logged out"
-                    );
+                    info!(user = name.as_deref(), "{why}");
                 }
             }
         });

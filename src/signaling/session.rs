@@ -21,7 +21,9 @@ use tracing::{debug, info};
 
 use super::grace::{self, Claim, Handoff, Held, Sessions};
 use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
-use super::registry::{Connection, Outbox, Queued, Registry, Relay, RelayError, Resumed};
+use super::registry::{
+    Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
+};
 use crate::config::{Config, IceServer, Limits, TurnConfig};
 use crate::limits::{Flood, Permit, TokenBucket, Verdict};
 use crate::metrics::Metrics;
@@ -673,19 +675,36 @@ async fn login(
         standing.claim = Some(shared.sessions.register(name, &new_token));
         standing.resume = held.resume.take();
         held.conn
-            .rebind(this.outbox.clone(), held.queue.as_mut(), |with| {
+            .rebind(this.outbox.clone(), held.queue.as_mut(), false, |with| {
                 Some(welcome(true, with))
             });
         // The fresh membership this socket started with was never logged in: dropping it
         // changes nothing.
         *conn = held.conn;
+        conn.set_token(&grace::digest_hex(&new_token)).await;
         info!(%client, user = name, "came back with its token");
         return None;
     }
-    match conn.login(name, welcome(false, None)).await {
-        Ok(()) => {
+    // With several instances the token may belong to a session held on another one.
+    let new_digest = grace::digest_hex(&new_token);
+    let presented = token.map(grace::digest_hex);
+    let tokens = Tokens {
+        presented: presented.as_deref(),
+        new: &new_digest,
+    };
+    let welcome = |how: &LoggedIn| match how {
+        LoggedIn::Fresh => welcome(false, None),
+        LoggedIn::TakenOver(with) => welcome(true, with.as_deref()),
+    };
+    match conn.login(name, tokens, welcome).await {
+        Ok(how) => {
             standing.claim = Some(shared.sessions.register(name, &new_token));
-            info!(%client, user = name, "logged in");
+            match how {
+                LoggedIn::Fresh => info!(%client, user = name, "logged in"),
+                LoggedIn::TakenOver(_) => {
+                    info!(%client, user = name, "came back with its token from another instance")
+                }
+            }
             None
         }
         Err(LoginFailure::NameTaken) => refuse(

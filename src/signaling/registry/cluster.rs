@@ -40,7 +40,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{CallState, Outbox, Queued, Relay, RelayError, Resumed};
+use super::{CallState, LoggedIn, Outbox, Queued, Relay, RelayError, Resumed, Tokens};
 use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
 use crate::signaling::protocol::LoginFailure;
@@ -59,11 +59,12 @@ const PUBLISH_BATCH: usize = 256;
 const COMMON: &str = include_str!("lua/common.lua");
 
 /// Every operation the metrics name.
-const OPS: [&str; 13] = [
+const OPS: [&str; 14] = [
     "claim",
     "offer",
     "relay",
     "resume",
+    "token",
     "publish",
     "release",
     "heartbeat",
@@ -81,6 +82,7 @@ struct Scripts {
     relay: Script,
     resume: Script,
     release: Script,
+    token: Script,
     heartbeat: Script,
     reap: Script,
     prune: Script,
@@ -95,6 +97,7 @@ impl Scripts {
             relay: script(include_str!("lua/relay.lua")),
             resume: script(include_str!("lua/resume.lua")),
             release: script(include_str!("lua/release.lua")),
+            token: script(include_str!("lua/token.lua")),
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             reap: script(include_str!("lua/reap.lua")),
             prune: script(include_str!("lua/prune.lua")),
@@ -168,6 +171,10 @@ struct Member {
     held: Option<Vec<String>>,
     /// Another instance holds the name now; the session is told to end.
     evicted: bool,
+    /// In grace: its queue holds messages until the user comes back. Messages sent straight
+    /// from a copy (see [`Inner::direct`]) go through Redis instead, which knows whether the
+    /// user came back on another instance meanwhile.
+    away: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -542,12 +549,14 @@ impl Inner {
         &self,
         names: &[(Arc<str>, u64, Option<Call>, u64)],
         overwrite_calls: bool,
+        token: &str,
     ) -> Result<Vec<String>, Down> {
         let mut invocation = self.invoke(&self.scripts.claim);
         invocation
             .arg(self.lease.as_millis() as u64)
             .arg(if overwrite_calls { "1" } else { "0" })
-            .arg(self.hold_ms.load(Ordering::Relaxed));
+            .arg(self.hold_ms.load(Ordering::Relaxed))
+            .arg(token);
         for (name, sid, call, ver) in names {
             let (peer, state) = match call {
                 Some(call) => (&*call.with, state_name(call.state)),
@@ -660,6 +669,27 @@ impl Inner {
                     return;
                 }
                 super::disconnected(from)
+            }
+            "taken" => {
+                // A login elsewhere presented this user's token: the socket here (live or
+                // in grace) goes without a word to anyone; the record is not ours to free.
+                member.evicted = true;
+                member.outbox.evict();
+                return;
+            }
+            "moved" => {
+                // The partner now lives on `from_at`: reach them there.
+                if let Some(call) = member.call.clone().filter(|c| *c.with == *from) {
+                    member.update(
+                        ver,
+                        Some(Call {
+                            at: from_at,
+                            sid: from_sid,
+                            ..call
+                        }),
+                    );
+                }
+                return;
             }
             "hold" => {
                 // The partner's instance went: wait for them to resume (no word to the page;
@@ -863,7 +893,7 @@ impl Inner {
             (claimed, self.next_sid.load(Ordering::Relaxed), overwrite)
         };
         for batch in claimed.chunks(RECLAIM_BATCH) {
-            let refused = match self.claim(batch, overwrite).await {
+            let refused = match self.claim(batch, overwrite, "").await {
                 Ok(refused) => refused,
                 Err(Down) => {
                     self.lock().dirty |= overwrite;
@@ -1001,7 +1031,7 @@ impl Inner {
                     let Some(partner) = local
                         .members
                         .get_mut(&with)
-                        .filter(|p| p.sid == their_sid && p.partner_is(me))
+                        .filter(|p| p.sid == their_sid && p.partner_is(me) && !p.away)
                     else {
                         return Err(frame);
                     };
@@ -1183,7 +1213,12 @@ impl Connection {
             .is_none_or(|m| m.sid != self.sid || m.evicted)
     }
 
-    pub async fn login(&mut self, name: &str, welcome: String) -> Result<(), LoginFailure> {
+    pub async fn login(
+        &mut self,
+        name: &str,
+        tokens: Tokens<'_>,
+        welcome: impl FnOnce(&LoggedIn) -> String,
+    ) -> Result<LoggedIn, LoginFailure> {
         if self.name.is_some() {
             return Err(LoginFailure::AlreadyLoggedIn);
         }
@@ -1206,11 +1241,40 @@ impl Connection {
                     ver: 0,
                     held: Some(Vec::new()),
                     evicted: false,
+                    away: false,
                 },
             );
         }
+        if let Some(presented) = tokens.presented {
+            match self.take_over(&name, presented, tokens.new).await {
+                Ok(Some(taken)) => {
+                    let mut local = inner.lock();
+                    if let Some(member) = local
+                        .members
+                        .get_mut(&name)
+                        .filter(|member| member.sid == self.sid)
+                    {
+                        member
+                            .outbox
+                            .deliver(Message::text(welcome(&LoggedIn::TakenOver(taken.clone()))));
+                        for frame in member.held.take().unwrap_or_default() {
+                            member.outbox.deliver(Message::text(frame));
+                        }
+                    }
+                    self.name = Some(name);
+                    return Ok(LoggedIn::TakenOver(taken));
+                }
+                // Nobody holds the name, or the token is not its current one: an ordinary
+                // claim, which then succeeds or says the name is taken.
+                Ok(None) => {}
+                Err(Down) => {
+                    lock(&inner.local).members.remove(&name);
+                    return Err(LoginFailure::Unavailable);
+                }
+            }
+        }
         let claimed = inner
-            .claim(&[(name.clone(), self.sid, None, 0)], false)
+            .claim(&[(name.clone(), self.sid, None, 0)], false, tokens.new)
             .await;
         let mut local = inner.lock();
         let ours = local
@@ -1219,12 +1283,14 @@ impl Connection {
             .filter(|member| member.sid == self.sid);
         match (claimed, ours) {
             (Ok(refused), Some(member)) if refused.is_empty() => {
-                member.outbox.deliver(Message::text(welcome));
+                member
+                    .outbox
+                    .deliver(Message::text(welcome(&LoggedIn::Fresh)));
                 for frame in member.held.take().unwrap_or_default() {
                     member.outbox.deliver(Message::text(frame));
                 }
                 self.name = Some(name);
-                Ok(())
+                Ok(LoggedIn::Fresh)
             }
             (claimed, ours) => {
                 if ours.is_some() {
@@ -1415,6 +1481,7 @@ impl Connection {
         &mut self,
         outbox: Outbox,
         held: Option<&mut mpsc::Receiver<Queued>>,
+        away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<Message>,
     ) {
         if let Some(name) = &self.name {
@@ -1433,9 +1500,99 @@ impl Connection {
                     }
                 }
                 member.outbox = outbox.clone();
+                member.away = away;
             }
         }
         self.outbox = outbox;
+    }
+
+    /// TOKEN 'take' (`lua/token.lua`): moves the session the token belongs to here, with its
+    /// call, and sets this copy from it. `Some(partner)` when it did.
+    async fn take_over(
+        &self,
+        name: &Arc<str>,
+        presented: &str,
+        new: &str,
+    ) -> Result<Option<Option<Arc<str>>>, Down> {
+        let inner = &self.cluster.inner;
+        let reply: Vec<String> = inner
+            .run(
+                "token",
+                inner
+                    .invoke(&inner.scripts.token)
+                    .arg(&**name)
+                    .arg(self.sid)
+                    .arg(new)
+                    .arg("take")
+                    .arg(presented),
+            )
+            .await?;
+        let ["taken", peer, state, peer_inst, peer_sid, my_ver, their_ver] =
+            reply.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        else {
+            return Ok(None);
+        };
+        let state = match state {
+            "calling" => Some(CallState::Calling),
+            "ringing" => Some(CallState::Ringing),
+            "active" => Some(CallState::Active),
+            "resuming" => Some(CallState::Resuming),
+            _ => None,
+        };
+        let here = peer_inst == inner.id;
+        let peer_sid = number(peer_sid);
+        let mut local = inner.lock();
+        let call = match (peer, state) {
+            ("", _) | (_, None) => None,
+            (peer, Some(state)) => Some(Call {
+                with: Arc::from(peer),
+                state,
+                at: (!here && !peer_inst.is_empty()).then(|| Arc::from(peer_inst)),
+                sid: peer_sid,
+            }),
+        };
+        let partner = call.as_ref().map(|call| call.with.clone());
+        if let Some(mine) = local.members.get_mut(name) {
+            mine.update(number(my_ver), call);
+        }
+        if here
+            && let Some(peer) = &partner
+            && let Some(theirs) = local.members.get_mut(peer)
+            && theirs.sid == peer_sid
+            && let Some(their_call) = theirs.call.clone()
+        {
+            theirs.update(
+                number(their_ver),
+                Some(Call {
+                    at: None,
+                    sid: self.sid,
+                    ..their_call
+                }),
+            );
+        }
+        info!(user = %name, "took its session over from another instance with its token");
+        Ok(Some(partner))
+    }
+
+    /// TOKEN 'set': the new token's digest, after a takeover on this instance.
+    pub async fn set_token(&self, digest: &str) {
+        let (Some(name), inner) = (&self.name, &self.cluster.inner) else {
+            return;
+        };
+        if !inner.is_up() {
+            return;
+        }
+        let _: Result<Vec<String>, Down> = inner
+            .run(
+                "token",
+                inner
+                    .invoke(&inner.scripts.token)
+                    .arg(&**name)
+                    .arg(self.sid)
+                    .arg(digest)
+                    .arg("set"),
+            )
+            .await;
     }
 
     /// One RESUME script (`lua/resume.lua`) in `mode` 'ask' or 'lapse'.

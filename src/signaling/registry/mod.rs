@@ -66,6 +66,24 @@ pub enum CallState {
     Resuming,
 }
 
+/// A login's reconnect tokens, as digests (see `signaling::grace`): the one the client
+/// presented, if any, and the new one it is given.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens<'a> {
+    pub presented: Option<&'a str>,
+    pub new: &'a str,
+}
+
+/// How a login went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoggedIn {
+    /// A name nobody held.
+    Fresh,
+    /// The presented token took over a session held on another instance, with its call
+    /// (the partner's name, if in one).
+    TakenOver(Option<Arc<str>>),
+}
+
 /// What a `resume` request led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resumed {
@@ -242,13 +260,30 @@ impl Connection {
         }
     }
 
-    /// Claims `name`. `welcome` reaches the client before anything another user sends to the
-    /// new name.
-    pub async fn login(&mut self, name: &str, welcome: String) -> Result<(), LoginFailure> {
+    /// Claims `name`, or, across instances, takes over the session the presented token
+    /// belongs to. `welcome` (built from how it went) reaches the client before anything
+    /// another user sends to the name.
+    pub async fn login(
+        &mut self,
+        name: &str,
+        tokens: Tokens<'_>,
+        welcome: impl FnOnce(&LoggedIn) -> String,
+    ) -> Result<LoggedIn, LoginFailure> {
         match self {
-            Connection::Memory(conn) => conn.login(name, Message::text(welcome)),
+            // One process: a token is checked by the session layer, which holds them all.
+            Connection::Memory(conn) => conn
+                .login(name, Message::text(welcome(&LoggedIn::Fresh)))
+                .map(|()| LoggedIn::Fresh),
             // Boxed so the memory engine's sessions do not carry the Redis future's size.
-            Connection::Cluster(conn) => Box::pin(conn.login(name, welcome)).await,
+            Connection::Cluster(conn) => Box::pin(conn.login(name, tokens, welcome)).await,
+        }
+    }
+
+    /// Records the digest of the user's new token where other instances can check it (after
+    /// a takeover on this instance). Nothing to do in memory.
+    pub async fn set_token(&self, digest: &str) {
+        if let Connection::Cluster(conn) = self {
+            Box::pin(conn.set_token(digest)).await;
         }
     }
 
@@ -293,17 +328,19 @@ impl Connection {
     }
 
     /// Moves this user to another socket's queue, on this instance: `welcome` (built from the
-    /// current partner's name) first, then what `held` kept, then everything new.
+    /// current partner's name) first, then what `held` kept, then everything new. `away`:
+    /// the queue holds messages for a user in grace (no socket reads it now).
     pub fn rebind(
         &mut self,
         outbox: Outbox,
         held: Option<&mut mpsc::Receiver<Queued>>,
+        away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<String>,
     ) {
         let welcome = |with: Option<&str>| welcome(with).map(Message::text);
         match self {
             Connection::Memory(conn) => conn.rebind(outbox, held, welcome),
-            Connection::Cluster(conn) => conn.rebind(outbox, held, welcome),
+            Connection::Cluster(conn) => conn.rebind(outbox, held, away, welcome),
         }
     }
 

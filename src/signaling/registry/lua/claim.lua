@@ -1,13 +1,15 @@
--- CLAIM: ARGV[3] lease ms, ARGV[4] '1' to overwrite call state, ARGV[5] HOLD ms, then
--- groups of name, session id, peer ('' for none), state, version. Renews the lease too.
+-- CLAIM: ARGV[3] lease ms, ARGV[4] '1' to overwrite call state, ARGV[5] HOLD ms, ARGV[6]
+-- the digest of a login's reconnect token ('' to leave it), then groups of name, session
+-- id, peer ('' for none), state, version. Renews the lease too.
 -- A name is free when nobody holds it, when its holder's lease is gone, or when the holder
 -- is this instance (which checked its own sockets before asking). Returns the names refused.
 redis.call('SET', ikey(ME), '1', 'PX', ARGV[3])
 redis.call('SADD', P .. 'instances', ME)
 local overwrite = ARGV[4] == '1'
 HOLD = tonumber(ARGV[5]) or 0
+local tok = ARGV[6]
 local refused = {}
-for i = 6, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   local name, sid, peer, state, ver = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local rec = record(name)
   if rec and rec.inst ~= ME and alive(rec.inst) then
@@ -30,6 +32,7 @@ for i = 6, #ARGV, 5 do
       end
     end
     redis.call('SADD', ikey(ME) .. ':users', name)
+    if tok ~= '' then redis.call('HSET', ukey(name), 'tok', tok) end
   end
 end
 return refused

@@ -3,7 +3,8 @@
 --   inst:<id>        the instance's lease (a TTL key, renewed by its heartbeat)
 --   inst:<id>:users  the names it holds; inst:<id>:calls the ones of those in a call
 --   instances        every instance id that may still hold names
---   user:<name>      hash: inst, sid (its session), ver (raised on every change of its call),
+--   user:<name>      hash: inst, sid (its session), tok (the digest of its reconnect token,
+--                    see token.lua), ver (raised on every change of its call),
 --                    and while in a call peer and state (calling, ringing, active; or
 --                    resuming: waiting for peer to ask to resume too, see resume.lua)
 --   ch:<id>          the instance's pub/sub channel
