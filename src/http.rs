@@ -316,6 +316,7 @@ impl App {
         let body = self.metrics().render(Snapshot {
             connections: self.connections(),
             users: registry.users(),
+            users_in_grace: self.inner.shared.sessions.parked(),
             calls_ringing,
             calls_active,
         });

@@ -13,6 +13,7 @@ pub struct Metrics {
     registry: prometheus::Registry,
     connections: IntGauge,
     users: IntGauge,
+    users_in_grace: IntGauge,
     calls: IntGaugeVec,
     relayed: IntCounterVec,
     errors: IntCounterVec,
@@ -26,6 +27,8 @@ pub struct Metrics {
 pub struct Snapshot {
     pub connections: usize,
     pub users: usize,
+    /// Of `users`, those whose socket dropped and who are held for the grace period.
+    pub users_in_grace: usize,
     pub calls_ringing: usize,
     pub calls_active: usize,
 }
@@ -48,6 +51,10 @@ impl Metrics {
             registry: prometheus::Registry::new(),
             connections: gauge("dialtone_connections", "Open WebSocket connections."),
             users: gauge("dialtone_users", "Logged-in users."),
+            users_in_grace: gauge(
+                "dialtone_users_in_grace",
+                "Logged-in users whose connection dropped, held for resume_grace_secs.",
+            ),
             calls: IntGaugeVec::new(
                 Opts::new("dialtone_calls", "Calls, by state (ringing or active)."),
                 &["state"],
@@ -79,9 +86,10 @@ impl Metrics {
                 "code",
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(metrics.connections.clone()),
             Box::new(metrics.users.clone()),
+            Box::new(metrics.users_in_grace.clone()),
             Box::new(metrics.calls.clone()),
             Box::new(metrics.relayed.clone()),
             Box::new(metrics.errors.clone()),
@@ -127,6 +135,7 @@ impl Metrics {
         };
         set(&self.connections, now.connections);
         set(&self.users, now.users);
+        set(&self.users_in_grace, now.users_in_grace);
         set(
             &self.calls.with_label_values(&["ringing"]),
             now.calls_ringing,

@@ -46,6 +46,16 @@ async fn in_a_call(server: &Service) -> (Ws, Value, Ws) {
     (alice, login, bob)
 }
 
+/// `dialtone_users_in_grace`, summed over the service's instances.
+async fn in_grace(server: &Service) -> f64 {
+    let mut sum = 0.0;
+    for one in &server.servers {
+        let metrics = one.get("/metrics").await.body;
+        sum += common::sample(&metrics, "dialtone_users_in_grace").expect("the gauge");
+    }
+    sum
+}
+
 /// A new socket on alice's own instance.
 async fn back_home(server: &Service) -> Ws {
     server.servers[0].ws().await
@@ -98,10 +108,12 @@ async fn a_token_takes_back_a_dropped_socket_with_its_call_and_held_messages(ser
     bob.send(json!({"type": "offer", "offer": {"sdp": "restart"}, "otherUsername": "alice"}))
         .await;
     bob.quiet(500).await;
+    assert_eq!(in_grace(&server).await, 1.0);
     let mut alice = back_home(&server).await;
     let reply = alice.login_with_token("alice", &login["token"]).await;
     assert_eq!(reply["resumed"], true, "{reply}");
     assert_eq!(reply["otherUsername"], "bob", "{reply}");
+    assert_eq!(in_grace(&server).await, 0.0);
     for n in 0..5 {
         let held = alice.recv().await;
         assert_eq!(held["candidate"]["candidate"], format!("c{n}"), "{held}");
