@@ -24,6 +24,7 @@ on_one_server_and_split!(
     leaving_on_purpose_ends_things_at_once,
     a_user_in_grace_is_busy_for_others,
     resume_pairs_only_two_users_who_asked_for_each_other,
+    a_hang_up_while_waiting_to_resume_withdraws_the_request,
     a_third_party_cannot_resume_someone_elses_call,
 );
 
@@ -290,6 +291,32 @@ async fn resume_pairs_only_two_users_who_asked_for_each_other(server: Service) {
         .send(json!({"type": "close", "otherUsername": "bob"}))
         .await;
     assert_eq!(bob.recv().await["reason"], "hung-up");
+    assert_eq!(server.calls(), (0, 0));
+    server.stop().await;
+}
+
+async fn a_hang_up_while_waiting_to_resume_withdraws_the_request(server: Service) {
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    alice
+        .send(json!({"type": "resume", "otherUsername": "bob"}))
+        .await;
+    // alice gives up (the page's hang-up button) before bob is back.
+    assert_eq!(
+        alice
+            .error_code(json!({"type": "close", "otherUsername": "bob"}))
+            .await,
+        "not-in-call"
+    );
+    bob.send(json!({"type": "resume", "otherUsername": "alice"}))
+        .await;
+    alice.quiet(300).await;
+    // bob's request finds nobody and runs out (2 s) with the usual ending.
+    let lapsed = bob.recv_within(Duration::from_secs(4)).await;
+    assert_eq!(
+        lapsed,
+        json!({"type": "close", "username": "alice", "reason": "disconnected"})
+    );
     assert_eq!(server.calls(), (0, 0));
     server.stop().await;
 }
