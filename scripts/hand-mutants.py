@@ -130,6 +130,10 @@ MUTANTS = [
      "if mine.state == 'resuming' and (kind == 'close' or kind == 'decline') then",
      "if false then",
      ["--test", "grace", "withdraws"]),
+    ("a wait for a resume written back after a Redis restart is unbounded",
+     "src/signaling/registry/lua/claim.lua",
+     "if state == 'resuming' and HOLD > 0 then", "if false then",
+     ["--test", "cluster", "a_wait_for_a_resume"]),
 ]
 
 

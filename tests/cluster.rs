@@ -295,6 +295,27 @@ async fn with_a_grace_period_the_partner_of_a_stopped_instance_waits_then_is_tol
 }
 
 #[tokio::test]
+async fn a_wait_for_a_resume_outlives_a_redis_restart_and_still_ends() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let extra = "resume_grace_secs = 3\nheartbeat_ms = 200\nlease_ms = 1000\n";
+    let (mut a, b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, extra).await;
+    a.run.signal("TERM");
+    // bob waits for alice to resume (a leaves as its drain starts); then, within the 3 s,
+    // Redis loses everything, and bob's instance writes bob back, still waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart_empty();
+    // The wait is bounded again, so bob is told in the end, not left in a call forever.
+    let told = bob.recv_within(Duration::from_secs(10)).await;
+    assert_eq!(
+        told,
+        json!({"type": "close", "username": "alice", "reason": "disconnected"})
+    );
+    assert!(a.run.wait(Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
 async fn an_instance_stopped_with_sigterm_releases_its_users_before_it_exits() {
     let Some(redis) = Redis::start() else { return };
     // A lease far longer than the test: only the instance itself can free its names in time.

@@ -27,6 +27,10 @@ for i = 7, #ARGV, 5 do
     if overwrite or not same then
       if peer ~= '' then
         set_call(name, ME, peer, state)
+        -- A wait for a resume written back after Redis lost it is bounded again.
+        if state == 'resuming' and HOLD > 0 then
+          redis.call('HSET', ukey(name), 'until', now_ms() + HOLD)
+        end
       else
         clear_call(name, ME)
       end
