@@ -300,7 +300,7 @@ async fn a_wait_for_a_resume_outlives_a_redis_restart_and_still_ends() {
         return;
     };
     let extra = "resume_grace_secs = 3\nheartbeat_ms = 200\nlease_ms = 1000\n";
-    let (mut a, b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, extra).await;
+    let (mut a, _b, _alice, mut bob) = alice_and_bob_in_a_call(&redis, extra).await;
     a.run.signal("TERM");
     // bob waits for alice to resume (a leaves as its drain starts); then, within the 3 s,
     // Redis loses everything, and bob's instance writes bob back, still waiting.
