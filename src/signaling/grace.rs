@@ -250,6 +250,11 @@ mod tests {
         let mut flipped = digest(&a);
         flipped[31] ^= 1;
         assert!(!same(&digest(&a), &flipped));
+        // Two differences that would cancel out if they were xor-ed together.
+        let mut twice = digest(&a);
+        twice[0] ^= 1;
+        twice[1] ^= 1;
+        assert!(!same(&digest(&a), &twice));
     }
 
     #[test]
