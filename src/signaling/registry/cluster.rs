@@ -590,6 +590,55 @@ impl Inner {
         }
     }
 
+    /// After a script made `me` (session `my_sid`, here) and `partner` partners: sets this
+    /// instance's copies to what the script returned (`mine`, when my side changed, and
+    /// `theirs`, when the partner is here too: version and state each), then delivers
+    /// `frame` to a partner here, or counts it as published (the script sent it).
+    fn partnered(
+        &self,
+        me: &Arc<str>,
+        my_sid: u64,
+        mine: Option<(u64, CallState)>,
+        partner: &Partner<'_>,
+        theirs: (u64, CallState),
+        frame: String,
+    ) {
+        let here = partner.instance == self.id;
+        let mut local = self.lock();
+        if let Some((ver, state)) = mine
+            && let Some(member) = local.members.get_mut(me)
+        {
+            member.update(
+                ver,
+                Some(Call {
+                    with: Arc::from(partner.name),
+                    state,
+                    at: (!here).then(|| Arc::from(partner.instance)),
+                    sid: partner.sid,
+                }),
+            );
+        }
+        if !here {
+            self.metrics.published.inc();
+            return;
+        }
+        if let Some(member) = local.members.get_mut(partner.name)
+            && member.sid == partner.sid
+        {
+            let (ver, state) = theirs;
+            member.update(
+                ver,
+                Some(Call {
+                    with: me.clone(),
+                    state,
+                    at: None,
+                    sid: my_sid,
+                }),
+            );
+        }
+        Inner::deliver_local(&mut local, partner.name, partner.sid, frame);
+    }
+
     /// Delivers to a socket of this instance, if it is still the session the record named.
     fn deliver_local(local: &mut Local, to: &str, sid: u64, frame: String) {
         if let Some(member) = local.members.get_mut(to)
@@ -1130,6 +1179,13 @@ struct Outgoing {
     pending: Arc<Pending>,
 }
 
+/// The other side of a call as a script's reply names it: its name, instance and session.
+struct Partner<'a> {
+    name: &'a str,
+    instance: &'a str,
+    sid: u64,
+}
+
 /// One socket's messages still in the publish queue. A script the socket runs next waits
 /// for them to be sent first: they share one connection to Redis, so Redis then sees them
 /// in the order the client sent them.
@@ -1338,42 +1394,16 @@ impl Connection {
             .map_err(|Down| RelayError::Unavailable)?;
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
             ["ok", instance, their_sid, new, my_ver, their_ver] => {
-                let callee: Arc<str> = Arc::from(to);
-                let here = instance == inner.id;
-                let their_sid = number(their_sid);
-                let mut local = inner.lock();
-                if new == "1"
-                    && let Some(mine) = local.members.get_mut(me)
-                {
-                    mine.update(
-                        number(my_ver),
-                        Some(Call {
-                            with: callee.clone(),
-                            state: CallState::Calling,
-                            at: (!here).then(|| Arc::from(instance)),
-                            sid: their_sid,
-                        }),
-                    );
-                }
-                if here {
-                    if let Some(theirs) = local.members.get_mut(to)
-                        && theirs.sid == their_sid
-                    {
-                        theirs.update(
-                            number(their_ver),
-                            Some(Call {
-                                with: me.clone(),
-                                state: CallState::Ringing,
-                                at: None,
-                                sid: self.sid,
-                            }),
-                        );
-                    }
-                    Inner::deliver_local(&mut local, to, their_sid, frame);
-                } else {
-                    inner.metrics.published.inc();
-                }
-                Ok(callee)
+                // A renegotiation ('0') leaves my copy as it is.
+                let mine = (new == "1").then(|| (number(my_ver), CallState::Calling));
+                let theirs = (number(their_ver), CallState::Ringing);
+                let partner = Partner {
+                    name: to,
+                    instance,
+                    sid: number(their_sid),
+                };
+                inner.partnered(me, self.sid, mine, &partner, theirs, frame);
+                Ok(Arc::from(to))
             }
             ["unknown"] => Err(RelayError::UnknownUser(to.to_owned())),
             ["busy"] => Err(RelayError::Busy(Arc::from(to))),
@@ -1495,9 +1525,7 @@ impl Connection {
                     outbox.deliver(frame);
                 }
                 if let Some(held) = held {
-                    while let Ok(frame) = held.try_recv() {
-                        outbox.deliver(*frame);
-                    }
+                    outbox.take_from(held);
                 }
                 member.outbox = outbox.clone();
                 member.away = away;
@@ -1630,38 +1658,14 @@ impl Connection {
         let with: Arc<str> = Arc::from(to);
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
             ["paired", instance, their_sid, my_ver, their_ver] => {
-                let here = instance == inner.id;
-                let their_sid = number(their_sid);
-                let mut local = inner.lock();
-                if let Some(mine) = local.members.get_mut(me) {
-                    mine.update(
-                        number(my_ver),
-                        Some(Call {
-                            with: with.clone(),
-                            state: CallState::Active,
-                            at: (!here).then(|| Arc::from(instance)),
-                            sid: their_sid,
-                        }),
-                    );
-                }
-                if here {
-                    if let Some(theirs) = local.members.get_mut(to)
-                        && theirs.sid == their_sid
-                    {
-                        theirs.update(
-                            number(their_ver),
-                            Some(Call {
-                                with: me.clone(),
-                                state: CallState::Active,
-                                at: None,
-                                sid: self.sid,
-                            }),
-                        );
-                    }
-                    Inner::deliver_local(&mut local, to, their_sid, frame);
-                } else {
-                    inner.metrics.published.inc();
-                }
+                let mine = Some((number(my_ver), CallState::Active));
+                let theirs = (number(their_ver), CallState::Active);
+                let partner = Partner {
+                    name: to,
+                    instance,
+                    sid: number(their_sid),
+                };
+                inner.partnered(me, self.sid, mine, &partner, theirs, frame);
                 Ok(Resumed::Paired)
             }
             ["active"] => Ok(Resumed::Paired),

@@ -273,9 +273,7 @@ impl Connection {
                 outbox.deliver(frame);
             }
             if let Some(held) = held {
-                while let Ok(frame) = held.try_recv() {
-                    outbox.deliver(*frame);
-                }
+                outbox.take_from(held);
             }
             user.outbox = outbox.clone();
         }

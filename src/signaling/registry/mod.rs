@@ -172,6 +172,13 @@ impl Outbox {
     pub fn evict(&self) {
         self.full.notify_one();
     }
+
+    /// Queues everything waiting in `held` (frames kept for a user in grace), in order.
+    pub fn take_from(&self, held: &mut mpsc::Receiver<Queued>) {
+        while let Ok(frame) = held.try_recv() {
+            self.deliver(*frame);
+        }
+    }
 }
 
 /// The engine in use. Cloning it is one reference count.
