@@ -51,6 +51,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Several instances as one service, through Redis. Without a URL: one process, in memory.
     pub cluster: ClusterConfig,
+    pub presence: PresenceConfig,
+}
+
+/// Who's online. Off by default: listing everyone online is the operator's privacy choice.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Send logged-in pages the list of users online, with busy marked, as it changes.
+    pub enabled: bool,
 }
 
 /// The Redis backplane. Times are in milliseconds.
@@ -305,6 +314,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             log_format: LogFormat::default(),
             cluster: ClusterConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   `/metrics`, the page's files with security headers.
 //! - [`limits`]: connections per address, token buckets for message and login rates.
 //! - [`metrics`]: the Prometheus counters and gauges.
+//! - [`qr`]: QR codes of the page's address, for the banner and `/qr.svg`.
 //! - [`signaling`]: the relay itself: protocol, registry, sessions.
 //!
 //! `main.rs` is a thin wrapper: it parses the command line, loads the config, binds, and
@@ -21,6 +22,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod qr;
 pub mod server;
 pub mod signaling;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! The `dialtone` binary: command line, logging, config, bind, then [`server::run`].
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,7 +129,17 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
         (Some(tls), _) => {
             lines.push(format!("  mode: HTTPS with a {}", tls.origin));
             lines.push("  open one of:".into());
-            lines.extend(urls(bound).into_iter().map(|url| format!("    {url}")));
+            let urls = urls(bound);
+            lines.extend(urls.iter().map(|url| format!("    {url}")));
+            // A person at a terminal can point a phone at it; a log file gets no picture.
+            let lan = urls.iter().skip(1).find(|url| !is_loopback_url(url));
+            if std::io::stdout().is_terminal()
+                && let Some(lan) = lan
+                && let Some(code) = dialtone::qr::terminal(lan)
+            {
+                lines.push(format!("  on a phone on this network, scan to open {lan}:"));
+                lines.push(code.trim_end().to_owned());
+            }
             lines.push("  certificate SHA-256 fingerprint:".into());
             lines.push(format!("    {}", tls.fingerprint));
             if tls.self_signed {
@@ -164,15 +175,17 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
     let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
 }
 
+fn is_loopback_url(url: &str) -> bool {
+    url.strip_prefix("https://")
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .is_some_and(|addr| addr.ip().is_loopback())
+}
+
 /// https://localhost:PORT and one URL per LAN address a phone could use.
 fn urls(bound: SocketAddr) -> Vec<String> {
     let port = bound.port();
     let ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
-        tls::lan_addresses()
-            .into_iter()
-            // Browsers cannot open link-local IPv6 URLs (they need a zone id).
-            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
-            .collect()
+        tls::reachable_lan_addresses()
     } else {
         vec![bound.ip()]
     };

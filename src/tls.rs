@@ -175,6 +175,15 @@ pub fn lan_addresses() -> Vec<IpAddr> {
     addresses
 }
 
+/// The LAN addresses a browser on another device can open: link-local IPv6 ones are left
+/// out (their URLs would need a zone id). IPv4 first.
+pub fn reachable_lan_addresses() -> Vec<IpAddr> {
+    lan_addresses()
+        .into_iter()
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .collect()
+}
+
 /// Makes a certificate and key (PEM) for `names`, valid from a day before `now` for a year.
 /// It is an end-entity certificate (no CA bit), which browsers accept as an exception and
 /// rustls clients can trust directly.

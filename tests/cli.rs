@@ -70,6 +70,7 @@ async fn the_binary_prints_where_to_go_and_serves_https_until_sigterm() {
     let fingerprint = dialtone::tls::fingerprint(&cert);
     assert!(banner.contains(&fingerprint), "{banner}");
     assert!(banner.contains("mode: HTTPS"), "{banner}");
+    assert!(!banner.contains("scan"), "no QR code into a pipe: {banner}");
     let port = running.port();
     assert!(
         banner.contains(&format!("https://127.0.0.1:{port}")),
@@ -471,4 +472,78 @@ fn a_lease_shorter_than_two_heartbeats_stops_the_binary_with_a_reason() {
         stderr.contains("lease_ms (1500) must be at least twice heartbeat_ms"),
         "{stderr}"
     );
+}
+
+/// At a terminal (`script` gives the binary one) the banner draws a QR code of the first LAN
+/// URL, so a phone can open it.
+#[test]
+fn at_a_terminal_the_banner_draws_a_qr_code_of_the_lan_url() {
+    use std::io::{BufRead, BufReader};
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script (util-linux) is missing"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"0.0.0.0:0\"\npublic_dir = {:?}\n",
+            repo_public().display().to_string()
+        ),
+    );
+    // The binary ends by itself (SIGTERM after 20 s) even if this test fails midway.
+    let inner = format!(
+        "exec timeout -s TERM 20 {} --config {}",
+        env!("CARGO_BIN_EXE_dialtone"),
+        config.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line.trim_end_matches('\r').to_owned());
+        }
+    });
+    let mut banner = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let last = line == "Press Ctrl-C to stop.";
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = banner.join("\n");
+    assert!(text.contains("Press Ctrl-C to stop."), "{text}");
+    let Some(first_lan) = dialtone::tls::reachable_lan_addresses().first().copied() else {
+        assert!(!text.contains("scan"), "no LAN address, no code: {text}");
+        return;
+    };
+    let at = banner
+        .iter()
+        .position(|line| line.contains("scan to open"))
+        .unwrap_or_else(|| panic!("no QR code at a terminal: {text}"));
+    let url = banner[at].rsplit(' ').next().unwrap().trim_end_matches(':');
+    let addr: std::net::SocketAddr = url.strip_prefix("https://").unwrap().parse().unwrap();
+    assert_eq!(addr.ip(), first_lan, "{text}");
+    assert!(
+        banner.contains(&format!("    {url}")),
+        "one of the listed URLs: {text}"
+    );
+    let code = dialtone::qr::terminal(url).unwrap();
+    let drawn: Vec<&str> = banner[at + 1..].iter().map(String::as_str).collect();
+    let expected: Vec<&str> = code.lines().collect();
+    assert_eq!(drawn[..expected.len()], expected[..], "{text}");
 }

@@ -92,6 +92,8 @@ both_engines!(
     two_callers_cannot_both_ring_one_callee,
     crossed_offers_make_one_call,
     a_senders_messages_arrive_in_order,
+    a_name_is_one_user_whatever_its_case,
+    the_presence_list_is_sorted_bounded_and_marks_busy,
 );
 
 impl Engines {
@@ -210,6 +212,105 @@ async fn a_name_is_unique_everywhere_and_freed_on_drop(engines: Engines) {
     drop(again);
     let mut third = engines.socket(0);
     login_when_free(&mut third, "alice").await;
+}
+
+async fn a_name_is_one_user_whatever_its_case(engines: Engines) {
+    let bob = engines.user(0, "Bob").await;
+    let strasse = engines.user(1, "Straße").await;
+    let emile = engines.user(0, "\u{e9}mile").await;
+    // Full case folding (ß is ss) and NFC (é is e + U+0301), on both sides.
+    for (side, name) in [
+        (0, "bob"),
+        (1, "BOB"),
+        (1, "STRASSE"),
+        (0, "strasse"),
+        (1, "E\u{301}MILE"),
+    ] {
+        let mut other = engines.socket(side);
+        assert_eq!(
+            other.conn.login(name, NO_TOKEN, |_| "x".into()).await,
+            Err(LoginFailure::NameTaken),
+            "{name} on side {side}"
+        );
+    }
+    let mut alice = engines.user(1, "alice").await;
+    // Calling "BOB" reaches Bob, who is named as he typed it.
+    assert_eq!(alice.offer("BOB", "offer").await.as_deref(), Ok("Bob"));
+    let mut bob = bob;
+    assert_eq!(bob.next().await, "offer");
+    assert_eq!(
+        engines.call_of(&alice, "alice"),
+        Some(("Bob".into(), CallState::Calling))
+    );
+    bob.relay(Relay::Answer, Some("ALICE"), "answer")
+        .await
+        .unwrap();
+    assert_eq!(alice.next().await, "answer");
+    alice
+        .relay(Relay::Candidate, Some("bob"), "cand")
+        .await
+        .unwrap();
+    assert_eq!(bob.next().await, "cand");
+    assert_eq!(alice.offer("bOb", "re-offer").await.as_deref(), Ok("Bob"));
+    assert_eq!(bob.next().await, "re-offer");
+    assert_eq!(bob.offer("Alice", "re").await.as_deref(), Ok("alice"));
+    assert_eq!(alice.next().await, "re");
+    let mut carol = engines.user(0, "carol").await;
+    assert_eq!(
+        carol.offer("BOB", "x").await,
+        Err(RelayError::Busy("Bob".into()))
+    );
+    assert_eq!(bob.offer("BOB", "x").await, Err(RelayError::SelfCall));
+    assert_eq!(
+        carol.relay(Relay::Close, Some("BOB"), "x").await,
+        Err(RelayError::NotInCallWith("BOB".into()))
+    );
+    carol.quiet().await;
+    // Bob's socket goes: alice is told, with his name as he typed it.
+    drop(bob);
+    let gone = alice.json().await;
+    assert_eq!(gone["type"], "close");
+    assert_eq!(gone["username"], "Bob");
+    let mut again = engines.socket(1);
+    login_when_free(&mut again, "bob").await;
+    drop((strasse, emile));
+}
+
+async fn the_presence_list_is_sorted_bounded_and_marks_busy(engines: Engines) {
+    let mut users = Vec::new();
+    for (side, name) in [
+        (0, "dora"),
+        (1, "Carol"),
+        (0, "bob"),
+        (1, "Alice"),
+        (0, "eve"),
+    ] {
+        users.push(engines.user(side, name).await);
+    }
+    users[2].offer("alice", "offer").await.unwrap();
+    assert_eq!(users[3].next().await, "offer");
+    // Each instance stores its own list when it reads the others'.
+    engines.sides[1]
+        .online(3)
+        .await
+        .expect("the backplane is up");
+    let online = engines.sides[0]
+        .online(3)
+        .await
+        .expect("the backplane is up");
+    let listed: Vec<(&str, bool)> = online.users.iter().map(|(n, b)| (&**n, *b)).collect();
+    assert_eq!(listed, [("Alice", true), ("bob", true), ("Carol", false)]);
+    assert_eq!(online.total, 5);
+    // Only those who can read it get a broadcast.
+    let frame = Message::text("list");
+    engines.sides[0].broadcast(&frame);
+    if let Registry::Cluster(_) = &engines.sides[1] {
+        engines.sides[1].broadcast(&frame);
+    }
+    for user in &mut users {
+        assert_eq!(user.next().await, "list");
+        user.quiet().await;
+    }
 }
 
 async fn a_call_from_ringing_to_hang_up(engines: Engines) {

@@ -34,6 +34,7 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
             Just("\"close\""),
             Just("\"leave\""),
             Just("\"resume\""),
+            Just("\"media\""),
             Just("\"alice\""),
         ]
         .prop_map(str::to_owned),
@@ -49,6 +50,8 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
         Just("offer"),
         Just("answer"),
         Just("candidate"),
+        Just("audio"),
+        Just("video"),
         Just("sdp"),
         Just("x"),
     ];
@@ -77,10 +80,11 @@ enum Expected {
     Candidate(Value, Option<String>),
     Decline(Option<String>),
     Close(Option<String>),
+    Media(bool, bool, Option<String>),
 }
 
 /// The fields a message may define; a second copy of one of them makes the message ambiguous.
-const KNOWN: [&str; 7] = [
+const KNOWN: [&str; 9] = [
     "type",
     "token",
     "username",
@@ -88,6 +92,8 @@ const KNOWN: [&str; 7] = [
     "offer",
     "answer",
     "candidate",
+    "audio",
+    "video",
 ];
 
 fn expected(text: &str, duplicate_known_key: bool) -> Expected {
@@ -138,6 +144,12 @@ fn expected(text: &str, duplicate_known_key: bool) -> Expected {
         },
         "decline" => to.map(Decline).unwrap_or(bad),
         "close" | "leave" => to.map(Close).unwrap_or(bad),
+        "media" => match (fields.get("audio"), fields.get("video"), to) {
+            (Some(Value::Bool(audio)), Some(Value::Bool(video)), Ok(to)) => {
+                Media(*audio, *video, to)
+            }
+            _ => bad,
+        },
         _ => Refused("unknown-type"),
     }
 }
@@ -166,6 +178,7 @@ fn actual(text: &str) -> Expected {
         Ok(ClientMessage::Candidate { candidate, to }) => Candidate(tree(candidate), name(to)),
         Ok(ClientMessage::Decline { to }) => Decline(name(to)),
         Ok(ClientMessage::Close { to }) => Close(name(to)),
+        Ok(ClientMessage::Media { audio, video, to }) => Media(audio, video, name(to)),
     }
 }
 
@@ -179,6 +192,8 @@ fn message() -> impl Strategy<Value = (String, bool)> {
         1 => Just("offer"),
         1 => Just("answer"),
         1 => Just("candidate"),
+        1 => Just("audio"),
+        1 => Just("video"),
         1 => Just("sdp"),
         1 => Just("x"),
     ];
@@ -230,7 +245,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Connect),
         2 => (0..6usize, 0..4usize).prop_map(|(c, n)| Op::Login(c, n)),
         3 => (0..6usize, 0..4usize).prop_map(|(c, n)| Op::Offer(c, n)),
-        4 => (0..6usize, 0..4u8, prop::option::of(0..4usize))
+        4 => (0..6usize, 0..5u8, prop::option::of(0..4usize))
             .prop_map(|(c, k, n)| Op::Relay(c, k, n)),
         1 => (0..6usize).prop_map(Op::Drop),
         3 => (0..6usize).prop_map(Op::Drain),
@@ -327,7 +342,7 @@ impl Model {
                 self.calls.remove(me);
                 self.calls.remove(partner);
             }
-            Relay::Candidate => {}
+            Relay::Candidate | Relay::Media => {}
         }
         self.deliver_to(partner, frame.to_owned());
         Ok(partner.into())
@@ -431,7 +446,7 @@ proptest! {
                 }
                 Op::Relay(c, kind, to) => {
                     if let Some(Some(socket)) = sockets.get(c) {
-                        let kind = [Relay::Answer, Relay::Candidate, Relay::Decline, Relay::Close]
+                        let kind = [Relay::Answer, Relay::Candidate, Relay::Decline, Relay::Close, Relay::Media]
                             [usize::from(kind)];
                         let to = to.map(|n| NAMES[n]);
                         let got = socket.conn.relay(kind, to, Message::text(frame.clone()));

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Reply, TestServer, repo_public};
+use common::{Reply, TestServer, http1, repo_public};
 use http_body_util::Empty;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -266,5 +266,44 @@ async fn proxy_mode_redirects_plain_http_and_serves_https_traffic() {
         .try_ws_with("/", &via_router("192.0.2.1, 198.51.100.4"))
         .await;
     assert_eq!(same.err(), Some(StatusCode::TOO_MANY_REQUESTS));
+    server.stop().await;
+}
+
+/// `/qr.svg` draws the address another device should open: on the server's own machine the
+/// first LAN URL (a phone cannot open "localhost"), elsewhere the address the page has.
+#[tokio::test]
+async fn the_share_code_names_the_address_another_device_can_open() {
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let qr = |host: String, path: &'static str| {
+        let server = &server;
+        async move {
+            let io = server.connect(&[b"http/1.1"]).await;
+            http1(io, Request::get(path).header("host", host), &[]).await
+        }
+    };
+    let reply = qr(format!("localhost:{port}"), "/qr.svg?call=B%C3%B6b+Smith").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), "image/svg+xml");
+    assert!(!reply.header("content-security-policy").is_empty());
+    let base = match dialtone::tls::reachable_lan_addresses().first() {
+        Some(ip) => format!("https://{}", std::net::SocketAddr::new(*ip, port)),
+        None => format!("https://localhost:{port}"),
+    };
+    assert_eq!(
+        reply.header("x-qr-text"),
+        format!("{base}/?call=B%C3%B6b%20Smith")
+    );
+    assert_eq!(
+        reply.body,
+        dialtone::qr::svg(reply.header("x-qr-text")).unwrap()
+    );
+    let reply = qr(format!("127.0.0.1:{port}"), "/qr.svg").await;
+    assert_eq!(reply.header("x-qr-text"), format!("{base}/"));
+    // Reached by another name, that name is what to share; a bad name is left out.
+    let reply = qr("calls.example.com".into(), "/qr.svg?call=%22quoted%22").await;
+    assert_eq!(reply.header("x-qr-text"), "https://calls.example.com/");
+    let reply = qr("[fd00::5]:8443".into(), "/qr.svg?x=1&call=al").await;
+    assert_eq!(reply.header("x-qr-text"), "https://[fd00::5]:8443/?call=al");
     server.stop().await;
 }

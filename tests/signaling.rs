@@ -17,7 +17,42 @@ on_one_server_and_split!(
     a_vanished_peer_ends_the_call_and_frees_the_name,
     every_error_is_answered_and_the_socket_keeps_working,
     shutdown_closes_every_socket_with_1001,
+    camera_and_microphone_notices_pass_only_between_partners,
 );
+
+async fn camera_and_microphone_notices_pass_only_between_partners(server: Service) {
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let (mut carol, _) = server.user("carol").await;
+    let off = json!({"type": "media", "audio": true, "video": false});
+    assert_eq!(alice.error_code(off.clone()).await, "not-in-call");
+    alice
+        .send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "BOB"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "offer");
+    bob.send(json!({"type": "answer", "answer": {"type": "answer", "sdp": "v=0"}, "otherUsername": "Alice"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "answer");
+    alice.send(off).await;
+    assert_eq!(
+        bob.recv().await,
+        json!({"type": "media", "audio": true, "video": false, "username": "alice"})
+    );
+    bob.send(json!({"type": "media", "audio": false, "video": true, "otherUsername": "alice", "username": "carol"}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "media", "audio": false, "video": true, "username": "bob"})
+    );
+    // Outsiders reach nobody; a notice without both flags is refused.
+    let to_bob = json!({"type": "media", "audio": false, "video": false, "otherUsername": "bob"});
+    assert_eq!(carol.error_code(to_bob).await, "not-in-call");
+    let half = json!({"type": "media", "audio": false});
+    assert_eq!(alice.error_code(half).await, "bad-message");
+    alice.quiet(200).await;
+    bob.quiet(10).await;
+    server.stop().await;
+}
 
 fn offer_sdp() -> serde_json::Value {
     json!({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"})

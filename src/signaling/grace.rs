@@ -7,6 +7,9 @@
 //! A login that presents the user's token asks the holder for the [`Connection`] through a
 //! [`Handoff`], and carries on with it: same name, same call, the held messages first.
 //!
+//! A token takes a name back only as it was logged in (the page logs in again with the name
+//! the server confirmed): "BOB" with bob's token is just a name that is taken.
+//!
 //! Tokens are 128 random bits, new at every login. Only their SHA-256 digest is kept, it is
 //! compared in constant time, and neither is ever logged.
 

@@ -4,8 +4,10 @@
 //! - [`registry`]: who is logged in and who is calling whom, behind one lock.
 //! - [`session`]: one task per WebSocket.
 //! - [`grace`]: dropped users held for a while, and the tokens that take them back.
+//! - [`presence`]: who's online, when the operator turns it on.
 
 pub mod grace;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod session;

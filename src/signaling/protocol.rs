@@ -46,6 +46,13 @@ pub enum ClientMessage<'a> {
     Close {
         to: Option<Cow<'a, str>>,
     },
+    /// My microphone (`audio`) and camera (`video`) are on or off: the other side says so
+    /// over my picture. More reliable than the track events a browser may or may not fire.
+    Media {
+        audio: bool,
+        video: bool,
+        to: Option<Cow<'a, str>>,
+    },
 }
 
 /// Every field any client message may carry. Fields a message does not define are ignored,
@@ -68,6 +75,10 @@ struct Envelope<'a> {
     candidate: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    audio: Option<&'a RawValue>,
+    #[serde(borrow)]
+    video: Option<&'a RawValue>,
 }
 
 /// Why a message was refused. Each is answered with an `error` and the socket stays open.
@@ -146,6 +157,11 @@ impl<'a> ClientMessage<'a> {
             },
             "decline" => ClientMessage::Decline { to: to()? },
             "close" | "leave" => ClientMessage::Close { to: to()? },
+            "media" => ClientMessage::Media {
+                audio: boolean(envelope.audio, "audio")?,
+                video: boolean(envelope.video, "video")?,
+                to: to()?,
+            },
             other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
         })
     }
@@ -178,6 +194,14 @@ fn optional_name(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, Protoco
     }
 }
 
+fn boolean(raw: Option<&RawValue>, field: &str) -> Result<bool, ProtocolError> {
+    match raw.map(RawValue::get) {
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        _ => Err(bad(&format!("media needs \"{field}\": true or false"))),
+    }
+}
+
 fn object<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<&'a RawValue, ProtocolError> {
     match raw {
         Some(raw) if raw.get().starts_with('{') => Ok(raw),
@@ -206,6 +230,27 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
         return Err("the name has a control character, a quote or a backslash: remove it");
     }
     Ok(())
+}
+
+/// The form a name is compared in: Unicode case-folded and NFC-normalised, so "Bob", "BOB"
+/// and "bob" are one user (phone keyboards capitalise the first letter), and a precomposed
+/// "é" is the same as "e" plus a combining accent. Names are shown as their owners typed
+/// them; only uniqueness and lookups use this. Borrowed for the usual lower-case ASCII name.
+pub fn name_key(name: &str) -> Cow<'_, str> {
+    use unicode_normalization::UnicodeNormalization;
+    if name.is_ascii() {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Owned(name.to_ascii_lowercase());
+        }
+        return Cow::Borrowed(name);
+    }
+    let composed: String = name.nfc().collect();
+    Cow::Owned(caseless::default_case_fold_str(&composed).nfc().collect())
+}
+
+/// Whether two names are the same user (see [`name_key`]).
+pub fn same_name(a: &str, b: &str) -> bool {
+    a == b || name_key(a) == name_key(b)
 }
 
 /// Why a login reply was negative, in a field the page can branch on. Serialized through
@@ -294,6 +339,12 @@ pub enum ServerMessage<'a> {
     Resume {
         username: &'a str,
     },
+    /// The partner's microphone and camera are on or off.
+    Media {
+        audio: bool,
+        video: bool,
+        username: &'a str,
+    },
     /// The callee, named in `username`, is in or being rung for another call.
     Busy {
         username: &'a str,
@@ -302,6 +353,23 @@ pub enum ServerMessage<'a> {
         code: &'a str,
         message: &'a str,
     },
+    /// The presence list (`[presence] enabled`): who is online, the recipient included, in
+    /// name order, at most [`ONLINE_LIMIT`] of them; `total` counts everyone.
+    Online {
+        users: &'a [OnlineUser<'a>],
+        total: usize,
+    },
+}
+
+/// Most names in one presence list.
+pub const ONLINE_LIMIT: usize = 200;
+
+/// One entry of the presence list.
+#[derive(Debug, Serialize)]
+pub struct OnlineUser<'a> {
+    pub username: &'a str,
+    /// In a call, or ringing for one.
+    pub busy: bool,
 }
 
 impl ServerMessage<'_> {
@@ -319,6 +387,21 @@ impl ServerMessage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_case_folded_and_composed() {
+        assert!(matches!(name_key("bob"), Cow::Borrowed("bob")));
+        assert_eq!(name_key("Bob"), "bob");
+        // Full folding, which lower-casing is not: ß is ss, final sigma is sigma.
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_eq!(name_key("ΟΔΥΣΣΕΥΣ"), name_key("οδυσσευς"));
+        assert_eq!(name_key("Οδυσσευς"), name_key("οδυσσευσ"));
+        // Composed and decomposed accents.
+        assert_eq!(name_key("\u{c9}mile"), name_key("e\u{301}mile"));
+        assert!(same_name("ÉMILE", "e\u{301}mile"));
+        assert!(!same_name("bob", "bobby"));
+        assert!(!same_name("émile", "emile"));
+    }
 
     fn raw(json: &str) -> &RawValue {
         serde_json::from_str(json).unwrap()

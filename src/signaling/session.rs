@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::grace::{self, Claim, Handoff, Held, Sessions};
+use super::presence::Presence;
 use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
 use super::registry::{
     Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
@@ -42,6 +43,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Reconnect tokens, and the users held in grace.
     pub sessions: Arc<Sessions>,
+    /// Who's online, when `[presence] enabled`.
+    pub presence: Option<Arc<Presence>>,
 }
 
 /// What every session needs from the configuration.
@@ -573,6 +576,17 @@ async fn handle(
             };
             relay(conn, metrics, Relay::Close, to.as_deref(), frame).await
         }
+        ClientMessage::Media { audio, video, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Media {
+                    audio,
+                    video,
+                    username: me,
+                }
+                .to_json()
+            };
+            relay(conn, metrics, Relay::Media, to.as_deref(), frame).await
+        }
     }
 }
 
@@ -683,6 +697,7 @@ async fn login(
         *conn = held.conn;
         conn.set_token(&grace::digest_hex(&new_token)).await;
         info!(%client, user = name, "came back with its token");
+        send_presence(shared, this.outbox);
         return None;
     }
     // With several instances the token may belong to a session held on another one.
@@ -699,6 +714,7 @@ async fn login(
     match conn.login(name, tokens, welcome).await {
         Ok(how) => {
             standing.claim = Some(shared.sessions.register(name, &new_token));
+            send_presence(shared, this.outbox);
             match how {
                 LoggedIn::Fresh => info!(%client, user = name, "logged in"),
                 LoggedIn::TakenOver(_) => {
@@ -716,6 +732,14 @@ async fn login(
             "the service cannot reach its backplane right now: try again in a moment",
         ),
         Err(other) => refuse(other, "login refused"),
+    }
+}
+
+/// A page that just logged in gets the presence list at once (after the login reply), not at
+/// the next change.
+fn send_presence(shared: &Shared, outbox: &Outbox) {
+    if let Some(frame) = shared.presence.as_ref().and_then(|p| p.current()) {
+        outbox.deliver(frame);
     }
 }
 

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 use super::{CallState, LoggedIn, Outbox, Queued, Relay, RelayError, Resumed, Tokens};
 use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
-use crate::signaling::protocol::LoginFailure;
+use crate::signaling::protocol::{LoginFailure, name_key, same_name};
 
 /// Most commands in flight on the shared connection; beyond it a command fails at once
 /// instead of queueing in memory.
@@ -59,7 +59,7 @@ const PUBLISH_BATCH: usize = 256;
 const COMMON: &str = include_str!("lua/common.lua");
 
 /// Every operation the metrics name.
-const OPS: [&str; 14] = [
+const OPS: [&str; 15] = [
     "claim",
     "offer",
     "relay",
@@ -74,6 +74,7 @@ const OPS: [&str; 14] = [
     "reap",
     "leave",
     "subscribe",
+    "presence",
 ];
 
 struct Scripts {
@@ -86,6 +87,7 @@ struct Scripts {
     heartbeat: Script,
     reap: Script,
     prune: Script,
+    presence: Script,
 }
 
 impl Scripts {
@@ -101,6 +103,7 @@ impl Scripts {
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             reap: script(include_str!("lua/reap.lua")),
             prune: script(include_str!("lua/prune.lua")),
+            presence: script(include_str!("lua/presence.lua")),
         }
     }
 }
@@ -151,6 +154,8 @@ struct Inner {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Why the backplane last failed, for the log.
     last_error: Mutex<String>,
+    /// Rung when a user here logs in or out (see [`super::Registry::changes`]).
+    changes: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -300,6 +305,7 @@ impl Cluster {
                 next_sid: AtomicU64::new(first_session_id()),
                 tasks: Mutex::new(Vec::new()),
                 last_error: Mutex::new(String::new()),
+                changes: Arc::default(),
             }),
         };
         info!(
@@ -378,6 +384,93 @@ impl Cluster {
             }
         }
         (ringing, active)
+    }
+
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changes.clone()
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.inner.heartbeat
+    }
+
+    /// The presence list of the whole cluster: this instance's users, and the lists the
+    /// others stored (each at most `limit` names; read and written in one script). A user
+    /// who just moved between instances is listed once.
+    ///
+    /// An instance's list is its total, then one line per user: `1` (busy) or `0`, and the
+    /// name. Names have no control characters, so lines cannot break inside one.
+    pub async fn online(&self, limit: usize) -> Option<super::Online> {
+        let mine = {
+            let local = self.inner.lock();
+            let mut users: Vec<(Arc<str>, bool)> = local
+                .members
+                .iter()
+                .filter(|(_, m)| m.held.is_none() && !m.evicted)
+                .map(|(name, m)| (name.clone(), m.call.is_some()))
+                .collect();
+            let total = users.len();
+            users.sort_unstable_by(|a, b| name_key(&a.0).cmp(&name_key(&b.0)));
+            users.truncate(limit);
+            (total, users)
+        };
+        let mut list = mine.0.to_string();
+        for (name, busy) in &mine.1 {
+            list.push('\n');
+            list.push(if *busy { '1' } else { '0' });
+            list.push_str(name);
+        }
+        if !self.inner.is_up() {
+            return None;
+        }
+        let inner = &self.inner;
+        let others: Vec<String> = inner
+            .run(
+                "presence",
+                inner
+                    .invoke(&inner.scripts.presence)
+                    .arg(inner.lease.as_millis() as u64)
+                    .arg(&list),
+            )
+            .await
+            .ok()?;
+        let (mut total, mut users) = mine;
+        for other in &others {
+            let mut lines = other.lines();
+            total += lines.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            users.extend(lines.filter_map(|line| {
+                let name = line.get(1..).filter(|name| !name.is_empty())?;
+                Some((Arc::from(name), line.starts_with('1')))
+            }));
+        }
+        let mut keyed: Vec<(String, Arc<str>, bool)> = users
+            .into_iter()
+            .map(|(name, busy)| (name_key(&name).into_owned(), name, busy))
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+        let before = keyed.len();
+        keyed.dedup_by(|a, b| a.0 == b.0);
+        total = total.saturating_sub(before - keyed.len());
+        keyed.truncate(limit);
+        Some(super::Online {
+            users: keyed
+                .into_iter()
+                .map(|(_, name, busy)| (name, busy))
+                .collect(),
+            total,
+        })
+    }
+
+    /// Queues `frame` for every user of this instance who can read it now.
+    pub fn broadcast(&self, frame: &Message) {
+        let local = self.inner.lock();
+        let readers = local
+            .members
+            .values()
+            .filter(|m| m.held.is_none() && !m.evicted && !m.away);
+        for member in readers {
+            member.outbox.deliver(frame.clone());
+        }
     }
 
     pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
@@ -564,6 +657,7 @@ impl Inner {
             };
             invocation
                 .arg(&**name)
+                .arg(&*name_key(name))
                 .arg(sid)
                 .arg(peer)
                 .arg(state)
@@ -700,7 +794,7 @@ impl Inner {
                 }
                 frame.to_owned()
             }
-            "candidate" => frame.to_owned(),
+            "candidate" | "media" => frame.to_owned(),
             "offer" => {
                 member.update(
                     ver,
@@ -1031,16 +1125,19 @@ impl Inner {
             .filter(|m| m.sid == sid)
             .and_then(|m| m.call.clone())
             .filter(|call| call.state != CallState::Resuming)
-            .filter(|call| call.at.is_none() && to.is_none_or(|to| *call.with == *to))
+            .filter(|call| call.at.is_none() && to.is_none_or(|to| same_name(&call.with, to)))
             .ok_or(RelayError::Unavailable)?;
         let partner = local
             .members
             .get_mut(&call.with)
             .filter(|p| p.sid == call.sid && p.partner_is(me))
             .ok_or(RelayError::Unavailable)?;
+        push(partner, frame);
+        if !kind.changes_call() {
+            return Ok(call.with);
+        }
         let ver = partner.ver + 1;
         partner.update(ver, after(kind, me, None, sid));
-        push(partner, frame);
         if let Some(mine) = local.members.get_mut(me) {
             let ver = mine.ver + 1;
             mine.update(ver, after(kind, &call.with, None, call.sid));
@@ -1070,7 +1167,7 @@ impl Inner {
                 .filter(|m| m.sid == sid)
                 .and_then(|m| m.call.as_ref())
                 .filter(|call| call.state != CallState::Resuming)
-                .filter(|call| to.is_none_or(|to| *call.with == *to))
+                .filter(|call| to.is_none_or(|to| same_name(&call.with, to)))
                 .map(|call| (call.with.clone(), call.at.clone(), call.sid))
             else {
                 return Err(frame);
@@ -1318,6 +1415,7 @@ impl Connection {
                         }
                     }
                     self.name = Some(name);
+                    inner.changes.notify_one();
                     return Ok(LoggedIn::TakenOver(taken));
                 }
                 // Nobody holds the name, or the token is not its current one: an ordinary
@@ -1346,6 +1444,7 @@ impl Connection {
                     member.outbox.deliver(Message::text(frame));
                 }
                 self.name = Some(name);
+                inner.changes.notify_one();
                 Ok(LoggedIn::Fresh)
             }
             (claimed, ours) => {
@@ -1364,7 +1463,7 @@ impl Connection {
 
     pub async fn offer(&self, to: &str, frame: String) -> Result<Arc<str>, RelayError> {
         let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
-        if **me == *to {
+        if same_name(me, to) {
             return Err(RelayError::SelfCall);
         }
         let inner = &self.cluster.inner;
@@ -1388,12 +1487,13 @@ impl Connection {
                     .arg(&**me)
                     .arg(self.sid)
                     .arg(to)
-                    .arg(&frame),
+                    .arg(&frame)
+                    .arg(&*name_key(to)),
             )
             .await
             .map_err(|Down| RelayError::Unavailable)?;
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["ok", instance, their_sid, new, my_ver, their_ver] => {
+            ["ok", instance, their_sid, new, my_ver, their_ver, to] => {
                 // A renegotiation ('0') leaves my copy as it is.
                 let mine = (new == "1").then(|| (number(my_ver), CallState::Calling));
                 let theirs = (number(their_ver), CallState::Ringing);
@@ -1406,7 +1506,7 @@ impl Connection {
                 Ok(Arc::from(to))
             }
             ["unknown"] => Err(RelayError::UnknownUser(to.to_owned())),
-            ["busy"] => Err(RelayError::Busy(Arc::from(to))),
+            ["busy", callee] => Err(RelayError::Busy(Arc::from(callee))),
             ["in-call", with] => Err(RelayError::AlreadyInCall(Arc::from(with))),
             _ => {
                 // "stale": Redis lost this session's record; the heartbeat re-claims it.
@@ -1424,7 +1524,7 @@ impl Connection {
     ) -> Result<Arc<str>, RelayError> {
         let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
         let inner = &self.cluster.inner;
-        let frame = if kind == Relay::Candidate {
+        let frame = if !kind.changes_call() {
             match inner
                 .direct(me, self.sid, &self.pending, "direct-candidate", to, frame)
                 .await
@@ -1448,7 +1548,8 @@ impl Connection {
                     .arg(self.sid)
                     .arg(kind.as_str())
                     .arg(to.unwrap_or(""))
-                    .arg(&frame),
+                    .arg(&frame)
+                    .arg(&*name_key(to.unwrap_or(""))),
             )
             .await
         {
@@ -1466,7 +1567,7 @@ impl Connection {
                 let their_sid = number(their_sid);
                 let mut local = inner.lock();
                 if let Some(mine) = local.members.get_mut(me)
-                    && kind != Relay::Candidate
+                    && kind.changes_call()
                 {
                     let at = (!here).then(|| Arc::from(instance));
                     mine.update(number(my_ver), after(kind, &partner, at, their_sid));
@@ -1474,7 +1575,7 @@ impl Connection {
                 if here {
                     if let Some(theirs) = local.members.get_mut(&partner)
                         && theirs.sid == their_sid
-                        && kind != Relay::Candidate
+                        && kind.changes_call()
                     {
                         theirs.update(number(their_ver), after(kind, me, None, self.sid));
                     }
@@ -1636,14 +1737,15 @@ impl Connection {
                     .arg(self.sid)
                     .arg(to)
                     .arg(frame)
-                    .arg(mode),
+                    .arg(mode)
+                    .arg(&*name_key(to)),
             )
             .await
     }
 
     pub async fn resume(&self, to: &str, frame: String) -> Result<Resumed, RelayError> {
         let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
-        if **me == *to {
+        if same_name(me, to) {
             return Err(RelayError::SelfCall);
         }
         let inner = &self.cluster.inner;
@@ -1655,9 +1757,8 @@ impl Connection {
             .run_resume(to, &frame, "ask")
             .await
             .map_err(|Down| RelayError::Unavailable)?;
-        let with: Arc<str> = Arc::from(to);
         match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["paired", instance, their_sid, my_ver, their_ver] => {
+            ["paired", instance, their_sid, my_ver, their_ver, to] => {
                 let mine = Some((number(my_ver), CallState::Active));
                 let theirs = (number(their_ver), CallState::Active);
                 let partner = Partner {
@@ -1669,12 +1770,12 @@ impl Connection {
                 Ok(Resumed::Paired)
             }
             ["active"] => Ok(Resumed::Paired),
-            ["waiting", my_ver] => {
+            ["waiting", my_ver, to] => {
                 let mut local = inner.lock();
                 if let Some(mine) = local.members.get_mut(me) {
                     // Nobody to reach yet: the copy names the user but no instance.
                     let call = Call {
-                        with,
+                        with: Arc::from(to),
                         state: CallState::Resuming,
                         at: None,
                         sid: 0,
@@ -1700,7 +1801,7 @@ impl Connection {
             local.members.get(me).is_some_and(|m| {
                 m.call
                     .as_ref()
-                    .is_some_and(|c| c.state == CallState::Resuming && *c.with == *to)
+                    .is_some_and(|c| c.state == CallState::Resuming && same_name(&c.with, to))
             })
         };
         if !pending(&inner.lock()) {
@@ -1765,6 +1866,7 @@ impl Drop for Connection {
                 push(partner, super::disconnected(&name));
             }
         }
+        inner.changes.notify_one();
         let sid = self.sid;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { inner.release(&name, sid).await });

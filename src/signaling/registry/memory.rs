@@ -4,31 +4,43 @@
 //! is a `std::sync::Mutex`: it is only ever held for a few map operations and a non-blocking
 //! `try_send`, never across an `.await`, so an async mutex would only add cost. Nothing here
 //! waits, so the engine seam's async methods complete on their first poll.
+//!
+//! Users are keyed by [`name_key`] (case-folded), and keep the name as they typed it for
+//! every frame that names them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-use super::{CallState, Outbox, Queued, Relay, RelayError, Resumed};
-use crate::signaling::protocol::LoginFailure;
+use super::{CallState, Online, Outbox, Queued, Relay, RelayError, Resumed};
+use crate::signaling::protocol::{LoginFailure, name_key};
 
 #[derive(Debug)]
 struct Call {
+    /// The other side's key.
     with: Arc<str>,
+    /// The other side's name as shown.
+    shown: Arc<str>,
     state: CallState,
 }
 
 #[derive(Debug)]
 struct User {
+    /// As its owner typed it.
+    name: Arc<str>,
     outbox: Outbox,
     call: Option<Call>,
+    /// In grace: nobody reads the queue now, so it gets only what the partner sends.
+    away: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     users: HashMap<Arc<str>, User>,
+    /// Rung when someone logs in or out, or a call starts or ends (the presence list).
+    changes: Arc<Notify>,
 }
 
 /// The handle every session and the HTTP layer share; cloning it is one reference count.
@@ -48,7 +60,7 @@ impl Registry {
         Connection {
             registry: self.clone(),
             outbox,
-            name: None,
+            me: None,
         }
     }
 
@@ -71,11 +83,42 @@ impl Registry {
         (count(CallState::Calling), count(CallState::Active) / 2)
     }
 
+    /// Rung when the presence list may have changed.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.lock().changes.clone()
+    }
+
+    /// The first `limit` users by key, busy marked, and how many there are.
+    pub fn online(&self, limit: usize) -> Online {
+        let state = self.lock();
+        let mut users: Vec<(&Arc<str>, &User)> = state.users.iter().collect();
+        if users.len() > limit {
+            users.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+            users.truncate(limit);
+        }
+        users.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Online {
+            users: users
+                .into_iter()
+                .map(|(_, user)| (user.name.clone(), user.call.is_some()))
+                .collect(),
+            total: state.users.len(),
+        }
+    }
+
+    /// Queues `frame` for every user who is here to read it (not those in grace).
+    pub fn broadcast(&self, frame: &Message) {
+        let state = self.lock();
+        for user in state.users.values().filter(|user| !user.away) {
+            user.outbox.deliver(frame.clone());
+        }
+    }
+
     /// The call state of `name`, for tests and diagnostics.
     pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
         let state = self.lock();
-        let call = state.users.get(name)?.call.as_ref()?;
-        Some((call.with.to_string(), call.state))
+        let call = state.users.get(&*name_key(name))?.call.as_ref()?;
+        Some((call.shown.to_string(), call.state))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -87,71 +130,90 @@ impl Registry {
     }
 }
 
+/// A user: its key and its name as shown.
+#[derive(Debug, Clone)]
+struct Who {
+    key: Arc<str>,
+    name: Arc<str>,
+}
+
 /// One socket's membership in the registry.
 #[derive(Debug)]
 pub struct Connection {
     registry: Registry,
     outbox: Outbox,
-    name: Option<Arc<str>>,
+    me: Option<Who>,
 }
 
 impl Connection {
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.me.as_ref().map(|me| &*me.name)
+    }
+
+    fn me(&self) -> Result<&Who, RelayError> {
+        self.me.as_ref().ok_or(RelayError::NotLoggedIn)
     }
 
     /// Claims `name`. `welcome` is queued under the same lock, so the login reply reaches the
     /// client before anything another user sends to the new name.
     pub fn login(&mut self, name: &str, welcome: Message) -> Result<(), LoginFailure> {
-        if self.name.is_some() {
+        if self.me.is_some() {
             return Err(LoginFailure::AlreadyLoggedIn);
         }
+        let key: Arc<str> = Arc::from(name_key(name));
         let mut state = self.registry.lock();
-        if state.users.contains_key(name) {
+        if state.users.contains_key(&key) {
             return Err(LoginFailure::NameTaken);
         }
         let name: Arc<str> = Arc::from(name);
         state.users.insert(
-            name.clone(),
+            key.clone(),
             User {
+                name: name.clone(),
                 outbox: self.outbox.clone(),
                 call: None,
+                away: false,
             },
         );
+        state.changes.notify_one();
         self.outbox.deliver(welcome);
-        self.name = Some(name);
+        self.me = Some(Who { key, name });
         Ok(())
     }
 
     /// Sends an offer to `to`: starts a call, or renegotiates the current one with `to`.
     pub fn offer(&self, to: &str, frame: Message) -> Result<Arc<str>, RelayError> {
-        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
-        if **me == *to {
+        let me = self.me()?;
+        let to_key = name_key(to);
+        if *me.key == *to_key {
             return Err(RelayError::SelfCall);
         }
         let mut state = self.registry.lock();
-        let (callee, callee_busy) = match state.users.get_key_value(to) {
+        let (callee, callee_busy) = match state.users.get_key_value(&*to_key) {
             // Waiting to resume a call with me is no reason to be busy for me.
-            Some((name, user)) => (
-                name.clone(),
-                user.call
-                    .as_ref()
-                    .is_some_and(|call| !(call.state == CallState::Resuming && call.with == *me)),
+            Some((key, user)) => (
+                Who {
+                    key: key.clone(),
+                    name: user.name.clone(),
+                },
+                user.call.as_ref().is_some_and(|call| {
+                    !(call.state == CallState::Resuming && call.with == me.key)
+                }),
             ),
             None => return Err(RelayError::UnknownUser(to.to_owned())),
         };
-        let my_call = current_call(&state, me)?;
+        let my_call = current_call(&state, &me.key)?;
         match my_call {
-            Some(call) if call.with == callee => {}
-            Some(call) => return Err(RelayError::AlreadyInCall(call.with.clone())),
-            None if callee_busy => return Err(RelayError::Busy(callee)),
+            Some(call) if call.with == callee.key => {}
+            Some(call) => return Err(RelayError::AlreadyInCall(call.shown.clone())),
+            None if callee_busy => return Err(RelayError::Busy(callee.name)),
             None => {
                 set_call(&mut state, me, &callee, CallState::Calling);
                 set_call(&mut state, &callee, me, CallState::Ringing);
             }
         }
-        deliver(&state, &callee, frame);
-        Ok(callee)
+        deliver(&state, &callee.key, frame);
+        Ok(callee.name)
     }
 
     /// Relays an answer, candidate, decline or close to the current partner. `to`, when the
@@ -162,10 +224,10 @@ impl Connection {
         to: Option<&str>,
         frame: Message,
     ) -> Result<Arc<str>, RelayError> {
-        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
+        let me = self.me()?;
         let mut state = self.registry.lock();
         if matches!(kind, Relay::Decline | Relay::Close)
-            && let Some(user) = state.users.get_mut(me)
+            && let Some(user) = state.users.get_mut(&me.key)
             && user
                 .call
                 .as_ref()
@@ -173,15 +235,19 @@ impl Connection {
         {
             // Hanging up while waiting for the other side to resume: stop waiting.
             user.call = None;
+            state.changes.notify_one();
         }
-        let my_call = current_call(&state, me)?;
+        let my_call = current_call(&state, &me.key)?;
         let partner = match (my_call, to) {
             (None, None) => return Err(RelayError::NoCall),
             (None, Some(to)) => return Err(RelayError::NotInCallWith(to.to_owned())),
-            (Some(call), Some(to)) if *call.with != *to => {
+            (Some(call), Some(to)) if *call.with != *name_key(to) => {
                 return Err(RelayError::NotInCallWith(to.to_owned()));
             }
-            (Some(call), _) => call.with.clone(),
+            (Some(call), _) => Who {
+                key: call.with.clone(),
+                name: call.shown.clone(),
+            },
         };
         match kind {
             Relay::Answer => {
@@ -189,44 +255,52 @@ impl Connection {
                 set_call(&mut state, &partner, me, CallState::Active);
             }
             Relay::Decline | Relay::Close => {
-                end_call(&mut state, me);
-                end_call(&mut state, &partner);
+                end_call(&mut state, &me.key);
+                end_call(&mut state, &partner.key);
             }
-            Relay::Candidate => {}
+            Relay::Candidate | Relay::Media => {}
         }
-        deliver(&state, &partner, frame);
-        Ok(partner)
+        deliver(&state, &partner.key, frame);
+        Ok(partner.name)
     }
 
     /// Asks to resume my call with `to` after a restart. The call is active again once both
     /// sides have asked for each other; `frame` then tells `to`. A request naming someone who
     /// never asks for me pairs with nobody and reaches nobody.
     pub fn resume(&self, to: &str, frame: Message) -> Result<Resumed, RelayError> {
-        let me = self.name.as_ref().ok_or(RelayError::NotLoggedIn)?;
-        if **me == *to {
+        let me = self.me()?;
+        let to_key = name_key(to);
+        if *me.key == *to_key {
             return Err(RelayError::SelfCall);
         }
         let mut state = self.registry.lock();
-        match current_call(&state, me)? {
-            Some(call) if *call.with == *to && call.state == CallState::Active => {
+        match current_call(&state, &me.key)? {
+            Some(call) if *call.with == *to_key && call.state == CallState::Active => {
                 return Ok(Resumed::Paired);
             }
-            Some(call) => return Err(RelayError::AlreadyInCall(call.with.clone())),
+            Some(call) => return Err(RelayError::AlreadyInCall(call.shown.clone())),
             None => {}
         }
-        let asked_for_me = state.users.get_key_value(to).and_then(|(name, user)| {
+        let asked_for_me = state.users.get_key_value(&*to_key).and_then(|(key, user)| {
             let call = user.call.as_ref()?;
-            (call.state == CallState::Resuming && call.with == *me).then(|| name.clone())
+            (call.state == CallState::Resuming && call.with == me.key).then(|| Who {
+                key: key.clone(),
+                name: user.name.clone(),
+            })
         });
         match asked_for_me {
             Some(partner) => {
                 set_call(&mut state, me, &partner, CallState::Active);
                 set_call(&mut state, &partner, me, CallState::Active);
-                deliver(&state, &partner, frame);
+                deliver(&state, &partner.key, frame);
                 Ok(Resumed::Paired)
             }
             None => {
-                let to: Arc<str> = Arc::from(to);
+                // The other side may not be back yet: it is named as asked for.
+                let to = Who {
+                    key: Arc::from(to_key),
+                    name: Arc::from(to),
+                };
                 set_call(&mut state, me, &to, CallState::Resuming);
                 Ok(Resumed::Waiting)
             }
@@ -236,11 +310,12 @@ impl Connection {
     /// The wait for `to` to resume ran out: drops the request. False when it was no longer
     /// pending (paired, replaced, or gone).
     pub fn resume_lapsed(&self, to: &str) -> bool {
-        let Some(me) = self.name.as_ref() else {
+        let Some(me) = self.me.as_ref() else {
             return false;
         };
+        let to = name_key(to);
         let mut state = self.registry.lock();
-        let Some(user) = state.users.get_mut(me) else {
+        let Some(user) = state.users.get_mut(&me.key) else {
             return false;
         };
         let pending = user
@@ -249,6 +324,7 @@ impl Connection {
             .is_some_and(|call| call.state == CallState::Resuming && *call.with == *to);
         if pending {
             user.call = None;
+            state.changes.notify_one();
         }
         pending
     }
@@ -261,21 +337,23 @@ impl Connection {
         &mut self,
         outbox: Outbox,
         held: Option<&mut mpsc::Receiver<Queued>>,
+        away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<Message>,
     ) {
-        let Some(me) = self.name.clone() else {
+        let Some(me) = self.me.clone() else {
             self.outbox = outbox;
             return;
         };
         let mut state = self.registry.lock();
-        if let Some(user) = state.users.get_mut(&me) {
-            if let Some(frame) = welcome(user.call.as_ref().map(|call| &*call.with)) {
+        if let Some(user) = state.users.get_mut(&me.key) {
+            if let Some(frame) = welcome(user.call.as_ref().map(|call| &*call.shown)) {
                 outbox.deliver(frame);
             }
             if let Some(held) = held {
                 outbox.take_from(held);
             }
             user.outbox = outbox.clone();
+            user.away = away;
         }
         self.outbox = outbox;
     }
@@ -283,23 +361,24 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let Some(me) = self.name.take() else { return };
+        let Some(me) = self.me.take() else { return };
         let mut state = self.registry.lock();
-        let Some(user) = state.users.remove(&me) else {
+        let Some(user) = state.users.remove(&me.key) else {
             return;
         };
+        state.changes.notify_one();
         if let Some(call) = user.call
             && call.state != CallState::Resuming
             && let Some(partner) = state.users.get_mut(&call.with)
             && partner
                 .call
                 .as_ref()
-                .is_some_and(|theirs| theirs.with == me)
+                .is_some_and(|theirs| theirs.with == me.key)
         {
             partner.call = None;
             partner
                 .outbox
-                .deliver(Message::text(super::disconnected(&me)));
+                .deliver(Message::text(super::disconnected(&me.name)));
         }
     }
 }
@@ -324,16 +403,19 @@ fn deliver(state: &State, to: &str, frame: Message) {
     }
 }
 
-fn set_call(state: &mut State, who: &Arc<str>, with: &Arc<str>, call_state: CallState) {
-    if let Some(user) = state.users.get_mut(who) {
+fn set_call(state: &mut State, who: &Who, with: &Who, call_state: CallState) {
+    state.changes.notify_one();
+    if let Some(user) = state.users.get_mut(&who.key) {
         user.call = Some(Call {
-            with: with.clone(),
+            with: with.key.clone(),
+            shown: with.name.clone(),
             state: call_state,
         });
     }
 }
 
 fn end_call(state: &mut State, who: &Arc<str>) {
+    state.changes.notify_one();
     if let Some(user) = state.users.get_mut(who) {
         user.call = None;
     }

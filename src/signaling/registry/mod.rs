@@ -93,6 +93,16 @@ pub enum Resumed {
     Waiting,
 }
 
+/// Who is online, for the presence list: the first users by [`name_key`] up to a limit,
+/// each with whether they are in (or ringing for) a call, and how many are online in all.
+///
+/// [`name_key`]: crate::signaling::protocol::name_key
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Online {
+    pub users: Vec<(Arc<str>, bool)>,
+    pub total: usize,
+}
+
 /// Relayed message kinds that travel only between partners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relay {
@@ -100,6 +110,8 @@ pub enum Relay {
     Candidate,
     Decline,
     Close,
+    /// The sender's microphone or camera went on or off.
+    Media,
 }
 
 impl Relay {
@@ -110,7 +122,14 @@ impl Relay {
             Relay::Candidate => "candidate",
             Relay::Decline => "decline",
             Relay::Close => "close",
+            Relay::Media => "media",
         }
+    }
+
+    /// Whether it changes the call (an answer makes it active, a decline or close ends it);
+    /// candidates and media notices only pass along it.
+    pub fn changes_call(self) -> bool {
+        !matches!(self, Relay::Candidate | Relay::Media)
     }
 }
 
@@ -234,6 +253,42 @@ impl Registry {
         }
     }
 
+    /// Rung when a user of this instance logs in or out, or (in memory) a call starts or
+    /// ends: the presence list may have changed.
+    pub fn changes(&self) -> Arc<Notify> {
+        match self {
+            Registry::Memory(registry) => registry.changes(),
+            Registry::Cluster(cluster) => cluster.changes(),
+        }
+    }
+
+    /// How often the presence list is read even when nothing rang [`Registry::changes`]:
+    /// other instances' users come and go, and busy changes, without a ring here.
+    pub fn presence_poll(&self) -> std::time::Duration {
+        match self {
+            Registry::Memory(_) => std::time::Duration::from_secs(30),
+            Registry::Cluster(cluster) => cluster.heartbeat(),
+        }
+    }
+
+    /// Who is online in the whole service (see [`Online`]). `None` when that cannot be known
+    /// now (the backplane is away).
+    pub async fn online(&self, limit: usize) -> Option<Online> {
+        match self {
+            Registry::Memory(registry) => Some(registry.online(limit)),
+            Registry::Cluster(cluster) => Box::pin(cluster.online(limit)).await,
+        }
+    }
+
+    /// Queues `frame` for every logged-in socket of this instance, except users in grace
+    /// (whose queue holds only what their partner sends) and logins not yet answered.
+    pub fn broadcast(&self, frame: &Message) {
+        match self {
+            Registry::Memory(registry) => registry.broadcast(frame),
+            Registry::Cluster(cluster) => cluster.broadcast(frame),
+        }
+    }
+
     /// `None` without a backplane; otherwise whether it is usable now.
     pub fn backplane_up(&self) -> Option<bool> {
         match self {
@@ -346,7 +401,7 @@ impl Connection {
     ) {
         let welcome = |with: Option<&str>| welcome(with).map(Message::text);
         match self {
-            Connection::Memory(conn) => conn.rebind(outbox, held, welcome),
+            Connection::Memory(conn) => conn.rebind(outbox, held, away, welcome),
             Connection::Cluster(conn) => conn.rebind(outbox, held, away, welcome),
         }
     }

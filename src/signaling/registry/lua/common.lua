@@ -3,10 +3,14 @@
 --   inst:<id>        the instance's lease (a TTL key, renewed by its heartbeat)
 --   inst:<id>:users  the names it holds; inst:<id>:calls the ones of those in a call
 --   instances        every instance id that may still hold names
---   user:<name>      hash: inst, sid (its session), tok (the digest of its reconnect token,
---                    see token.lua), ver (raised on every change of its call),
+--   user:<name>      hash: inst, sid (its session), fk (its name's key: case-folded, NFC;
+--                    folded by the instance, since Lua cannot), tok (the digest of its
+--                    reconnect token, see token.lua), ver (raised on every change of its call),
 --                    and while in a call peer and state (calling, ringing, active; or
 --                    resuming: waiting for peer to ask to resume too, see resume.lua)
+--   fold:<key>       the name holding that key, so "Bob" is refused while "bob" is logged
+--                    in, and a call to "BOB" reaches bob
+--   presence:<id>    the instance's users for the presence list (a TTL key, see presence.lua)
 --   ch:<id>          the instance's pub/sub channel
 -- Names never contain a newline (they have no control characters), so envelopes are
 -- newline-separated: kind, to, its session id, from, from's instance, from's session id, the
@@ -26,6 +30,13 @@ end
 
 local function ukey(name) return P .. 'user:' .. name end
 local function ikey(inst) return P .. 'inst:' .. inst end
+local function fkey(key) return P .. 'fold:' .. key end
+
+-- The name a user typed (`typed`, with its key `key`) stands for: the one holding the key,
+-- or, when none does, the name as typed.
+local function resolve(typed, key)
+  return redis.call('GET', fkey(key)) or typed
+end
 
 local function alive(inst)
   return inst and redis.call('EXISTS', ikey(inst)) == 1
@@ -87,8 +98,15 @@ local function end_partner(name, rec, quiet)
   end
 end
 
-local function remove(name, rec)
+-- Drops the user's record and its key, unless another name holds the key by now.
+local function forget(name)
+  local key = redis.call('HGET', ukey(name), 'fk')
+  if key and redis.call('GET', fkey(key)) == name then redis.call('DEL', fkey(key)) end
   redis.call('DEL', ukey(name))
+end
+
+local function remove(name, rec)
+  forget(name)
   redis.call('SREM', ikey(rec.inst) .. ':users', name)
   redis.call('SREM', ikey(rec.inst) .. ':calls', name)
 end

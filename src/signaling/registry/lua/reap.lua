@@ -8,10 +8,11 @@ local function reap(inst)
     local rec = record(name)
     if rec and rec.inst == inst then
       end_partner(name, rec, inst)
-      redis.call('DEL', ukey(name))
+      forget(name)
     end
   end
-  redis.call('DEL', ikey(inst) .. ':users', ikey(inst) .. ':calls', ikey(inst))
+  redis.call('DEL', ikey(inst) .. ':users', ikey(inst) .. ':calls', ikey(inst),
+    P .. 'presence:' .. inst)
   redis.call('SREM', P .. 'instances', inst)
 end
 if ARGV[3] == 'leave' then

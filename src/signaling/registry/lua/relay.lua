@@ -1,6 +1,6 @@
--- RELAY: ARGV[3] name, ARGV[4] session id, ARGV[5] kind (answer, decline, close, or
+-- RELAY: ARGV[3] name, ARGV[4] session id, ARGV[5] kind (answer, decline, close, or media or
 -- candidate when the instance could not tell the partner from its own copy), ARGV[6] the
--- partner the client named ('' for none), ARGV[7] frame.
+-- partner the client named ('' for none), ARGV[7] frame, ARGV[8] the named partner's key.
 -- Only the two partners may exchange these. Returns {'ok', partner, its instance, its
 -- session, sender's version, partner's version}, {'gone', partner, sender's version} when
 -- the partner's side had already ended, or a refusal.
@@ -16,7 +16,9 @@ if not mine.peer or mine.state == 'resuming' then
   if to == '' then return {'no-call'} end
   return {'not-in-call'}
 end
-if to ~= '' and to ~= mine.peer then return {'not-in-call'} end
+if to ~= '' and to ~= mine.peer and resolve(to, ARGV[8]) ~= mine.peer then
+  return {'not-in-call'}
+end
 local peer = mine.peer
 local theirs = record(peer)
 if not theirs or theirs.peer ~= name then
