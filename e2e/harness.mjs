@@ -33,7 +33,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
  * is the folder of its certificate: the suite's own unless another is given.
  */
-export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace } = {}) {
+export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace, presence } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
@@ -46,6 +46,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
     `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
     `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
     ...(grace === undefined ? [] : ['[websocket]', `resume_grace_secs = ${grace}`]),
+    ...(presence ? ['[presence]', 'enabled = true'] : []),
     ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
     '',
   ].join('\n'));

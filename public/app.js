@@ -7,6 +7,11 @@
 // forgot everyone, logs in again and asks to resume the call, which the other page does too. Candidates trickle: each is sent as it is
 // found, never before the offer or answer it belongs to, and remote ones that arrive early
 // wait for the remote description.
+//
+// Around the call: who's online (when the server sends the list), call links (/?call=bob),
+// names compared without regard to case, errors as alerts, the other side's camera and
+// microphone state (the relayed `media` notice), a ringtone made with WebAudio, a hint when
+// the connection is poor, full screen and picture-in-picture, and a QR code of the link.
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -23,11 +28,36 @@ const ui = {
   camera: $('button#toggle-camera'),
   local: $('video#local'),
   remote: $('video#remote'),
+  welcome: $('#welcome'),
+  whoami: $('#whoami'),
+  logout: $('button#logout'),
+  showQr: $('button#show-qr'),
+  share: $('#share'),
+  shareQr: $('img#share-qr'),
+  shareText: $('#share-text'),
+  copyLink: $('button#copy-link'),
+  presence: $('#presence'),
+  online: $('ul#online-users'),
+  onlineMore: $('#online-more'),
+  silence: $('button#silence'),
+  timer: $('#call-timer'),
+  stage: $('#stage'),
+  remoteNote: $('#remote-note'),
+  quality: $('#quality'),
+  fit: $('button#fit'),
+  pip: $('button#pip'),
+  fullscreen: $('button#fullscreen'),
+  controls: $('#controls'),
 };
 
 /** How long a restarted ICE connection gets before the call is given up. */
 const ICE_RESTART_GRACE_MS = 10000;
 const RECONNECT_MAX_MS = 10000;
+/** The server's limit on names, in characters. */
+const MAX_NAME_CHARS = 32;
+/** A connection is poor above this round-trip time (s) or this share of packets lost. */
+const POOR_RTT_S = 0.4;
+const POOR_LOSS = 0.05;
 
 let ws = null;
 let reconnectDelay = 500;
@@ -40,15 +70,53 @@ let localStream = null;
 let mediaReady = null; // settles once the camera and microphone are started, or refused
 let mediaNote = '';
 let call = null; // { peer, role, pc, offer, remoteQueue, localQueue, described, restarted, timer }
+let pendingCall = new URLSearchParams(location.search).get('call'); // a call link's name
+let onlineList = null; // the last presence list, when the server sends one
+
+/** Names as the server compares them: case-folded (near enough: ß is ss) and composed. */
+function fold(name) {
+  return name.normalize('NFC').toUpperCase().toLowerCase().normalize('NFC');
+}
+
+function sameName(a, b) {
+  return a === b || (a != null && b != null && fold(a) === fold(b));
+}
+
+/** A message from the other side of the call: adopts their name as the server spells it. */
+function fromPeer(message) {
+  if (!call || !sameName(call.peer, message.username)) return false;
+  call.peer = message.username;
+  return true;
+}
 
 // ---------------------------------------------------------------- status and controls
 
-function show(state, sentence) {
+function show(state, sentence, tone = 'info') {
   ui.status.dataset.state = state;
   ui.status.textContent = sentence;
+  // Errors and refusals are alerts: styled as such, and read out at once.
+  ui.status.dataset.tone = tone;
+  ui.status.setAttribute('role', tone === 'error' ? 'alert' : 'status');
   const ringing = state === 'ringing';
   ui.accept.hidden = !ringing;
   ui.decline.hidden = !ringing;
+  if (ringing && call?.role === 'callee') ringtone.start();
+  else ringtone.stop();
+  ui.silence.hidden = !ringing || !ringtone.playing;
+  const loggedIn = me !== null;
+  ui.whoami.hidden = !loggedIn;
+  ui.whoami.textContent = loggedIn ? me : '';
+  ui.logout.hidden = !loggedIn;
+  // No greyed-out buttons before they can do anything.
+  ui.controls.hidden = !loggedIn && call === null;
+  ui.hangUp.hidden = call === null;
+  ui.copyLink.hidden = !loggedIn;
+  ui.welcome.hidden = loggedIn || state === 'reconnecting';
+  ui.presence.hidden = !loggedIn || onlineList === null;
+  updateShare();
+  updateStage();
+  updateTimer();
+  renderOnline();
   ui.loginForm.hidden = !(state === 'logged-out' || state === 'connecting');
   ui.callForm.hidden = !['idle', 'calling', 'ringing', 'in-call'].includes(state);
   ui.callButton.disabled = state !== 'idle';
@@ -58,12 +126,12 @@ function show(state, sentence) {
 }
 
 /** The idle status: who I am, after what just happened. */
-function idle(what) {
+function idle(what, tone = 'info') {
   const parts = [];
   if (what) parts.push(what);
   parts.push(`Logged in as ${me}.`);
   if (mediaNote) parts.push(mediaNote);
-  show('idle', parts.join(' '));
+  show('idle', parts.join(' '), tone);
 }
 
 function sentence(text) {
@@ -126,7 +194,7 @@ function connect() {
       token = null;
       me = null;
       endCall();
-      show('logged-out', 'You logged in again on another connection.');
+      show('logged-out', 'You logged in again on another connection.', 'error');
       return;
     }
     if (opened || !lostBecause) {
@@ -167,7 +235,7 @@ const handlers = {
         return;
       }
       wantedName = null;
-      show('logged-out', `Login failed: ${sentence(message.message)}`);
+      show('logged-out', `Login failed: ${sentence(message.message)}`, 'error');
       ui.username.focus();
       return;
     }
@@ -193,18 +261,36 @@ const handlers = {
       return;
     }
     // A call that was still being set up cannot be picked up again.
-    if (call) endCall('Connection to the server lost: the call ended.');
+    if (call) endCall('Connection to the server lost: the call ended.', 'error');
     else idle();
+    if (pendingCall && !call) {
+      // Opened from a call link: call that person now that we are logged in.
+      const peer = pendingCall;
+      pendingCall = null;
+      if (!sameName(peer, me)) placeCall(peer).catch((err) => endCall(`The call could not start (${err.name || err}).`, 'error'));
+    }
+  },
+
+  online(message) {
+    onlineList = message;
+    ui.presence.hidden = me === null;
+    renderOnline();
+  },
+
+  media(message) {
+    if (!fromPeer(message)) return;
+    call.remoteMedia = { audio: message.audio === true, video: message.video === true };
+    updateRemoteNote();
   },
 
   resume(message) {
-    if (!call || call.peer !== message.username) return;
+    if (!fromPeer(message)) return;
     show('in-call', `In a call with ${call.peer}.`);
   },
 
   offer(message) {
     const from = message.username;
-    if (call && call.peer === from && call.pc) {
+    if (call && sameName(call.peer, from) && call.pc) {
       // Both called each other at once: the peer whose name sorts first gives way, drops its
       // own offer and answers; the other ignores the incoming one and waits for that answer.
       const glare = call.pc.signalingState === 'have-local-offer';
@@ -219,14 +305,15 @@ const handlers = {
   },
 
   async answer(message) {
-    if (!call || !call.pc || call.peer !== message.username) return;
+    if (!call || !call.pc || !fromPeer(message)) return;
     await call.pc.setRemoteDescription(message.answer);
     await applyQueuedCandidates();
+    call.answered = true;
     show('in-call', `In a call with ${call.peer}.`);
   },
 
   async candidate(message) {
-    if (!call || call.peer !== message.username) return;
+    if (!fromPeer(message)) return;
     if (call.pc && call.pc.remoteDescription) {
       await call.pc.addIceCandidate(message.candidate).catch((err) => console.warn('dialtone: candidate', err));
     } else {
@@ -235,24 +322,23 @@ const handlers = {
   },
 
   decline(message) {
-    if (call && call.peer === message.username) endCall(`${message.username} declined the call.`);
+    if (fromPeer(message)) endCall(`${message.username} declined the call.`, 'error');
   },
 
   busy(message) {
-    if (call && call.peer === message.username) endCall(`${message.username} is busy.`);
+    if (fromPeer(message)) endCall(`${message.username} is busy.`, 'error');
   },
 
   close(message) {
-    if (!call || call.peer !== message.username) return;
-    endCall(message.reason === 'disconnected'
-      ? `Connection to ${message.username} lost: the call ended.`
-      : `${message.username} hung up.`);
+    if (!fromPeer(message)) return;
+    if (message.reason === 'disconnected') endCall(`Connection to ${message.username} lost: the call ended.`, 'error');
+    else endCall(`${message.username} hung up.`);
   },
 
   error(message) {
     const callEnding = ['unknown-user', 'self-call', 'already-in-call', 'unavailable'];
     if (call && call.role === 'caller' && !call.answered && callEnding.includes(message.code)) {
-      endCall(message.code === 'unknown-user' ? `No user named ${call.peer} is logged in.` : sentence(message.message));
+      endCall(message.code === 'unknown-user' ? `No user named ${call.peer} is logged in.` : sentence(message.message), 'error');
       return;
     }
     console.warn('dialtone: server said', message.code, message.message);
@@ -276,6 +362,7 @@ async function startMedia() {
     mediaNote = `${reasons[err.name] || `Camera and microphone are unavailable (${err.name})`}: you can still receive calls.`;
   }
   updateToggles();
+  updateStage();
   if (ui.status.dataset.state === 'idle') idle();
 }
 
@@ -297,12 +384,37 @@ function toggle(tracks) {
   const on = tracks.some((t) => t.enabled);
   tracks.forEach((t) => { t.enabled = !on; });
   updateToggles();
+  sendMediaState();
+}
+
+/** Tells the other side whether my microphone and camera are on (shown over my picture). */
+function sendMediaState() {
+  if (!call || !call.answered) return;
+  const on = (tracks) => tracks.length > 0 && tracks.some((t) => t.enabled);
+  send({
+    type: 'media',
+    audio: on(localStream?.getAudioTracks() ?? []),
+    video: on(localStream?.getVideoTracks() ?? []),
+    otherUsername: call.peer,
+  });
+}
+
+function updateRemoteNote() {
+  const state = call?.remoteMedia;
+  const notes = [];
+  if (state && !state.video) notes.push(`${call.peer} turned the camera off`);
+  if (state && !state.audio) notes.push(`${call.peer} is muted`);
+  ui.remoteNote.hidden = notes.length === 0;
+  ui.remoteNote.textContent = notes.join(' · ');
 }
 
 // ---------------------------------------------------------------- the call
 
 function newCall(peer, role) {
-  return { peer, role, pc: null, offer: null, remoteQueue: [], localQueue: [], described: false, answered: false, restarted: false, timer: null };
+  return {
+    peer, role, pc: null, offer: null, remoteQueue: [], localQueue: [], described: false, answered: false,
+    restarted: false, timer: null, started: Date.now(), connectedAt: null, remoteMedia: null, stats: null,
+  };
 }
 
 function createPeerConnection() {
@@ -381,13 +493,18 @@ function onConnectionState(state) {
   if (state === 'connected') {
     clearTimeout(call.timer);
     call.answered = true;
+    if (call.connectedAt === null) {
+      call.connectedAt = Date.now();
+      sendMediaState();
+    }
+    updateStage();
     // While the server is away the status says so; it says "in a call" again once back.
     if (me && ui.status.dataset.state !== 'in-call') show('in-call', `In a call with ${call.peer}.`);
     return;
   }
   if (state !== 'failed') return;
   if (call.restarted) {
-    hangUp(`The connection to ${call.peer} failed: the call ended.`);
+    hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error');
     return;
   }
   // One ICE restart, started by the caller; then the call ends with a reason.
@@ -395,7 +512,7 @@ function onConnectionState(state) {
   show('in-call', `The connection to ${call.peer} dropped: trying again…`);
   call.timer = setTimeout(() => {
     if (call && call.pc && call.pc.connectionState !== 'connected') {
-      hangUp(`The connection to ${call.peer} failed: the call ended.`);
+      hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error');
     }
   }, ICE_RESTART_GRACE_MS);
   if (call.role === 'caller') {
@@ -410,20 +527,187 @@ function onConnectionState(state) {
 }
 
 /** Ends the call on our side: the peer connection closed, the remote picture gone. */
-function endCall(what = undefined) {
+function endCall(what = undefined, tone = 'info') {
   if (call) {
     clearTimeout(call.timer);
     if (call.pc) call.pc.close();
   }
   call = null;
   ui.remote.srcObject = null;
-  if (me) idle(what);
+  updateRemoteNote();
+  ui.quality.hidden = true;
+  if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
+  if (me) idle(what, tone);
 }
 
 /** Ends the call and tells the other side. */
-function hangUp(what) {
+function hangUp(what, tone = 'info') {
   if (call) send({ type: 'close', otherUsername: call.peer });
-  endCall(what);
+  endCall(what, tone);
+}
+
+// ---------------------------------------------------------------- around the call
+
+/** The stage: hidden with nothing to show, my preview alone before a call, both in one. */
+function updateStage() {
+  const hasPreview = localStream !== null && localStream.getVideoTracks().length > 0;
+  // Until the call is answered there is no other picture: my preview fills the stage.
+  const mode = call !== null && call.answered ? 'call' : hasPreview ? 'preview' : 'off';
+  ui.stage.dataset.mode = mode;
+  ui.stage.hidden = mode === 'off';
+}
+
+function updateShare() {
+  const link = me ? `${location.origin}/?call=${encodeURIComponent(me)}` : null;
+  const qr = me ? `/qr.svg?call=${encodeURIComponent(me)}` : '/qr.svg';
+  if (!ui.share.hidden && ui.shareQr.getAttribute('src') !== qr) ui.shareQr.src = qr;
+  ui.shareText.textContent = link
+    ? `Scan it with a phone on the same network to call ${me}, or send the link: ${link}`
+    : 'Scan it with a phone on the same network to open this page there.';
+}
+
+function renderOnline() {
+  if (!onlineList) return;
+  const others = (onlineList.users ?? []).filter((u) => typeof u.username === 'string' && !sameName(u.username, me));
+  const items = others.map((user) => {
+    const li = document.createElement('li');
+    li.dataset.username = user.username;
+    li.dataset.busy = String(user.busy === true);
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = user.username;
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'accept';
+    button.textContent = user.busy ? 'Busy' : 'Call';
+    button.setAttribute('aria-label', `Call ${user.username}`);
+    button.disabled = user.busy === true || call !== null || me === null;
+    button.addEventListener('click', () => startCall(user.username));
+    li.append(name, button);
+    return li;
+  });
+  ui.online.replaceChildren(...items);
+  if (items.length === 0) {
+    const li = document.createElement('li');
+    li.className = 'empty';
+    li.textContent = 'Nobody else is online.';
+    ui.online.append(li);
+  }
+  const beyond = (onlineList.total ?? 0) - (onlineList.users?.length ?? 0);
+  ui.onlineMore.hidden = beyond <= 0;
+  ui.onlineMore.textContent = beyond > 0 ? `and ${beyond} more` : '';
+}
+
+/** The seconds a call has been ringing, or has lasted. */
+function updateTimer() {
+  const state = ui.status.dataset.state;
+  const shown = call !== null && ['calling', 'ringing', 'in-call'].includes(state);
+  ui.timer.hidden = !shown;
+  if (!shown) return;
+  const since = call.connectedAt ?? call.started;
+  const seconds = Math.max(0, Math.floor((Date.now() - since) / 1000));
+  const label = call.connectedAt ? '' : state === 'calling' ? 'Ringing ' : 'Ringing for ';
+  ui.timer.textContent = `${label}${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+setInterval(updateTimer, 1000);
+
+/** A ringtone from oscillators (no audio files): two tones, on for a second, off for two. */
+const ringtone = {
+  context: null,
+  gain: null,
+  playing: false,
+  timer: null,
+  silenced: false,
+  /** Audio may only start after a gesture: the login click unlocks it. */
+  unlock() {
+    if (this.context || !window.AudioContext) return;
+    this.context = new AudioContext();
+    this.gain = this.context.createGain();
+    this.gain.gain.value = 0;
+    this.gain.connect(this.context.destination);
+    for (const frequency of [440, 480]) {
+      const tone = this.context.createOscillator();
+      tone.frequency.value = frequency;
+      tone.connect(this.gain);
+      tone.start();
+    }
+  },
+  start() {
+    if (this.playing || this.silenced || !this.context) return;
+    this.playing = true;
+    this.context.resume().catch(() => {});
+    const ring = () => {
+      const now = this.context.currentTime;
+      this.gain.gain.setValueAtTime(0.12, now);
+      this.gain.gain.setValueAtTime(0, now + 1);
+    };
+    ring();
+    this.timer = setInterval(ring, 3000);
+  },
+  stop() {
+    this.silenced = false;
+    if (!this.playing) return;
+    this.playing = false;
+    clearInterval(this.timer);
+    this.gain.gain.cancelScheduledValues(this.context.currentTime);
+    this.gain.gain.setValueAtTime(0, this.context.currentTime);
+  },
+};
+
+/** A hint from getStats: "Poor connection" on a long round trip or lost packets. */
+async function checkQuality() {
+  const current = call;
+  if (!current || !current.pc || current.pc.connectionState !== 'connected') {
+    ui.quality.hidden = true;
+    return;
+  }
+  let rtt = null;
+  let lost = 0;
+  let received = 0;
+  (await current.pc.getStats()).forEach((report) => {
+    if (report.type === 'candidate-pair' && report.nominated && report.state === 'succeeded') {
+      rtt = report.currentRoundTripTime ?? rtt;
+    }
+    if (report.type === 'inbound-rtp') {
+      lost += report.packetsLost ?? 0;
+      received += report.packetsReceived ?? 0;
+    }
+  });
+  if (call !== current) return;
+  const before = current.stats ?? { lost: 0, received: 0 };
+  current.stats = { lost, received };
+  const dLost = lost - before.lost;
+  const dTotal = dLost + (received - before.received);
+  const loss = dTotal > 0 ? dLost / dTotal : 0;
+  ui.quality.hidden = !((rtt !== null && rtt > POOR_RTT_S) || loss > POOR_LOSS);
+}
+setInterval(() => { checkQuality().catch(() => {}); }, 2000);
+
+function startCall(peer) {
+  if (!me || call) return;
+  if (!peer) {
+    idle('Enter the name of the person to call.', 'error');
+    return;
+  }
+  if (sameName(peer, me)) {
+    idle('You cannot call yourself.', 'error');
+    return;
+  }
+  placeCall(peer).catch((err) => endCall(`The call could not start (${err.name || err}).`, 'error'));
+}
+
+/** Frees the name at once (Close 1000 means "on purpose": no grace) and shows the login form. */
+function logOut() {
+  if (call) hangUp();
+  const socket = ws;
+  ws = null;
+  wantedName = null;
+  token = null;
+  me = null;
+  onlineList = null;
+  if (socket) socket.close(1000, 'logged out');
+  show('connecting', 'Logged out. Connecting…');
+  connect();
 }
 
 // ---------------------------------------------------------------- what the person does
@@ -432,26 +716,22 @@ ui.loginForm.addEventListener('submit', (event) => {
   event.preventDefault();
   const name = ui.username.value.trim();
   if (!name) {
-    show('logged-out', 'Please enter a name.');
+    show('logged-out', 'Please enter a name.', 'error');
     return;
   }
+  const length = [...name].length;
+  if (length > MAX_NAME_CHARS) {
+    show('logged-out', `That name has ${length} characters: use at most ${MAX_NAME_CHARS}.`, 'error');
+    return;
+  }
+  ringtone.unlock();
   wantedName = name;
   if (!send({ type: 'login', username: name })) show('connecting', 'Not connected yet: logging in as soon as the server answers…');
 });
 
 ui.callForm.addEventListener('submit', (event) => {
   event.preventDefault();
-  const peer = ui.callee.value.trim();
-  if (!me || call) return;
-  if (!peer) {
-    idle('Enter the name of the person to call.');
-    return;
-  }
-  if (peer === me) {
-    idle('You cannot call yourself.');
-    return;
-  }
-  placeCall(peer).catch((err) => endCall(`The call could not start (${err.name || err}).`));
+  startCall(ui.callee.value.trim());
 });
 
 ui.accept.addEventListener('click', () => {
@@ -459,7 +739,7 @@ ui.accept.addEventListener('click', () => {
   const offer = call.offer;
   call.offer = null;
   show('in-call', `Connecting to ${call.peer}…`);
-  acceptOffer(offer).catch((err) => hangUp(`The call could not start (${err.name || err}).`));
+  acceptOffer(offer).catch((err) => hangUp(`The call could not start (${err.name || err}).`, 'error'));
 });
 
 ui.decline.addEventListener('click', () => {
@@ -475,7 +755,53 @@ ui.hangUp.addEventListener('click', () => {
 
 ui.mic.addEventListener('click', () => toggle(localStream?.getAudioTracks() ?? []));
 ui.camera.addEventListener('click', () => toggle(localStream?.getVideoTracks() ?? []));
+ui.logout.addEventListener('click', logOut);
+
+ui.silence.addEventListener('click', () => {
+  ringtone.stop();
+  ringtone.silenced = true;
+  ui.silence.hidden = true;
+});
+
+ui.showQr.addEventListener('click', () => {
+  ui.share.hidden = !ui.share.hidden;
+  ui.showQr.setAttribute('aria-expanded', String(!ui.share.hidden));
+  updateShare();
+});
+
+ui.copyLink.addEventListener('click', async () => {
+  if (!me) return;
+  const link = `${location.origin}/?call=${encodeURIComponent(me)}`;
+  try {
+    await navigator.clipboard.writeText(link);
+    idle(`Your call link is copied: ${link}`);
+  } catch {
+    idle(`Copy your call link: ${link}`);
+  }
+});
+
+// The other person's picture fits whole by default (a landscape picture on a phone in
+// portrait is not cropped); a tap switches to filling the stage.
+function switchFit() {
+  const fill = ui.stage.dataset.fit !== 'fill';
+  ui.stage.dataset.fit = fill ? 'fill' : 'fit';
+  ui.fit.textContent = fill ? 'Fit' : 'Fill';
+}
+ui.fit.addEventListener('click', switchFit);
+ui.remote.addEventListener('click', switchFit);
+
+ui.fullscreen.addEventListener('click', () => {
+  if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+  else ui.stage.requestFullscreen?.().catch(() => {});
+});
+ui.pip.hidden = !document.pictureInPictureEnabled;
+ui.pip.addEventListener('click', () => {
+  if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
+  else if (ui.remote.srcObject) ui.remote.requestPictureInPicture().catch(() => {});
+});
 
 updateToggles();
 show('connecting', 'Connecting to the server…');
+// The preview shows as soon as the camera is allowed, before logging in.
+mediaReady = startMedia();
 connect();
