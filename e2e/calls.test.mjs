@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import {
-  call, expectMediaFlowing, expectTornDown, framesDecoded, haveRedis, launchBrowser, login, missing, openPage,
-  screenshot, startRedis, startServer, state, statusText, suiteCertificate, waitFor,
+  browserSuite, call, expectMediaFlowing, expectTornDown, framesDecoded, haveRedis, login, missing,
+  screenshot, startRedis, startServer, state, statusText, waitFor,
 } from './harness.mjs';
 
 const why = missing();
@@ -21,40 +21,13 @@ if (noRedis && process.env.CI === 'true') {
 }
 
 describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () => {
+  // One browser process per person whose picture matters; carol shares alice's process.
+  const suite = browserSuite({ before, after, afterEach });
+  const { servers } = suite;
+  const start = suite.start;
+  const open = (browser, server) => suite.open(browser, server);
   let browsers = [];
-  const servers = [];
-
-  before(async () => {
-    // The browsers trust the suite's certificate and no other (no ignoreHTTPSErrors).
-    const trusted = await suiteCertificate();
-    // One browser process per person whose picture matters; carol shares alice's process.
-    browsers = await Promise.all([launchBrowser(trusted), launchBrowser(trusted)]);
-  });
-
-  // Each test's pages are closed after it: open pages keep their fake cameras and calls
-  // running, and on a small machine they slow the later tests down.
-  let opened = [];
-  afterEach(async () => {
-    await Promise.all(opened.map((page) => page.context().close().catch(() => {})));
-    opened = [];
-  });
-
-  async function open(browser, server) {
-    const page = await openPage(browser, server);
-    opened.push(page);
-    return page;
-  }
-
-  after(async () => {
-    await Promise.all(browsers.map((b) => b.close()));
-    await Promise.all(servers.map((s) => s.stop()));
-  });
-
-  async function start(options) {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  }
+  before(() => { browsers = suite.browsers; });
 
   async function people(server, ...names) {
     const pages = [];

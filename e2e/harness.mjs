@@ -286,3 +286,41 @@ export async function screenshot(page, name) {
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, `${name}.png`) });
 }
+
+/**
+ * What every browser suite stands on, with node:test's hooks: two browser processes that
+ * trust the suite's certificate and no other (no ignoreHTTPSErrors), the servers a suite
+ * starts (stopped at its end), and the pages each test opens, closed after it: open pages
+ * keep their fake cameras and calls running, and on a small machine they slow the later
+ * tests down.
+ */
+export function browserSuite({ before, after, afterEach }) {
+  const suite = {
+    browsers: [],
+    servers: [],
+    opened: [],
+    async start(options) {
+      const server = await startServer(options);
+      suite.servers.push(server);
+      return server;
+    },
+    async open(browser, server, options) {
+      const page = await openPage(browser, server, options);
+      suite.opened.push(page);
+      return page;
+    },
+  };
+  before(async () => {
+    const trusted = await suiteCertificate();
+    suite.browsers = await Promise.all([launchBrowser(trusted), launchBrowser(trusted)]);
+  });
+  afterEach(async () => {
+    await Promise.all(suite.opened.map((page) => page.context().close().catch(() => {})));
+    suite.opened = [];
+  });
+  after(async () => {
+    await Promise.all(suite.browsers.map((b) => b.close()));
+    await Promise.all(suite.servers.map((s) => s.stop()));
+  });
+  return suite;
+}

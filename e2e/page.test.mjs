@@ -5,8 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import {
-  call, expectMediaFlowing, launchBrowser, login, missing, openPage, screenshot, startServer, state,
-  statusText, suiteCertificate, waitFor,
+  browserSuite, call, expectMediaFlowing, login, missing, screenshot, state, statusText, waitFor,
 } from './harness.mjs';
 
 const why = missing();
@@ -15,34 +14,9 @@ if (why && process.env.CI === 'true') {
 }
 
 describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
-  let browsers = [];
-  const servers = [];
-  let opened = [];
-
-  before(async () => {
-    const trusted = await suiteCertificate();
-    browsers = await Promise.all([launchBrowser(trusted), launchBrowser(trusted)]);
-  });
-  afterEach(async () => {
-    await Promise.all(opened.map((page) => page.context().close().catch(() => {})));
-    opened = [];
-  });
-  after(async () => {
-    await Promise.all(browsers.map((b) => b.close()));
-    await Promise.all(servers.map((s) => s.stop()));
-  });
-
-  async function start(options) {
-    const server = await startServer(options);
-    servers.push(server);
-    return server;
-  }
-
-  async function open(i, server, options) {
-    const page = await openPage(browsers[i % browsers.length], server, options);
-    opened.push(page);
-    return page;
-  }
+  const suite = browserSuite({ before, after, afterEach });
+  const start = suite.start;
+  const open = (i, server, options) => suite.open(suite.browsers[i % suite.browsers.length], server, options);
 
   async function person(i, server, name, options) {
     const page = await open(i, server, options);
@@ -174,7 +148,17 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
       assert.equal(await alice.isVisible('#welcome'), true);
       assert.equal(await alice.isVisible('video#remote'), false, 'no empty picture before login');
       await screenshot(alice, `${label}-logged-out`);
+      // The QR code of the page, as the browser loads it (over HTTP/2).
+      await alice.click('button#show-qr');
+      await alice.waitForFunction(() => document.querySelector('img#share-qr').naturalWidth > 0, null, { timeout: 5000 });
       await login(alice, 'alice');
+      await alice.waitForFunction(() => document.querySelector('img#share-qr').src.endsWith('/qr.svg?call=alice')
+        && document.querySelector('img#share-qr').naturalWidth > 0, null, { timeout: 5000 });
+      // The link beside the code is the one in it (on localhost: the LAN address).
+      const qrText = await alice.evaluate(async () => (await fetch('/qr.svg?call=alice', { method: 'HEAD' })).headers.get('x-qr-text'));
+      await alice.waitForFunction((text) => document.querySelector('#share-text').textContent.endsWith(`send the link: ${text}`), qrText, { timeout: 5000 });
+      await screenshot(alice, `${label}-share`);
+      await alice.click('button#show-qr');
       const bob = await person(1, server, 'bob');
       await call(bob, 'alice');
       await waitFor(alice, 'ringing', 'bob is calling you.');

@@ -241,13 +241,16 @@ const handlers = {
     }
     me = message.username;
     wantedName = me;
+    // A call link is used once, by the first login.
+    const linked = pendingCall;
+    pendingCall = null;
     token = typeof message.token === 'string' ? message.token : null;
     iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
     if (!mediaReady) mediaReady = startMedia();
     const held = message.resumed === true ? (message.otherUsername ?? null) : undefined;
     if (held !== undefined) {
       // The server held our session: it says which call it still has.
-      if (call && held === call.peer) return showCall();
+      if (call && sameName(held, call.peer)) return showCall();
       if (call) endCall(`The call with ${call.peer} ended while the connection was down.`);
       else if (held) send({ type: 'close', otherUsername: held }); // we hung up meanwhile
       else idle();
@@ -263,12 +266,8 @@ const handlers = {
     // A call that was still being set up cannot be picked up again.
     if (call) endCall('Connection to the server lost: the call ended.', 'error');
     else idle();
-    if (pendingCall && !call) {
-      // Opened from a call link: call that person now that we are logged in.
-      const peer = pendingCall;
-      pendingCall = null;
-      if (!sameName(peer, me)) placeCall(peer).catch((err) => endCall(`The call could not start (${err.name || err}).`, 'error'));
-    }
+    // Opened from a call link: call that person now that we are logged in.
+    if (linked && !call) startCall(linked);
   },
 
   online(message) {
@@ -557,13 +556,32 @@ function updateStage() {
   ui.stage.hidden = mode === 'off';
 }
 
+/** What the QR code says, as the server encoded it (on localhost: the LAN address). */
+const shared = { path: null, link: null };
+
+/** My call link: the one in the QR code when the server said, else this page's address. */
+function callLink() {
+  if (!me) return null;
+  const path = `/qr.svg?call=${encodeURIComponent(me)}`;
+  return shared.path === path && shared.link ? shared.link : `${location.origin}/?call=${encodeURIComponent(me)}`;
+}
+
 function updateShare() {
-  const link = me ? `${location.origin}/?call=${encodeURIComponent(me)}` : null;
   const qr = me ? `/qr.svg?call=${encodeURIComponent(me)}` : '/qr.svg';
   if (!ui.share.hidden && ui.shareQr.getAttribute('src') !== qr) ui.shareQr.src = qr;
+  if (shared.path !== qr) {
+    shared.path = qr;
+    shared.link = null;
+    fetch(qr, { method: 'HEAD' }).then((reply) => {
+      if (shared.path !== qr) return;
+      shared.link = reply.headers.get('x-qr-text');
+      updateShare();
+    }).catch(() => {});
+  }
+  const link = callLink();
   ui.shareText.textContent = link
     ? `Scan it with a phone on the same network to call ${me}, or send the link: ${link}`
-    : 'Scan it with a phone on the same network to open this page there.';
+    : `Scan it with a phone on the same network to open this page there${shared.link ? ` (${shared.link})` : ''}.`;
 }
 
 function renderOnline() {
@@ -771,7 +789,7 @@ ui.showQr.addEventListener('click', () => {
 
 ui.copyLink.addEventListener('click', async () => {
   if (!me) return;
-  const link = `${location.origin}/?call=${encodeURIComponent(me)}`;
+  const link = callLink();
   try {
     await navigator.clipboard.writeText(link);
     idle(`Your call link is copied: ${link}`);

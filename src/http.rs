@@ -389,12 +389,17 @@ impl App {
 /// The page's policy: everything from this origin only; the socket to this host; no plugins,
 /// no framing. The WebSocket URL is named explicitly because older browsers do not count
 /// ws:/wss: as 'self'.
+/// The host (and port) the browser asked for: the Host header, or over HTTP/2, which has
+/// none, the request's `:authority`.
+fn authority<B>(req: &Request<B>) -> Option<hyper::http::uri::Authority> {
+    match req.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok()?.parse().ok(),
+        None => req.uri().authority().cloned(),
+    }
+}
+
 fn content_security_policy<B>(req: &Request<B>, https: bool) -> HeaderValue {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .filter(|host| host.parse::<hyper::http::uri::Authority>().is_ok());
+    let host = authority(req);
     let socket = match host {
         Some(host) => format!(" {}://{host}", if https { "wss" } else { "ws" }),
         None => String::new(),
@@ -492,12 +497,7 @@ const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMER
 /// calls NAME), so one device can hand it to another. A page opened on the server's own
 /// machine (`localhost`) shows the first LAN address instead, which a phone can reach.
 fn share_qr<B>(req: &Request<B>, https: bool) -> Response<Body> {
-    let Some(authority) = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .and_then(|host| host.parse::<hyper::http::uri::Authority>().ok())
-    else {
+    let Some(authority) = authority(req) else {
         return text(StatusCode::BAD_REQUEST, "a Host header is needed\n");
     };
     let scheme = if https { "https" } else { "http" };

@@ -305,5 +305,21 @@ async fn the_share_code_names_the_address_another_device_can_open() {
     assert_eq!(reply.header("x-qr-text"), "https://calls.example.com/");
     let reply = qr("[fd00::5]:8443".into(), "/qr.svg?x=1&call=al").await;
     assert_eq!(reply.header("x-qr-text"), "https://[fd00::5]:8443/?call=al");
+    // Over HTTP/2 (what browsers negotiate) there is no Host header, only the authority.
+    let io = server.connect(&[b"h2"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let uri = format!("https://localhost:{port}/qr.svg?call=al");
+    let response = sender
+        .send_request(Request::get(uri).body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let reply = Reply::read(response).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-qr-text"), format!("{base}/?call=al"));
     server.stop().await;
 }

@@ -401,19 +401,17 @@ impl Cluster {
     /// An instance's list is its total, then one line per user: `1` (busy) or `0`, and the
     /// name. Names have no control characters, so lines cannot break inside one.
     pub async fn online(&self, limit: usize) -> Option<super::Online> {
-        let mine = {
+        // Copied under the lock, sorted outside it.
+        let users: Vec<(Arc<str>, bool)> = {
             let local = self.inner.lock();
-            let mut users: Vec<(Arc<str>, bool)> = local
+            local
                 .members
                 .iter()
                 .filter(|(_, m)| m.held.is_none() && !m.evicted)
                 .map(|(name, m)| (name.clone(), m.call.is_some()))
-                .collect();
-            let total = users.len();
-            users.sort_unstable_by(|a, b| name_key(&a.0).cmp(&name_key(&b.0)));
-            users.truncate(limit);
-            (total, users)
+                .collect()
         };
+        let mine = (users.len(), first_by_key(users, limit));
         let mut list = mine.0.to_string();
         for (name, busy) in &mine.1 {
             list.push('\n');
@@ -443,13 +441,15 @@ impl Cluster {
                 Some((Arc::from(name), line.starts_with('1')))
             }));
         }
+        // A user who just moved between instances may be in two lists: listed once, and
+        // busy if either list says so.
         let mut keyed: Vec<(String, Arc<str>, bool)> = users
             .into_iter()
             .map(|(name, busy)| (name_key(&name).into_owned(), name, busy))
             .collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
         let before = keyed.len();
-        keyed.dedup_by(|a, b| a.0 == b.0);
+        keyed.dedup_by(|later, first| later.0 == first.0);
         total = total.saturating_sub(before - keyed.len());
         keyed.truncate(limit);
         Some(super::Online {
@@ -555,6 +555,17 @@ fn after(kind: Relay, with: &str, at: Option<Arc<str>>, sid: u64) -> Option<Call
         at,
         sid,
     })
+}
+
+/// The first `limit` users by [`name_key`], in that order.
+fn first_by_key(users: Vec<(Arc<str>, bool)>, limit: usize) -> Vec<(Arc<str>, bool)> {
+    let mut keyed: Vec<(String, (Arc<str>, bool))> = users
+        .into_iter()
+        .map(|user| (name_key(&user.0).into_owned(), user))
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    keyed.truncate(limit);
+    keyed.into_iter().map(|(_, user)| user).collect()
 }
 
 fn number(text: &str) -> u64 {

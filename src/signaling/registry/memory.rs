@@ -90,19 +90,25 @@ impl Registry {
 
     /// The first `limit` users by key, busy marked, and how many there are.
     pub fn online(&self, limit: usize) -> Online {
-        let state = self.lock();
-        let mut users: Vec<(&Arc<str>, &User)> = state.users.iter().collect();
-        if users.len() > limit {
-            users.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+        // Copied under the lock (reference counts), sorted outside it.
+        let mut users: Vec<(Arc<str>, Arc<str>, bool)> = self
+            .lock()
+            .users
+            .iter()
+            .map(|(key, user)| (key.clone(), user.name.clone(), user.call.is_some()))
+            .collect();
+        let total = users.len();
+        if total > limit {
+            users.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
             users.truncate(limit);
         }
-        users.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Online {
             users: users
                 .into_iter()
-                .map(|(_, user)| (user.name.clone(), user.call.is_some()))
+                .map(|(_, name, busy)| (name, busy))
                 .collect(),
-            total: state.users.len(),
+            total,
         }
     }
 
