@@ -17,6 +17,13 @@ on_one_server_and_split!(
     a_login_storm_costs_each_page_a_few_lists,
 );
 
+const PRESENCE_GRACE: &str = "[presence]\nenabled = true\n[websocket]\nresume_grace_secs = 8\n";
+
+on_one_server_and_split!(
+    config = super::PRESENCE_GRACE;
+    a_user_in_grace_stays_listed_and_is_sent_no_lists_meanwhile,
+);
+
 /// The names in an `online` frame, with busy marked by a `*`.
 fn names(list: &Value) -> Vec<String> {
     list["users"]
@@ -119,6 +126,31 @@ async fn a_login_storm_costs_each_page_a_few_lists(server: Service) {
     for ws in &mut sockets {
         assert_eq!(ws.recv().await["success"], true);
     }
+    server.stop().await;
+}
+
+async fn a_user_in_grace_stays_listed_and_is_sent_no_lists_meanwhile(server: Service) {
+    let (alice, login) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    list_becomes(&mut bob, &["alice", "bob"]).await;
+    // alice's connection drops without a word: she is held for the grace period.
+    drop(alice);
+    let mut others = Vec::new();
+    let mut wanted = vec!["alice", "bob"];
+    for name in ["c1", "c2", "c3"] {
+        others.push(server.user(name).await.0);
+        wanted.push(name);
+        list_becomes(&mut bob, &wanted).await;
+    }
+    // Back with her token: the login reply, then the list as it is now, and none of the
+    // three lists sent while she was away (her held queue keeps only what a partner sends).
+    let mut alice = server.servers[0].ws().await;
+    let reply = alice.login_with_token("alice", &login["token"]).await;
+    assert_eq!(reply["resumed"], true, "{reply}");
+    let list = alice.recv().await;
+    assert_eq!(list["type"], "online", "{list}");
+    assert_eq!(names(&list), wanted);
+    alice.quiet(1500).await;
     server.stop().await;
 }
 

@@ -56,6 +56,11 @@ const PUBLISH_QUEUE: usize = 4096;
 /// Most messages sent in one round trip.
 const PUBLISH_BATCH: usize = 256;
 
+/// How long an instance's presence list outlives its writes: instances write it at most a
+/// couple of seconds apart (see `signaling::presence`), and it is read only while the
+/// instance's lease holds, so a dead instance's list is never shown.
+const PRESENCE_KEPT: Duration = Duration::from_secs(30);
+
 const COMMON: &str = include_str!("lua/common.lua");
 
 /// Every operation the metrics name.
@@ -427,7 +432,7 @@ impl Cluster {
                 "presence",
                 inner
                     .invoke(&inner.scripts.presence)
-                    .arg(inner.lease.as_millis() as u64)
+                    .arg((inner.lease + PRESENCE_KEPT).as_millis() as u64)
                     .arg(&list),
             )
             .await
