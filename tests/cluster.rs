@@ -387,6 +387,15 @@ async fn a_stalled_redis_is_answered_fast_spares_local_calls_and_recovers() {
     candidate_gets_through(&mut alice, &mut carol, "during the stall").await;
     carol.send(offer_to("alice")).await;
     assert_eq!(alice.recv().await["type"], "offer");
+    // Only to the partner the local copies agree on, named in any case: a hang-up naming
+    // someone else reaches nobody, and the call stays up.
+    let stray = json!({"type": "close", "otherUsername": "erin"});
+    assert_eq!(alice.error_code(stray).await, "unavailable");
+    let named =
+        json!({"type": "candidate", "candidate": {"candidate": "c"}, "otherUsername": "CAROL"});
+    alice.send(named).await;
+    assert_eq!(carol.recv().await["candidate"]["candidate"], "c");
+    erin.quiet(200).await;
 
     // Past the lease: every instance's lease lapses in Redis while it is stopped.
     let past_lease = Duration::from_secs(6).saturating_sub(stalled.elapsed());
