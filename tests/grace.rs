@@ -277,6 +277,15 @@ async fn resume_pairs_only_two_users_who_asked_for_each_other(server: Service) {
         json!({"type": "resume", "username": "bob"})
     );
     assert_eq!(server.calls(), (0, 1));
+    // Asking again (a page that retried) is answered as done, and tells bob nothing new.
+    alice
+        .send(json!({"type": "resume", "otherUsername": "BOB"}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "resume", "username": "bob"})
+    );
+    bob.quiet(200).await;
     // The call works as any other: an ICE restart offer, its answer, candidates, hang-up.
     alice
         .send(json!({"type": "offer", "offer": {"sdp": "ice-restart"}, "otherUsername": "bob"}))

@@ -514,11 +514,11 @@ async fn handle(
                 }
             };
             match result {
-                Ok(Resumed::Paired) => {
+                Ok(Resumed::Paired(with)) => {
                     standing.resume = None;
                     metrics.relayed("resume");
-                    info!(user = conn.name(), with = &*to, "call resumed");
-                    Some(ServerMessage::Resume { username: &to }.to_json())
+                    info!(user = conn.name(), with = &*with, "call resumed");
+                    Some(ServerMessage::Resume { username: &with }.to_json())
                 }
                 Ok(Resumed::Waiting) => {
                     let until = Instant::now() + shared.settings.resume_grace;

@@ -1783,9 +1783,9 @@ impl Connection {
                     sid: number(their_sid),
                 };
                 inner.partnered(me, self.sid, mine, &partner, theirs, frame);
-                Ok(Resumed::Paired)
+                Ok(Resumed::Paired(Arc::from(to)))
             }
-            ["active"] => Ok(Resumed::Paired),
+            ["active", with] => Ok(Resumed::Paired(Arc::from(with))),
             ["waiting", my_ver, to] => {
                 let mut local = inner.lock();
                 if let Some(mine) = local.members.get_mut(me) {

@@ -282,7 +282,7 @@ impl Connection {
         let mut state = self.registry.lock();
         match current_call(&state, &me.key)? {
             Some(call) if *call.with == *to_key && call.state == CallState::Active => {
-                return Ok(Resumed::Paired);
+                return Ok(Resumed::Paired(call.shown.clone()));
             }
             Some(call) => return Err(RelayError::AlreadyInCall(call.shown.clone())),
             None => {}
@@ -299,7 +299,7 @@ impl Connection {
                 set_call(&mut state, me, &partner, CallState::Active);
                 set_call(&mut state, &partner, me, CallState::Active);
                 deliver(&state, &partner.key, frame);
-                Ok(Resumed::Paired)
+                Ok(Resumed::Paired(partner.name))
             }
             None => {
                 // The other side may not be back yet: it is named as asked for.

@@ -85,10 +85,11 @@ pub enum LoggedIn {
 }
 
 /// What a `resume` request led to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resumed {
-    /// Both sides asked for each other: the call is active again, and the other side was told.
-    Paired,
+    /// Both sides asked for each other: the call is active again (with the user named as
+    /// they typed their name), and the other side was told.
+    Paired(Arc<str>),
     /// The other side has not asked yet; the request waits for them (bounded by the caller).
     Waiting,
 }

@@ -4,8 +4,8 @@
 -- 'ask': pairs the two as an active call when the other side is waiting to resume with
 -- this one (and tells its instance), else records this side as waiting ('resuming').
 -- Returns {'paired', their instance, their session, my version, their version, their
--- name}, {'active'} when the call is already back, {'waiting', my version, their name}, or
--- a refusal.
+-- name}, {'active', their name} when the call is already back, {'waiting', my version,
+-- their name}, or a refusal.
 -- 'lapse': the wait ran out; drops the request if it is still pending. Returns
 -- {'lapsed', my version} or {'no'}.
 local name, sid, to, frame, mode = ARGV[3], ARGV[4], resolve(ARGV[5], ARGV[8]), ARGV[6], ARGV[7]
@@ -18,7 +18,7 @@ if mode == 'lapse' then
   return {'no'}
 end
 if mine.peer and mine.state ~= 'resuming' then
-  if mine.peer == to and mine.state == 'active' then return {'active'} end
+  if mine.peer == to and mine.state == 'active' then return {'active', mine.peer} end
   return {'in-call', mine.peer}
 end
 local theirs = record(to)
