@@ -26,6 +26,7 @@ on_one_server_and_split!(
     resume_pairs_only_two_users_who_asked_for_each_other,
     a_hang_up_while_waiting_to_resume_withdraws_the_request,
     a_third_party_cannot_resume_someone_elses_call,
+    a_request_to_resume_is_busy_for_others_not_for_the_one_asked_for,
 );
 
 on_one_server_and_split!(
@@ -301,6 +302,33 @@ async fn resume_pairs_only_two_users_who_asked_for_each_other(server: Service) {
         .await;
     assert_eq!(bob.recv().await["reason"], "hung-up");
     assert_eq!(server.calls(), (0, 0));
+    server.stop().await;
+}
+
+async fn a_request_to_resume_is_busy_for_others_not_for_the_one_asked_for(server: Service) {
+    let (mut alice, _) = server.user("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let (mut carol, _) = server.user("carol").await;
+    bob.send(json!({"type": "resume", "otherUsername": "alice"}))
+        .await;
+    bob.quiet(200).await;
+    // bob waits for alice: carol gets busy, and alice may simply call him instead.
+    carol
+        .send(json!({"type": "offer", "offer": {"sdp": "c"}, "otherUsername": "bob"}))
+        .await;
+    assert_eq!(
+        carol.recv().await,
+        json!({"type": "busy", "username": "bob"})
+    );
+    alice
+        .send(json!({"type": "offer", "offer": {"sdp": "a"}, "otherUsername": "Bob"}))
+        .await;
+    let offer = bob.recv().await;
+    assert_eq!(
+        (&offer["type"], &offer["username"]),
+        (&json!("offer"), &json!("alice"))
+    );
+    alice.quiet(100).await;
     server.stop().await;
 }
 
