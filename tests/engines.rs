@@ -301,6 +301,11 @@ async fn the_presence_list_is_sorted_bounded_and_marks_busy(engines: Engines) {
     let listed: Vec<(&str, bool)> = online.users.iter().map(|(n, b)| (&**n, *b)).collect();
     assert_eq!(listed, [("Alice", true), ("bob", true), ("Carol", false)]);
     assert_eq!(online.total, 5);
+    // Exactly at the limit, and beyond it: everyone.
+    for limit in [5, 6] {
+        let online = engines.sides[0].online(limit).await.unwrap();
+        assert_eq!((online.users.len(), online.total), (5, 5), "limit {limit}");
+    }
     // Only those who can read it get a broadcast.
     let frame = Message::text("list");
     engines.sides[0].broadcast(&frame);
