@@ -287,6 +287,9 @@ async fn resume_pairs_only_two_users_who_asked_for_each_other(server: Service) {
         json!({"type": "resume", "username": "bob"})
     );
     bob.quiet(200).await;
+    // In a call, asking to resume another one is refused.
+    let other = json!({"type": "resume", "otherUsername": "zed"});
+    assert_eq!(alice.error_code(other).await, "already-in-call");
     // The call works as any other: an ICE restart offer, its answer, candidates, hang-up.
     alice
         .send(json!({"type": "offer", "offer": {"sdp": "ice-restart"}, "otherUsername": "bob"}))
