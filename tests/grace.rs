@@ -375,6 +375,10 @@ async fn a_third_party_cannot_resume_someone_elses_call(server: Service) {
     mallory
         .send(json!({"type": "resume", "otherUsername": "bob"}))
         .await;
+    // alice waits to resume a call, but not with mallory.
+    mallory
+        .send(json!({"type": "resume", "otherUsername": "alice"}))
+        .await;
     // Nobody is paired with mallory, and neither victim hears a thing.
     alice.quiet(300).await;
     bob.quiet(100).await;
