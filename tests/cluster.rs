@@ -396,6 +396,12 @@ async fn a_stalled_redis_is_answered_fast_spares_local_calls_and_recovers() {
     alice.send(named).await;
     assert_eq!(carol.recv().await["candidate"]["candidate"], "c");
     erin.quiet(200).await;
+    // A hang-up between them ends the call in both copies: nothing is relayed after it.
+    carol.send(json!({"type": "close"})).await;
+    assert_eq!(alice.recv().await["reason"], "hung-up");
+    let after_hang_up = json!({"type": "candidate", "candidate": {"candidate": "late"}});
+    assert_eq!(alice.error_code(after_hang_up).await, "unavailable");
+    carol.quiet(200).await;
 
     // Past the lease: every instance's lease lapses in Redis while it is stopped.
     let past_lease = Duration::from_secs(6).saturating_sub(stalled.elapsed());
@@ -411,6 +417,8 @@ async fn a_stalled_redis_is_answered_fast_spares_local_calls_and_recovers() {
     for name in ["alice", "carol", "bob", "erin"] {
         assert_eq!(other.login(name).await["code"], "name-taken", "{name}");
     }
+    // The hang-up was written back: the two are free for a new call.
+    call(&mut carol, &mut alice, "alice").await;
     candidate_gets_through(&mut carol, &mut alice, "after the stall").await;
     bob.send(offer_to("erin")).await;
     assert_eq!(erin.recv().await["username"], "bob");
