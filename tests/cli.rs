@@ -478,7 +478,6 @@ fn a_lease_shorter_than_two_heartbeats_stops_the_binary_with_a_reason() {
 /// URL, so a phone can open it.
 #[test]
 fn at_a_terminal_the_banner_draws_a_qr_code_of_the_lan_url() {
-    use std::io::{BufRead, BufReader};
     if Command::new("script").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -500,32 +499,14 @@ fn at_a_terminal_the_banner_draws_a_qr_code_of_the_lan_url() {
         env!("CARGO_BIN_EXE_dialtone"),
         config.display()
     );
-    let mut child = Command::new("script")
+    let mut command = Command::new("script");
+    command
         .args(["-qefc", &inner, "/dev/null"])
         .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line.trim_end_matches('\r').to_owned());
-        }
-    });
-    let mut banner = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
-        let last = line == "Press Ctrl-C to stop.";
-        banner.push(line);
-        if last {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = banner.join("\n");
+        .stdin(std::process::Stdio::piped());
+    let running = Running::start(command);
+    let banner = running.lines();
+    let text = running.text();
     assert!(text.contains("Press Ctrl-C to stop."), "{text}");
     let Some(first_lan) = dialtone::tls::reachable_lan_addresses().first().copied() else {
         assert!(!text.contains("scan"), "no LAN address, no code: {text}");

@@ -122,22 +122,28 @@ async fn other_methods_are_refused() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn pages_are_served_over_http2_when_negotiated() {
-    let server = TestServer::start().await;
+/// GET `path` over HTTP/2 (ALPN h2), which carries the host in `:authority`, not a Host
+/// header.
+async fn h2_get(server: &TestServer, path: &str) -> Reply {
     let io = server.connect(&[b"h2", b"http/1.1"]).await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .expect("the server speaks HTTP/2 after ALPN h2");
     tokio::spawn(conn);
-    let uri = format!("https://localhost:{}/", server.addr.port());
+    let uri = format!("https://localhost:{}{path}", server.addr.port());
     let response = sender
         .send_request(Request::get(uri).body(Empty::<Bytes>::new()).unwrap())
         .await
         .unwrap();
     assert_eq!(response.version(), hyper::Version::HTTP_2);
-    let reply = Reply::read(response).await;
+    Reply::read(response).await
+}
+
+#[tokio::test]
+async fn pages_are_served_over_http2_when_negotiated() {
+    let server = TestServer::start().await;
+    let reply = h2_get(&server, "/").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains(r#"id="username""#));
     server.stop().await;
@@ -306,19 +312,7 @@ async fn the_share_code_names_the_address_another_device_can_open() {
     let reply = qr("[fd00::5]:8443".into(), "/qr.svg?x=1&call=al").await;
     assert_eq!(reply.header("x-qr-text"), "https://[fd00::5]:8443/?call=al");
     // Over HTTP/2 (what browsers negotiate) there is no Host header, only the authority.
-    let io = server.connect(&[b"h2"]).await;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let uri = format!("https://localhost:{port}/qr.svg?call=al");
-    let response = sender
-        .send_request(Request::get(uri).body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.version(), hyper::Version::HTTP_2);
-    let reply = Reply::read(response).await;
+    let reply = h2_get(&server, "/qr.svg?call=al").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.header("x-qr-text"), format!("{base}/?call=al"));
     server.stop().await;

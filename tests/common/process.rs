@@ -82,7 +82,8 @@ impl Running {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let _ = tx.send(line);
+                // Through a terminal (tests/cli.rs runs it under `script`) lines end in CRLF.
+                let _ = tx.send(line.trim_end_matches('\r').to_owned());
             }
         });
         let mut banner = Vec::new();
@@ -190,6 +191,11 @@ impl Running {
 
     pub fn text(&self) -> String {
         self.banner.join("\n")
+    }
+
+    /// The banner's lines.
+    pub fn lines(&self) -> &[String] {
+        &self.banner
     }
 
     pub fn signal(&self, name: &str) {
