@@ -260,7 +260,14 @@ export async function media(page) {
 export async function expectMediaFlowing(page) {
   await page.waitForFunction(() => window.__pcs.at(-1)?.connectionState === 'connected', null, { timeout: 15000 });
   await page.waitForFunction(() => document.querySelector('video#remote').videoWidth > 0, null, { timeout: 15000 });
-  const first = await media(page);
+  // The stats may lag the picture by a moment (seen on a loaded machine: a 640 px picture
+  // with 0 frames counted yet): wait for the first counted frame, then require more.
+  const deadline = Date.now() + 15000;
+  let first = await media(page);
+  while (first.framesDecoded === 0 && Date.now() < deadline) {
+    await page.waitForTimeout(100);
+    first = await media(page);
+  }
   await page.waitForTimeout(1000);
   const second = await media(page);
   if (!(first.framesDecoded > 0 && second.framesDecoded > first.framesDecoded)) {
