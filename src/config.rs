@@ -4,7 +4,7 @@
 //! `config.toml`. Unknown keys and bad values are errors that name the file, line and column,
 //! so a typo never silently falls back to a default.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 /// Why the configuration could not be loaded. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The OS error is part of the message, not a `source`: printed as a chain it would
+    /// appear twice.
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// toml's message already carries the line, the column and the offending text.
     #[error("invalid config file {path}: {message}")]
@@ -32,10 +34,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address and port to listen on, as one `"host:port"` string.
-    pub listen: SocketAddr,
-    /// Folder the page is served from; relative paths resolve against the config file's folder.
-    pub public_dir: PathBuf,
+    /// Address and port to listen on, as one `"host:port"` string; the host may be a name.
+    pub listen: Listen,
+    /// Serve the page from this folder instead of the copy built into the binary; relative
+    /// paths resolve against the config file's folder.
+    pub public_dir: Option<PathBuf>,
     pub tls: TlsConfig,
     /// Trust `X-Forwarded-Proto` and `X-Forwarded-For` from a TLS-terminating proxy in front.
     pub behind_proxy: bool,
@@ -52,6 +55,137 @@ pub struct Config {
     /// Several instances as one service, through Redis. Without a URL: one process, in memory.
     pub cluster: ClusterConfig,
     pub presence: PresenceConfig,
+    pub metrics: MetricsConfig,
+    /// The file these settings came from (`None`: built-in defaults), for messages.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// `/metrics`, the operator's endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            token: None,
+        }
+    }
+}
+
+/// Where to listen: an IP address and port, or a host name and port that is looked up at
+/// start-up (`localhost:8443` listens on each address `localhost` has).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen {
+    host: ListenHost,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListenHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Listen {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The addresses to bind: the one given, or each one the host name resolves to (IPv4
+    /// first), without repeats.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let name = match &self.host {
+            ListenHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, self.port)]),
+            ListenHost::Name(name) => name,
+        };
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), self.port))
+            .await?
+            .collect();
+        addrs.sort_by_key(|addr| addr.is_ipv6());
+        let mut unique = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if !unique.contains(&addr) {
+                unique.push(addr);
+            }
+        }
+        Ok(unique)
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            ListenHost::Ip(ip) => SocketAddr::new(*ip, self.port).fmt(f),
+            ListenHost::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Listen {
+        Listen {
+            host: ListenHost::Ip(addr.ip()),
+            port: addr.port(),
+        }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let bad = || {
+            format!(
+                "{text:?} is not an address to listen on: use HOST:PORT, e.g. \"0.0.0.0:8443\" \
+                 (every IPv4 address), \"[::]:8443\" (IPv6), \"127.0.0.1:8443\" or \
+                 \"localhost:8443\""
+            )
+        };
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let name_like = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+            });
+        if !name_like {
+            return Err(bad());
+        }
+        // A dotted quad that did not parse as an address (`300.1.1.1`) is no host name either.
+        if host
+            .split('.')
+            .all(|label| label.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(bad());
+        }
+        Ok(Listen {
+            host: ListenHost::Name(host.to_ascii_lowercase()),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Listen, String> {
+        text.parse()
+    }
 }
 
 /// Who's online. Off by default: listing everyone online is the operator's privacy choice.
@@ -299,8 +433,8 @@ impl Limits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443)),
-            public_dir: PathBuf::from("public"),
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443)).into(),
+            public_dir: None,
             tls: TlsConfig::default(),
             behind_proxy: false,
             ice_servers: vec![IceServer {
@@ -315,6 +449,8 @@ impl Default for Config {
             log_format: LogFormat::default(),
             cluster: ClusterConfig::default(),
             presence: PresenceConfig::default(),
+            metrics: MetricsConfig::default(),
+            file: None,
         }
     }
 }
@@ -495,7 +631,10 @@ impl TryFrom<String> for Secret {
 
     fn try_from(secret: String) -> Result<Self, Self::Error> {
         if secret.is_empty() {
-            return Err("the TURN secret must not be empty: use coturn's static-auth-secret");
+            return Err(
+                "a secret must not be empty: for [turn], coturn's static-auth-secret; \
+                 for [metrics] token, a long random string",
+            );
         }
         Ok(Secret(secret))
     }
@@ -574,15 +713,26 @@ impl Config {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(Config::default().resolved_against(Path::new(".")));
             }
-            Err(source) => {
+            Err(reason) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    reason,
                 });
             }
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, path).map(|config| config.resolved_against(base))
+        let mut config = Config::parse(&text, path)?.resolved_against(base);
+        config.file = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The settings file for a message that says what to change: the one in use, or the
+    /// `config.toml` that would be read.
+    pub fn file_name(&self) -> String {
+        match &self.file {
+            Some(file) => file.display().to_string(),
+            None => "config.toml (none was found: create it)".to_owned(),
+        }
     }
 
     /// Parses TOML text; `path` only names the file in errors.
@@ -600,7 +750,9 @@ impl Config {
                 *path = base.join(&*path);
             }
         };
-        resolve(&mut self.public_dir);
+        if let Some(public_dir) = &mut self.public_dir {
+            resolve(public_dir);
+        }
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
         self
@@ -618,7 +770,7 @@ impl Config {
             .ok()
             .filter(|&p| p != 0)
             .ok_or_else(|| ConfigError::BadPort(port.to_owned()))?;
-        self.listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, number));
+        self.listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into();
         self.tls.mode = TlsMode::Off;
         self.behind_proxy = true;
         Ok(Mode::Platform { port: number })
@@ -637,6 +789,8 @@ mod tests {
     fn empty_file_gives_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(config.public_dir, None, "the page built into the binary");
+        assert!(config.metrics.enabled && config.metrics.token.is_none());
         assert_eq!(config.tls.mode, TlsMode::Auto);
         assert_eq!(config.websocket.ping_interval_secs.get(), 25);
         assert_eq!(config.websocket.max_message_bytes.0, 65536);
@@ -678,6 +832,9 @@ mod tests {
         assert_eq!(a.drain_timeout_secs, b.drain_timeout_secs);
         assert_eq!(shipped.allowed_origins, defaults.allowed_origins);
         assert_eq!(shipped.log_format, defaults.log_format);
+        assert_eq!(shipped.metrics.enabled, defaults.metrics.enabled);
+        assert!(shipped.metrics.token.is_none());
+        assert_eq!(shipped.presence.enabled, defaults.presence.enabled);
         let (c, d) = (&shipped.cluster, &defaults.cluster);
         assert!(
             c.redis_url.is_none() && d.redis_url.is_none(),
@@ -863,7 +1020,9 @@ mod tests {
         )
         .unwrap();
         let config = Config::load(&path, true).unwrap();
-        assert_eq!(config.public_dir, dir.path().join("site"));
+        assert_eq!(config.public_dir, Some(dir.path().join("site")));
+        assert_eq!(config.file.as_deref(), Some(path.as_path()));
+        assert!(config.file_name().ends_with("dialtone.toml"));
         assert_eq!(config.tls.cert, PathBuf::from("/abs/cert.pem"));
         assert_eq!(config.tls.key, dir.path().join("certs/key.pem"));
     }
@@ -873,7 +1032,75 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.toml");
         assert!(Config::load(&path, false).is_ok());
-        let err = Config::load(&path, true).unwrap_err().to_string();
-        assert!(err.contains("nope.toml"), "{err}");
+        let err = Config::load(&path, true).unwrap_err();
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+        // Said once: the OS error is in the message and not repeated as a source.
+        assert!(std::error::Error::source(&err).is_none());
+        assert_eq!(
+            err.to_string().matches("No such file or directory").count(),
+            1,
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_takes_addresses_and_host_names() {
+        for (text, shown) in [
+            ("0.0.0.0:8443", "0.0.0.0:8443"),
+            ("[::]:443", "[::]:443"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("localhost:8443", "localhost:8443"),
+            ("Calls.Example.com:443", "calls.example.com:443"),
+        ] {
+            let listen: Listen = text.parse().unwrap();
+            assert_eq!(listen.to_string(), shown);
+        }
+        for bad in [
+            "8443",
+            "localhost",
+            "localhost:",
+            ":8443",
+            "localhost:99999",
+            "300.1.1.1:80",
+            "local host:80",
+            "-x:80",
+            "http://localhost:80",
+        ] {
+            let err = bad.parse::<Listen>().unwrap_err();
+            assert!(
+                err.contains("HOST:PORT") && err.contains("localhost:8443"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("listen = \"localhost\"\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("HOST:PORT"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_host_name_listens_on_each_of_its_addresses() {
+        let listen: Listen = "localhost:8443".parse().unwrap();
+        let addrs = listen.resolve().await.unwrap();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 8443)
+        );
+        assert!(addrs[0].is_ipv4(), "IPv4 first: {addrs:?}");
+        let ip: Listen = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            ip.resolve().await.unwrap(),
+            ["127.0.0.1:9".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn metrics_can_be_switched_off_or_given_a_token() {
+        let config = parse("[metrics]\nenabled = false\n").unwrap();
+        assert!(!config.metrics.enabled);
+        let config = parse("[metrics]\ntoken = \"t0ken\"\n").unwrap();
+        assert_eq!(config.metrics.token.unwrap().0, "t0ken");
+        let err = parse("[metrics]\ntoken = \"\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
     }
 }

@@ -1,9 +1,11 @@
 //! Routing one HTTP request: WebSocket upgrades to the signaling relay (after the origin
-//! check and admission), `/healthz`, `/metrics`, and the page's files from `public/`; and the
-//! security headers every response carries.
+//! check and admission), `/healthz`, `/metrics`, and the page's files; and the security
+//! headers every response carries.
 //!
-//! Files are served by hyper-staticfile (MIME types, Last-Modified, ranges); this module adds
-//! the rules that keep every request inside `public/`.
+//! The page is built into the binary (rust-embed), so a copied or `cargo install`ed binary
+//! runs from any folder. With `public_dir` set, files come from disk instead, served by
+//! hyper-staticfile (MIME types, Last-Modified, ranges), and this module adds the rules that
+//! keep every request inside that folder.
 
 use std::convert::Infallible;
 use std::io;
@@ -23,8 +25,8 @@ use hyper_staticfile::{ResolveResult, Resolver, ResponseBuilder};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::config::{Config, Origin};
-use crate::limits::{Admission, Refusal};
+use crate::config::{Config, Origin, Secret};
+use crate::limits::{Admission, Refusal, Sometimes};
 use crate::metrics::{Metrics, Snapshot};
 use crate::signaling::presence::Presence;
 use crate::signaling::registry::Registry;
@@ -36,10 +38,54 @@ pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// `reason` is part of the message, not a `source`, so a chain prints it once.
     #[error(
-        "the public directory {path} cannot be opened: {source} (set public_dir in config.toml)"
+        "the public_dir {path} cannot be opened: {reason} (fix public_dir in {file}, or remove \
+         it to serve the page built into the binary)"
     )]
-    PublicDir { path: PathBuf, source: io::Error },
+    PublicDir {
+        path: PathBuf,
+        reason: io::Error,
+        file: String,
+    },
+}
+
+/// The page's files as built into the binary from the repository's `public/`.
+///
+/// rust-embed: widely used and maintained, it embeds with `include_bytes!` (so cargo rebuilds
+/// when a file changes) and records each file's SHA-256 and modification time at build time,
+/// which give the ETag and Last-Modified. `debug-embed` makes debug builds embed too, so the
+/// tests run the same page a release serves.
+#[derive(rust_embed::Embed)]
+#[folder = "public/"]
+struct BuiltInPage;
+
+/// Where the page's files come from.
+enum Files {
+    BuiltIn,
+    Disk(Resolver<PublicDir>),
+}
+
+/// Checks `public_dir` (when set) and returns the folder to serve, canonical; `None` serves
+/// the built-in page.
+pub fn public_root(config: &Config) -> Result<Option<PathBuf>, AppError> {
+    let Some(dir) = &config.public_dir else {
+        return Ok(None);
+    };
+    dir.canonicalize()
+        .and_then(|root| {
+            if root.is_dir() {
+                Ok(root)
+            } else {
+                Err(io::Error::other("it is not a directory"))
+            }
+        })
+        .map(Some)
+        .map_err(|reason| AppError::PublicDir {
+            path: dir.clone(),
+            reason,
+            file: config.file_name(),
+        })
 }
 
 /// What one accepted connection tells the router about itself.
@@ -58,9 +104,18 @@ pub struct App {
 struct Inner {
     shared: Arc<Shared>,
     admission: Arc<Admission>,
-    files: Resolver<PublicDir>,
+    files: Files,
     behind_proxy: bool,
+    /// Whether dialtone terminates TLS itself (`tls.mode` other than "off").
+    own_tls: bool,
     allowed_origins: Vec<Origin>,
+    metrics_enabled: bool,
+    metrics_token: Option<Secret>,
+    /// Log lines an attacker could repeat at will: at most one a second each.
+    refused_origin_log: Sometimes,
+    forwarded_log: Sometimes,
+    /// The settings file, for log lines that say what to change.
+    config_file: String,
     /// Flipped to `true` at shutdown; every session holds a receiver, so the sender also
     /// tells when the last session has ended.
     shutdown: watch::Sender<bool>,
@@ -92,20 +147,10 @@ impl App {
         registry: Registry,
         metrics: Metrics,
     ) -> Result<App, AppError> {
-        let root = config
-            .public_dir
-            .canonicalize()
-            .and_then(|root| {
-                if root.is_dir() {
-                    Ok(root)
-                } else {
-                    Err(io::Error::other("it is not a directory"))
-                }
-            })
-            .map_err(|source| AppError::PublicDir {
-                path: config.public_dir.clone(),
-                source,
-            })?;
+        let files = match public_root(config)? {
+            None => Files::BuiltIn,
+            Some(root) => Files::Disk(Resolver::with_opener(PublicDir { root })),
+        };
         let limits = &config.limits;
         let presence = config
             .presence
@@ -124,9 +169,15 @@ impl App {
                     limits.max_connections.get(),
                     limits.max_connections_per_ip.get(),
                 ),
-                files: Resolver::with_opener(PublicDir { root }),
+                files,
                 behind_proxy: config.behind_proxy,
+                own_tls: config.tls.mode != crate::config::TlsMode::Off,
                 allowed_origins: config.allowed_origins.clone(),
+                metrics_enabled: config.metrics.enabled,
+                metrics_token: config.metrics.token.clone(),
+                refused_origin_log: Sometimes::new(),
+                forwarded_log: Sometimes::new(),
+                config_file: config.file_name(),
                 shutdown: watch::Sender::new(false),
             }),
         })
@@ -164,7 +215,20 @@ impl App {
         self.inner.shutdown.closed().await;
     }
 
+    /// Plain HTTP that reached the TLS port (someone typed `http://`, or no scheme): the
+    /// same URL on `https://`.
+    pub fn redirect_to_tls<B>(&self, req: &Request<B>) -> Response<Body> {
+        let mut response = redirect_to_https(req);
+        security_headers(
+            response.headers_mut(),
+            content_security_policy(req, false),
+            false,
+        );
+        response
+    }
+
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        self.notice_forwarding(&req, conn);
         let https = self.is_https(&req, conn);
         let csp = content_security_policy(&req, https);
         let mut response = self.route(req, conn, https).await;
@@ -192,7 +256,7 @@ impl App {
         }
         match path {
             "/healthz" => return self.health(),
-            "/metrics" => return self.metrics_page(),
+            "/metrics" if self.inner.metrics_enabled => return self.metrics_page(&req),
             "/qr.svg" => return share_qr(&req, https),
             _ => {}
         }
@@ -200,6 +264,29 @@ impl App {
             return redirect_to_https(&req);
         }
         self.file(req).await
+    }
+
+    /// A proxy in front that dialtone was not told about: every user then counts as the
+    /// proxy's address for the per-address limits, and http:// pages are not redirected.
+    fn notice_forwarding<B>(&self, req: &Request<B>, conn: ConnInfo) {
+        if self.inner.behind_proxy || conn.tls {
+            return;
+        }
+        let forwarded = ["x-forwarded-for", "x-forwarded-proto", "forwarded"]
+            .iter()
+            .find(|name| req.headers().contains_key(**name));
+        if let Some(header) = forwarded
+            && self.inner.forwarded_log.now()
+        {
+            warn!(
+                peer = %conn.peer,
+                "requests come through a proxy ({header} is set) but behind_proxy is false: \
+                 every user counts as the proxy's address {} for the per-address limits; set \
+                 behind_proxy = true in {} if that proxy is yours",
+                conn.peer.ip(),
+                self.inner.config_file
+            );
+        }
     }
 
     /// Whether the browser sees this page over https: our own TLS, or behind a proxy that
@@ -219,22 +306,35 @@ impl App {
             return false;
         };
         let origin = origin.to_ascii_lowercase();
+        self.accepted_origins(req, https).contains(&origin)
+    }
+
+    /// The origins whose pages may open the socket: `allowed_origins` when set, otherwise the
+    /// page's own, from the Host the browser asked for. With TLS off, dialtone expects a
+    /// TLS-terminating proxy in front (the documented setup), so the same host under
+    /// `https://` counts as the page's own too, whether or not `behind_proxy` is set: only
+    /// the forwarded addresses need that trust, not the origin.
+    fn accepted_origins<B>(&self, req: &Request<B>, https: bool) -> Vec<String> {
         if !self.inner.allowed_origins.is_empty() {
             return self
                 .inner
                 .allowed_origins
                 .iter()
-                .any(|o| o.as_str() == origin);
+                .map(|o| o.as_str().to_owned())
+                .collect();
         }
-        let Some(host) = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-        else {
-            return false;
+        let Some(host) = authority(req) else {
+            return Vec::new();
         };
-        let scheme = if https { "https" } else { "http" };
-        Origin::normalise(scheme, host) == origin
+        let host = host.as_str();
+        let mut own = vec![Origin::normalise(
+            if https { "https" } else { "http" },
+            host,
+        )];
+        if !self.inner.own_tls && !https {
+            own.push(Origin::normalise("https", host));
+        }
+        own
     }
 
     /// The client's address: the peer, or behind a proxy the last hop it recorded in
@@ -265,7 +365,22 @@ impl App {
         if !self.origin_allowed(&req, https) {
             metrics.refused("forbidden-origin");
             let origin = req.headers().get(header::ORIGIN);
-            debug!(%client, ?origin, "websocket from a foreign origin refused");
+            // Usually a proxy that rewrites Host, or a page served from another address: say
+            // what came and what to change (at most once a second: anyone can send these).
+            if self.inner.refused_origin_log.now() {
+                let accepted = self.accepted_origins(&req, https);
+                let came = origin.map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
+                warn!(
+                    %client,
+                    "websocket refused: its page's origin {:?} is not one of {accepted:?}; if \
+                     that page is yours, add it to allowed_origins in {} (behind a proxy, or \
+                     have the proxy pass the browser's Host header on)",
+                    came.unwrap_or_default(),
+                    self.inner.config_file
+                );
+            } else {
+                debug!(%client, ?origin, "websocket from a foreign origin refused");
+            }
             return text(
                 StatusCode::FORBIDDEN,
                 "this origin may not open the signaling socket (see allowed_origins)\n",
@@ -317,7 +432,29 @@ impl App {
         }
     }
 
-    fn metrics_page(&self) -> Response<Body> {
+    /// With `[metrics] token`, only `Authorization: Bearer <token>` may read the figures.
+    fn metrics_page<B>(&self, req: &Request<B>) -> Response<Body> {
+        if let Some(token) = &self.inner.metrics_token {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim);
+            let matches = presented
+                .is_some_and(|presented| same_secret(presented.as_bytes(), token.0.as_bytes()));
+            if !matches {
+                let mut response = text(
+                    StatusCode::UNAUTHORIZED,
+                    "send Authorization: Bearer <the [metrics] token>\n",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"dialtone metrics\""),
+                );
+                return response;
+            }
+        }
         let registry = self.registry();
         let (calls_ringing, calls_active) = registry.calls();
         let body = self.metrics().render(Snapshot {
@@ -356,7 +493,11 @@ impl App {
         if leaves_root(req.uri().path()) {
             return not_found();
         }
-        let resolved = match self.inner.files.resolve_request(&req).await {
+        let files = match &self.inner.files {
+            Files::BuiltIn => return built_in_file(&req),
+            Files::Disk(files) => files,
+        };
+        let resolved = match files.resolve_request(&req).await {
             Ok(resolved) => resolved,
             Err(err) => {
                 warn!("cannot serve {}: {err}", req.uri().path());
@@ -386,9 +527,92 @@ impl App {
     }
 }
 
-/// The page's policy: everything from this origin only; the socket to this host; no plugins,
-/// no framing. The WebSocket URL is named explicitly because older browsers do not count
-/// ws:/wss: as 'self'.
+/// One file of the built-in page, with the same caching rules as files from disk:
+/// revalidated each time, and answered 304 when the ETag or the date still matches.
+fn built_in_file<B>(req: &Request<B>) -> Response<Body> {
+    let path = req.uri().path().trim_start_matches('/');
+    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let path = if path.is_empty() || path.ends_with('/') {
+        format!("{path}index.html")
+    } else {
+        path.into_owned()
+    };
+    let Some(file) = BuiltInPage::get(&path) else {
+        return not_found();
+    };
+    let hash = file.metadata.sha256_hash();
+    let mime = file.metadata.mimetype();
+    let etag = format!(
+        "\"{}\"",
+        hash[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let modified = file
+        .metadata
+        .last_modified()
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let headers = req.headers();
+    let unchanged = match headers.get(header::IF_NONE_MATCH) {
+        Some(tags) => tags.to_str().is_ok_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag)
+        }),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|since| httpdate::parse_http_date(since.to_str().ok()?).ok())
+            .zip(modified)
+            .is_some_and(|(since, modified)| modified <= since),
+    };
+    let mut response = if unchanged {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        let length = file.data.len();
+        let body = match (req.method(), file.data) {
+            (&Method::HEAD, _) => empty(),
+            (_, std::borrow::Cow::Borrowed(bytes)) => full(Bytes::from_static(bytes)),
+            (_, std::borrow::Cow::Owned(bytes)) => full(Bytes::from(bytes)),
+        };
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        if let Ok(mime) = HeaderValue::from_str(mime) {
+            headers.insert(header::CONTENT_TYPE, mime);
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        response
+    };
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(modified) = modified
+        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+    {
+        headers.insert(header::LAST_MODIFIED, date);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how
+/// much of a guessed token was right (only whether its length was).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
 /// The host (and port) the browser asked for: the Host header, or over HTTP/2, which has
 /// none, the request's `:authority`.
 fn authority<B>(req: &Request<B>) -> Option<hyper::http::uri::Authority> {
@@ -398,6 +622,9 @@ fn authority<B>(req: &Request<B>) -> Option<hyper::http::uri::Authority> {
     }
 }
 
+/// The page's policy: everything from this origin only; the socket to this host; no plugins,
+/// no framing. The WebSocket URL is named explicitly because older browsers do not count
+/// ws:/wss: as 'self'.
 fn content_security_policy<B>(req: &Request<B>, https: bool) -> HeaderValue {
     let host = authority(req);
     let socket = match host {
@@ -554,11 +781,7 @@ fn not_found() -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::copy_from_slice(body.as_bytes()))
-            .map_err(|never: Infallible| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

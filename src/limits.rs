@@ -189,6 +189,42 @@ impl Flood {
     }
 }
 
+/// Lets something happen at most once a second (a log line an attacker could otherwise
+/// repeat at will); lock-free, shared by every connection.
+#[derive(Debug)]
+pub struct Sometimes {
+    start: std::time::Instant,
+    /// Whole seconds since `start` when it last happened, plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Sometimes {
+    fn default() -> Self {
+        Sometimes::new()
+    }
+}
+
+impl Sometimes {
+    pub fn new() -> Sometimes {
+        Sometimes {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// True at most once in each second.
+    pub fn now(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let second = self.start.elapsed().as_secs() + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        last != second
+            && self
+                .last
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +273,18 @@ mod tests {
         // A new window forgives.
         let much_later = start + Duration::from_secs(30);
         assert_eq!(flood.over_rate(much_later), Verdict::Reply);
+    }
+
+    #[test]
+    fn sometimes_lets_one_through_each_second() {
+        let sometimes = Sometimes::new();
+        assert!(sometimes.now(), "the first time");
+        assert!(
+            !sometimes.now() && !sometimes.now(),
+            "not again in the same second"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(sometimes.now(), "again a second later");
+        assert!(!sometimes.now());
     }
 }

@@ -7,11 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dialtone::config::{Config, LogFormat, Mode, TlsConfig, UrlSource};
+use dialtone::config::{Config, Listen, LogFormat, Mode, TlsConfig, UrlSource};
 use dialtone::http::App;
-use dialtone::tls::Certificates;
+use dialtone::tls::{Certificates, TlsError};
 use dialtone::{server, tls};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::info;
 
@@ -28,6 +27,10 @@ struct Cli {
     /// it exists, and built-in defaults are used if it does not.
     #[arg(long, short, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Listen here instead of the config's `listen`, e.g. 127.0.0.1:9000, localhost:8443 or
+    /// [::]:443. TLS stays as configured; a PORT variable is then ignored.
+    #[arg(long, short, value_name = "HOST:PORT")]
+    listen: Option<Listen>,
 }
 
 #[tokio::main]
@@ -45,12 +48,16 @@ async fn main() -> ExitCode {
 
 /// Logs go to stderr; stdout carries only the banner a person reads. A closed stderr must not
 /// stop the server: tracing-subscriber's report of a failed write would go to stderr itself,
-/// through `eprintln!`, which panics there.
+/// through `eprintln!`, which panics there. Colours only for a person at a terminal, and
+/// never with `NO_COLOR` set (<https://no-color.org>): a log file, systemd's journal or
+/// Heroku's log drain would get escape codes.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .log_internal_errors(false)
         .with_env_filter(filter);
     match format {
@@ -64,11 +71,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
     let mut config = Config::load(&path, explicit)?;
     init_logging(config.log_format);
-    let mode = config.apply_port_env(std::env::var("PORT").ok().as_deref())?;
-    match mode {
-        Mode::Configured if explicit || path.exists() => {
-            info!("settings from {}", path.display())
+    let port = std::env::var("PORT").ok();
+    let mode = match cli.listen {
+        Some(listen) => {
+            if let Some(port) = &port {
+                info!("PORT={port} is set, but --listen wins: TLS stays as configured");
+            }
+            config.listen = listen;
+            Mode::Configured
         }
+        None => config.apply_port_env(port.as_deref())?,
+    };
+    match mode {
+        Mode::Configured if config.file.is_some() => info!("settings from {}", path.display()),
         Mode::Configured => info!("no {} found: using built-in defaults", path.display()),
         Mode::Platform { port } => info!(
             "PORT={port} is set: listening on 0.0.0.0:{port} in plain HTTP behind the \
@@ -88,16 +103,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             info!("Redis backplane from {from}");
         }
     }
-    let tls = tls::setup(&config.tls)?;
+    // Everything that can be checked without side effects, first: nothing is bound or
+    // written while a setting is still wrong.
+    match dialtone::http::public_root(&config)? {
+        Some(root) => info!("serving the page from {}", root.display()),
+        None => info!("serving the page built into this binary"),
+    }
+    let listeners = server::bind(&config.listen).await?;
+    let tls = tls::setup(&config.tls).map_err(|err| tls_error(err, &config))?;
     let app = App::start(&config).await?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: is another dialtone running? change `listen` in {}",
-            config.listen,
-            path.display()
-        )
-    })?;
-    let bound = listener.local_addr()?;
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|listener| listener.local_addr())
+        .collect::<Result<_, _>>()?;
     // Signal handlers go in before the banner says we are up: until a handler is registered
     // a signal takes its default action, and SIGTERM would kill instead of draining.
     let shutdown = shutdown_signal()?;
@@ -112,15 +130,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certificates.clone(),
         ));
     }
-    print_banner(bound, tls.as_ref(), &mode);
-    server::run(listener, certificates, app, shutdown).await;
+    print_banner(&bound, tls.as_ref(), &mode, &config);
+    server::serve(listeners, certificates, app, shutdown).await;
     info!("stopped");
     Ok(())
 }
 
+/// A TLS error with what to change in the file actually in use.
+fn tls_error(err: TlsError, config: &Config) -> anyhow::Error {
+    let file = config.file_name();
+    let hint = match &err {
+        TlsError::Read { what, .. } => {
+            format!(" (set [tls] {what} in {file}, or mode = \"auto\" to generate one)")
+        }
+        TlsError::Write { .. } => {
+            format!(" (make that folder writable, or point [tls] cert and key in {file} elsewhere)")
+        }
+        _ => String::new(),
+    };
+    anyhow::anyhow!("{err}{hint}")
+}
+
 /// What a person needs to start a call: where to point a browser, and how to recognise the
 /// certificate the browser will warn about.
-fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
+fn print_banner(bound: &[SocketAddr], tls: Option<&tls::Tls>, mode: &Mode, config: &Config) {
     let mut lines = vec![format!(
         "dialtone {} is running.",
         env!("CARGO_PKG_VERSION")
@@ -129,17 +162,23 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
         (Some(tls), _) => {
             lines.push(format!("  mode: HTTPS with a {}", tls.origin));
             lines.push("  open one of:".into());
-            let urls = urls(bound);
-            lines.extend(urls.iter().map(|url| format!("    {url}")));
+            let (local, lan) = reachable(bound);
+            let port = bound.first().map_or(0, SocketAddr::port);
+            if local {
+                lines.push(format!("    https://localhost:{port}"));
+            }
+            lines.extend(lan.iter().map(|addr| format!("    https://{addr}")));
             // A person at a terminal can point a phone at it; a log file gets no picture.
-            let lan = urls.iter().skip(1).find(|url| !is_loopback_url(url));
+            let phone = lan.iter().find(|addr| !addr.ip().is_loopback());
             if std::io::stdout().is_terminal()
-                && let Some(lan) = lan
-                && let Some(code) = dialtone::qr::terminal(lan)
+                && let Some(phone) = phone
+                && let url = format!("https://{phone}")
+                && let Some(code) = dialtone::qr::terminal(&url)
             {
-                lines.push(format!("  on a phone on this network, scan to open {lan}:"));
+                lines.push(format!("  on a phone on this network, scan to open {url}:"));
                 lines.push(code.trim_end().to_owned());
             }
+            lines.push("  (http:// to this port is redirected to https://)".into());
             lines.push("  certificate SHA-256 fingerprint:".into());
             lines.push(format!("    {}", tls.fingerprint));
             if tls.self_signed {
@@ -152,10 +191,15 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
         }
         (None, Mode::Platform { port }) => {
             lines.push(format!(
-                "  mode: plain HTTP on port {port} behind the platform's TLS router (PORT is set)"
+                "  mode: plain HTTP on port {port} behind the platform's TLS router: TLS is off \
+                 because PORT is set (as on Heroku)"
             ));
             lines.push(
                 "  open your app's https:// address; http:// page requests are redirected".into(),
+            );
+            lines.push(
+                "  to run it yourself on another port, unset PORT and use --listen HOST:PORT"
+                    .into(),
             );
         }
         (None, Mode::Configured) => {
@@ -164,7 +208,18 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
                     .into(),
             );
             lines.push("  browsers only allow the camera on https:// or on localhost".into());
-            lines.push(format!("  listening on http://{bound}"));
+            if !config.behind_proxy {
+                lines.push(format!(
+                    "  behind that proxy, set behind_proxy = true in {} so users are told apart \
+                     by their own addresses",
+                    config.file_name()
+                ));
+            }
+            lines.extend(
+                bound
+                    .iter()
+                    .map(|addr| format!("  listening on http://{addr}")),
+            );
         }
     }
     lines.push("Press Ctrl-C to stop.".into());
@@ -175,26 +230,27 @@ fn print_banner(bound: SocketAddr, tls: Option<&tls::Tls>, mode: &Mode) {
     let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
 }
 
-fn is_loopback_url(url: &str) -> bool {
-    url.strip_prefix("https://")
-        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-        .is_some_and(|addr| addr.ip().is_loopback())
-}
-
-/// https://localhost:PORT and one URL per LAN address a phone could use.
-fn urls(bound: SocketAddr) -> Vec<String> {
-    let port = bound.port();
-    let ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
-        tls::reachable_lan_addresses()
-    } else {
-        vec![bound.ip()]
-    };
-    let mut urls = vec![format!("https://localhost:{port}")];
-    urls.extend(ips.into_iter().map(|ip| {
-        let addr = SocketAddr::new(ip, port);
-        format!("https://{addr}")
-    }));
-    urls
+/// Whether `localhost` reaches a bound address, and the addresses another device on the
+/// network could use (each LAN address for a wildcard bind).
+fn reachable(bound: &[SocketAddr]) -> (bool, Vec<SocketAddr>) {
+    let local = bound
+        .iter()
+        .any(|addr| addr.ip().is_unspecified() || addr.ip().is_loopback());
+    let mut lan = Vec::new();
+    for addr in bound {
+        let ips: Vec<IpAddr> = if addr.ip().is_unspecified() {
+            tls::reachable_lan_addresses()
+        } else {
+            vec![addr.ip()]
+        };
+        for ip in ips {
+            let addr = SocketAddr::new(ip, addr.port());
+            if !lan.contains(&addr) {
+                lan.push(addr);
+            }
+        }
+    }
+    (local, lan)
 }
 
 /// Reads the certificate files again on each SIGHUP, so a renewed certificate applies to new

@@ -1,25 +1,83 @@
 //! The accept loop: TLS (or not), HTTP/1.1 and HTTP/2, upgrades, and a graceful drain.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests start the real
-//! server on port 0 and stop it when they like.
+//! server on port 0 and stop it when they like; [`serve`] takes several (a host name that
+//! resolves to more than one address).
+//!
+//! Two things happen before hyper sees a connection. On the TLS port, a client that speaks
+//! plain HTTP (someone typed `http://` or no scheme) is answered with a redirect to the same
+//! address on `https://` instead of bytes it cannot read. And every connection must send its
+//! first bytes within `header_read_timeout_secs`: hyper-util's auto builder reads them to
+//! tell HTTP/1 from HTTP/2 with no deadline of its own, so a silent socket would be held
+//! forever (slowloris).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use crate::config::Listen;
 use crate::http::{App, ConnInfo};
 use crate::tls::Certificates;
+
+/// Binds every address `listen` stands for. With port 0 (tests), the first address picks a
+/// free port and the others take the same one. An address this machine does not have (IPv6
+/// turned off, say) is skipped with a warning while another one works; anything else, such as
+/// a port already taken, stops start-up.
+pub async fn bind(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+    let addrs = listen.resolve().await.map_err(|err| {
+        anyhow::anyhow!("cannot look up the host in listen = \"{listen}\": {err}")
+    })?;
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(addrs.len());
+    let mut skipped = Vec::new();
+    for mut addr in addrs {
+        if let Some(first) = listeners.first() {
+            addr.set_port(first.local_addr()?.port());
+        }
+        match TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            Err(err) if err.kind() == io::ErrorKind::AddrNotAvailable => skipped.push((addr, err)),
+            Err(err) => {
+                let hint = if err.kind() == io::ErrorKind::AddrInUse {
+                    "is another dialtone (or another server) running there?"
+                } else if err.kind() == io::ErrorKind::PermissionDenied {
+                    "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                } else {
+                    "check the address"
+                };
+                anyhow::bail!("cannot listen on {addr} (listen = \"{listen}\"): {err}: {hint}");
+            }
+        }
+    }
+    if listeners.is_empty() {
+        let tried: Vec<String> = skipped
+            .iter()
+            .map(|(addr, err)| format!("{addr}: {err}"))
+            .collect();
+        anyhow::bail!(
+            "cannot listen on any address of listen = \"{listen}\" ({})",
+            tried.join("; ")
+        );
+    }
+    for (addr, err) in skipped {
+        warn!("not listening on {addr}, which {listen} also names: {err}");
+    }
+    Ok(listeners)
+}
 
 /// Serves until `shutdown` completes, then closes every WebSocket with 1001 and waits for open
 /// connections to finish, at most the configured drain timeout. `tls` is `None` for plain
@@ -30,8 +88,19 @@ pub async fn run(
     app: App,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve(vec![listener], tls, app, shutdown).await;
+}
+
+/// [`run`] on several listeners at once, all serving the same application.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    tls: Option<Certificates>,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = app.settings().limits.clone();
     let handshake_timeout = limits.tls_handshake_timeout();
+    let first_bytes = limits.header_read_timeout();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own default is 30 s, and the auto builder sets none for the first bytes.
     builder
@@ -46,9 +115,10 @@ pub async fn run(
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
 
+    let mut next = 0;
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners, &mut next) => match accepted {
                 Ok(accepted) => {
                     backoff = Duration::ZERO;
                     accepted
@@ -73,8 +143,28 @@ pub async fn run(
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
                 let info = ConnInfo { peer, tls: false };
+                let tcp = FirstBytes::new(tcp, first_bytes);
                 return serve_http(&builder, watcher, tcp, app, info).await;
             };
+            let first = tokio::select! {
+                first = tokio::time::timeout(handshake_timeout, first_byte(&tcp)) => first,
+                _ = stop.changed() => return,
+            };
+            match first {
+                Ok(Some(TLS_HANDSHAKE)) => {}
+                Ok(Some(byte)) if byte.is_ascii_uppercase() => {
+                    drop(stop);
+                    return redirect_plain_http(tcp, &app, peer, first_bytes, watcher).await;
+                }
+                Ok(_) => {
+                    app.metrics().tls_handshake_failed();
+                    return debug!(%peer, "closed: neither TLS nor HTTP");
+                }
+                Err(_) => {
+                    app.metrics().tls_handshake_failed();
+                    return debug!(%peer, "no TLS handshake within {handshake_timeout:?}");
+                }
+            }
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 done = handshake => match done {
@@ -92,11 +182,12 @@ pub async fn run(
             };
             drop(stop);
             let info = ConnInfo { peer, tls: true };
+            let stream = FirstBytes::new(stream, first_bytes);
             serve_http(&builder, watcher, stream, app, info).await;
         });
     }
 
-    drop(listener);
+    drop(listeners);
     stopping.send_replace(true);
     info!(
         "shutting down: closing {} websocket(s) and draining connections",
@@ -133,5 +224,146 @@ async fn serve_http<I>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection).await {
         debug!(peer = %info.peer, "connection ended with an error: {err}");
+    }
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Waits for one listener of several to accept, starting the search after the last one that
+/// did so that a busy listener cannot starve the others.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for offset in 0..listeners.len() {
+            let at = (*next + offset) % listeners.len();
+            if let Poll::Ready(accepted) = listeners[at].poll_accept(cx) {
+                *next = at + 1;
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The connection's first byte, left in the socket for whoever reads next; `None` when the
+/// peer closed without sending one.
+async fn first_byte(tcp: &TcpStream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match tcp.peek(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// Plain HTTP on the TLS port: one HTTP/1.1 request, answered with a redirect to the same host
+/// and path on `https://`, then the connection is closed.
+async fn redirect_plain_http(
+    tcp: TcpStream,
+    app: &App,
+    peer: std::net::SocketAddr,
+    header_timeout: Duration,
+    watcher: Watcher,
+) {
+    let app = app.clone();
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.redirect_to_tls(&req)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), service);
+    if let Err(err) = watcher.watch(connection).await {
+        debug!(%peer, "plain HTTP on the TLS port: {err}");
+    }
+}
+
+/// The bytes that tell HTTP/2 from HTTP/1 (the HTTP/2 preface is 24 bytes long). Until they
+/// have been read, a read waits no longer than the deadline; after that hyper's own header
+/// timeout (HTTP/1) takes over.
+const VERSION_BYTES: usize = 24;
+
+/// A connection whose first [`VERSION_BYTES`] must arrive before a deadline.
+struct FirstBytes<I> {
+    io: I,
+    /// `None` once the first bytes have come.
+    deadline: Option<Pin<Box<Sleep>>>,
+    seen: usize,
+}
+
+impl<I> FirstBytes<I> {
+    fn new(io: I, limit: Duration) -> FirstBytes<I> {
+        FirstBytes {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            seen: 0,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(deadline) = &mut this.deadline else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled().len() - before;
+                this.seen += got;
+                if got == 0 || this.seen >= VERSION_BYTES {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header timeout",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytes<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

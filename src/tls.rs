@@ -29,11 +29,13 @@ const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} file {path}: {source} (set [tls] {what} in config.toml)")]
+    /// The OS errors are part of the message, not a `source`, so a chain prints them once;
+    /// the binary adds which setting in which file to change.
+    #[error("cannot read the {what} file {path}: {reason}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: io::Error,
+        reason: io::Error,
     },
     #[error("{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
     NoCertificate { path: PathBuf },
@@ -49,8 +51,8 @@ pub enum TlsError {
     },
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(String),
-    #[error("cannot write {path}: {source} (is certs/ writable? or use [tls] mode = \"files\")")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: io::Error },
 }
 
 /// What the server needs to speak TLS, and what a person needs to trust it.
@@ -116,7 +118,7 @@ pub fn setup(config: &TlsConfig) -> Result<Option<Tls>, TlsError> {
 /// Reuses the certificate in `cert`/`key` if it is still good, otherwise makes a new one.
 pub fn auto(cert: &Path, key: &Path, names: &[String]) -> Result<Tls, TlsError> {
     let regenerate_because = match KeyPairFiles::load(cert, key) {
-        Err(TlsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(TlsError::Read { reason, .. }) if reason.kind() == io::ErrorKind::NotFound => {
             "there was none yet".to_owned()
         }
         Err(err) => format!("the existing one is unusable ({err})"),
@@ -240,10 +242,10 @@ enum Replace {
 impl KeyPairFiles {
     fn load(cert_path: &Path, key_path: &Path) -> Result<KeyPairFiles, TlsError> {
         let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
+            std::fs::read(path).map_err(|reason| TlsError::Read {
                 what,
                 path: path.to_owned(),
-                source,
+                reason,
             })
         };
         let cert_pem = read("cert", cert_path)?;
@@ -389,9 +391,9 @@ pub fn fingerprint(cert: &[u8]) -> String {
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let fail = |source| TlsError::Write {
+    let fail = |reason| TlsError::Write {
         path: path.to_owned(),
-        source,
+        reason,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;

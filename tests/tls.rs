@@ -80,12 +80,12 @@ fn files_mode_errors_name_the_file_and_the_problem() {
 
     let err = error(&missing, &rsa_key);
     assert!(
-        err.contains("missing.pem") && err.contains("cannot read cert"),
+        err.contains("missing.pem") && err.contains("cannot read the cert file"),
         "{err}"
     );
     let err = error(&rsa_cert, &missing);
     assert!(
-        err.contains("missing.pem") && err.contains("cannot read key"),
+        err.contains("missing.pem") && err.contains("cannot read the key file"),
         "{err}"
     );
     let err = error(&unreadable, &rsa_key);

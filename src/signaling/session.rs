@@ -21,9 +21,11 @@ use tracing::{debug, info};
 
 use super::grace::{self, Claim, Handoff, Held, Sessions};
 use super::presence::Presence;
-use super::protocol::{ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name};
+use super::protocol::{
+    ClientMessage, CloseReason, LoginFailure, ServerMessage, same_name, validate_name,
+};
 use super::registry::{
-    Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
+    CallState, Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
 };
 use crate::config::{Config, IceServer, Limits, TurnConfig};
 use crate::limits::{Flood, Permit, TokenBucket, Verdict};
@@ -223,6 +225,40 @@ struct Standing {
     claim: Option<Claim>,
     /// A request to resume a call: with whom, and until when it waits.
     resume: Option<(Arc<str>, Instant)>,
+    /// The call this socket started or answered, for the log line when it ends here.
+    call: Option<CallSince>,
+}
+
+/// When this side's part in a call began: its offer (the caller) or its answer (the callee).
+/// The other side's moment is on its own socket, perhaps on another instance.
+struct CallSince {
+    with: Arc<str>,
+    since: Instant,
+    answered: bool,
+}
+
+impl Standing {
+    /// The log fields for a call with `with` that ends now: how long it lasted, as this side
+    /// saw it.
+    fn end_call(&mut self, with: &str) -> String {
+        match self.call.take() {
+            Some(call) if same_name(&call.with, with) => {
+                let secs = call.since.elapsed().as_secs();
+                let from = if call.answered { "answer" } else { "offer" };
+                format!("{secs} s since the {from}")
+            }
+            _ => "unknown".to_owned(),
+        }
+    }
+}
+
+/// A name as a log shows it: escaped, and cut short, since a refused one can be anything.
+fn shown(name: &str) -> String {
+    let mut cut: String = name.chars().take(40).collect();
+    if cut.len() < name.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
 }
 
 /// Completes at `deadline`; never without one.
@@ -367,6 +403,7 @@ pub async fn serve(
     };
 
     let name = conn.name().map(str::to_owned);
+    let in_call = name.as_deref().and_then(|me| shared.registry.call_of(me));
     let sessions = &shared.sessions;
     let held = Held {
         conn,
@@ -388,7 +425,8 @@ pub async fn serve(
                 && !settings.resume_grace.is_zero()
                 && sessions.may_park(settings.limits.max_connections.get()) =>
         {
-            debug!(%client, user = name.as_deref(), "connection lost: holding the name and call");
+            let grace = settings.resume_grace.as_secs();
+            info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "connection lost ({end:?}): holding the name and any call for {grace} s");
             sessions.park(held, claim, settings.resume_grace);
         }
         (None, claim) => {
@@ -396,11 +434,21 @@ pub async fn serve(
                 sessions.forget(claim);
             }
             drop(held);
+            if let Some((with, _)) = &in_call {
+                let duration = standing.end_call(with);
+                let reason = if end == End::Gone(Some(1000)) {
+                    "left"
+                } else {
+                    "connection lost"
+                };
+                info!(%client, user = name.as_deref(), with = with.as_str(), reason, duration, "call ended");
+            }
         }
     }
     metrics.closed(end.code());
-    match end {
-        End::Gone(_) => debug!(%client, user = name.as_deref(), "websocket closed"),
+    match (end, &name) {
+        (End::Gone(Some(1000)), Some(_)) => info!(%client, user = name.as_deref(), "logged out"),
+        (End::Gone(_), None) => debug!(%client, "websocket closed"),
         _ => info!(%client, user = name.as_deref(), "closing websocket: {end:?}"),
     }
     if end == End::SlowReader {
@@ -536,10 +584,22 @@ async fn handle(
                 }
                 .to_json()
             };
+            let before = conn.name().and_then(|me| shared.registry.call_of(me));
             let result = match conn.name() {
                 None => Err(RelayError::NotLoggedIn),
                 Some(me) => conn.offer(&to, frame(me)).await,
             };
+            // A new offer within a call renegotiates it; only the first one starts a call.
+            if let Ok(callee) = &result
+                && before.is_none()
+            {
+                info!(client = %this.client, caller = conn.name(), callee = &**callee, "call started");
+                standing.call = Some(CallSince {
+                    with: callee.clone(),
+                    since: Instant::now(),
+                    answered: false,
+                });
+            }
             relayed(conn, metrics, "offer", result)
         }
         ClientMessage::Answer { answer, to } => {
@@ -550,7 +610,19 @@ async fn handle(
                 }
                 .to_json()
             };
-            relay(conn, metrics, Relay::Answer, to.as_deref(), frame).await
+            let before = conn.name().and_then(|me| shared.registry.call_of(me));
+            let result = relay_to(conn, Relay::Answer, to.as_deref(), frame).await;
+            if let Ok(caller) = &result
+                && before.is_some_and(|(_, state)| state == CallState::Ringing)
+            {
+                info!(client = %this.client, caller = &**caller, callee = conn.name(), "call answered");
+                standing.call = Some(CallSince {
+                    with: caller.clone(),
+                    since: Instant::now(),
+                    answered: true,
+                });
+            }
+            relayed(conn, metrics, Relay::Answer.as_str(), result)
         }
         ClientMessage::Candidate { candidate, to } => {
             let frame = |me: &str| {
@@ -564,7 +636,12 @@ async fn handle(
         }
         ClientMessage::Decline { to } => {
             let frame = |me: &str| ServerMessage::Decline { username: me }.to_json();
-            relay(conn, metrics, Relay::Decline, to.as_deref(), frame).await
+            let result = relay_to(conn, Relay::Decline, to.as_deref(), frame).await;
+            if let Ok(caller) = &result {
+                standing.call = None;
+                info!(client = %this.client, user = conn.name(), with = &**caller, reason = "declined", "call ended");
+            }
+            relayed(conn, metrics, Relay::Decline.as_str(), result)
         }
         ClientMessage::Close { to } => {
             let frame = |me: &str| {
@@ -574,7 +651,12 @@ async fn handle(
                 }
                 .to_json()
             };
-            relay(conn, metrics, Relay::Close, to.as_deref(), frame).await
+            let result = relay_to(conn, Relay::Close, to.as_deref(), frame).await;
+            if let Ok(with) = &result {
+                let duration = standing.end_call(with);
+                info!(client = %this.client, user = conn.name(), with = &**with, reason = "hung up", duration, "call ended");
+            }
+            relayed(conn, metrics, Relay::Close.as_str(), result)
         }
         ClientMessage::Media { audio, video, to } => {
             let frame = |me: &str| {
@@ -599,11 +681,21 @@ async fn relay(
     to: Option<&str>,
     frame: impl FnOnce(&str) -> String,
 ) -> Option<String> {
-    let result = match conn.name() {
+    let result = relay_to(conn, kind, to, frame).await;
+    relayed(conn, metrics, kind.as_str(), result)
+}
+
+/// [`relay`] without the reply: to whom it went, or why not.
+async fn relay_to(
+    conn: &Connection,
+    kind: Relay,
+    to: Option<&str>,
+    frame: impl FnOnce(&str) -> String,
+) -> Result<Arc<str>, RelayError> {
+    match conn.name() {
         None => Err(RelayError::NotLoggedIn),
         Some(me) => conn.relay(kind, to, frame(me)).await,
-    };
-    relayed(conn, metrics, kind.as_str(), result)
+    }
 }
 
 /// Turns a relay's outcome into the metrics, the log, and the reply for the sender.
@@ -639,6 +731,7 @@ async fn login(
     let client = this.client;
     let refuse = |code: LoginFailure, message: &str| {
         shared.metrics.error(code.as_str());
+        info!(%client, user = shown(name), code = code.as_str(), "login refused");
         Some(
             ServerMessage::Login {
                 success: false,

@@ -79,7 +79,7 @@ impl TestServer {
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
         let tls = tls::setup(&config.tls).unwrap();
         let app = App::start(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let listener = server::bind(&config.listen).await.unwrap().remove(0);
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let cert = tls.as_ref().map(|tls| tls.certificate.clone());
