@@ -528,3 +528,237 @@ fn at_a_terminal_the_banner_draws_a_qr_code_of_the_lan_url() {
     let expected: Vec<&str> = code.lines().collect();
     assert_eq!(drawn[..expected.len()], expected[..], "{text}");
 }
+
+/// A copy of the binary in an empty folder, with no config file and no `public/`, serves the
+/// page built into it, and two people can log in and call.
+#[tokio::test]
+async fn a_binary_copied_to_an_empty_folder_serves_the_page_and_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("dialtone");
+    std::fs::copy(env!("CARGO_BIN_EXE_dialtone"), &binary).unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .current_dir(dir.path())
+        .env_remove("PORT")
+        .env("RUST_LOG", "info")
+        .args(["--listen", "localhost:0"]);
+    let mut running = Running::start(command);
+    let log = running.wait_for_log("built into this binary");
+    assert!(log.contains("no config.toml found"), "{log}");
+    let port = running.port();
+    let cert = generated_certificate(dir.path());
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = common::connector(&cert, &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let request = hyper::Request::get("/").header("host", format!("localhost:{port}"));
+    let page = common::http1(tls, request, &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"<video id="remote""#));
+
+    let (mut alice, mut bob) = (wss(port, &cert).await, wss(port, &cert).await);
+    assert_eq!(login(&mut alice, "alice").await["success"], true);
+    assert_eq!(login(&mut bob, "bob").await["success"], true);
+    call_and_hang_up(&mut alice, &mut bob).await;
+    let mut carol = wss(port, &cert).await;
+    assert_eq!(login(&mut carol, "alice").await["code"], "name-taken");
+    // The page's log-out button: Close 1000.
+    let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "".into(),
+    };
+    alice.close(Some(normal)).await.unwrap();
+    let log = running.wait_for_log("logged out");
+    for line in [
+        "call started",
+        "call answered",
+        "call ended",
+        "reason=\"hung up\"",
+        "login refused",
+        "code=\"name-taken\"",
+    ] {
+        assert!(log.contains(line), "no {line:?} in\n{log}");
+    }
+    let logout = log
+        .lines()
+        .find(|line| line.contains("logged out"))
+        .unwrap();
+    assert!(
+        logout.contains("user=\"alice\"") && logout.contains("127.0.0.1"),
+        "{logout}"
+    );
+    // Plain text to a file: no colour codes.
+    assert!(!log.contains('\u{1b}'), "{log}");
+    running.signal("TERM");
+    assert!(running.wait(Duration::from_secs(15)).success());
+}
+
+/// Alice calls Bob, Bob answers, Alice hangs up.
+async fn call_and_hang_up(alice: &mut Wss, bob: &mut Wss) {
+    use futures_util::SinkExt;
+    let send = |message: serde_json::Value| message.to_string().into();
+    alice
+        .send(send(
+            serde_json::json!({"type": "offer", "otherUsername": "bob",
+            "offer": {"type": "offer", "sdp": "v=0\r\n"}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_text(bob).await["type"], "offer");
+    bob.send(send(
+        serde_json::json!({"type": "answer", "otherUsername": "alice",
+        "answer": {"type": "answer", "sdp": "v=0\r\n"}}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_text(alice).await["type"], "answer");
+    alice
+        .send(send(
+            serde_json::json!({"type": "close", "otherUsername": "bob"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_text(bob).await["type"], "close");
+}
+
+#[test]
+fn start_up_errors_are_said_once_name_the_file_and_come_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothere.toml");
+    let output = dialtone().arg("--config").arg(&missing).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("nothere.toml"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+
+    // A bad public_dir stops it before certs/ is written.
+    let path = write_config(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\npublic_dir = \"no-such-folder\"\n",
+    );
+    let output = dialtone().arg("--config").arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("no-such-folder"), "{stderr}");
+    assert!(stderr.contains("dialtone.toml"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    assert!(!dir.path().join("certs").exists(), "{stderr}");
+
+    // A missing certificate names the setting in the file actually in use, and relative
+    // paths are the config folder's.
+    let path = write_config(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\n[tls]\nmode = \"files\"\ncert = \"mine/cert.pem\"\n",
+    );
+    let output = dialtone()
+        .current_dir(std::env::temp_dir())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected = dir.path().join("mine/cert.pem");
+    assert!(stderr.contains(&*expected.to_string_lossy()), "{stderr}");
+    assert!(stderr.contains("set [tls] cert in"), "{stderr}");
+    assert!(stderr.contains("dialtone.toml"), "{stderr}");
+    assert!(!stderr.contains("config.toml"), "{stderr}");
+
+    // Bad listen values, in the file or on the command line, say what is expected.
+    let output = dialtone().args(["--listen", "8443"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("HOST:PORT") && stderr.contains("localhost:8443"),
+        "{stderr}"
+    );
+}
+
+/// `--listen` wins over the config file and over PORT, and keeps TLS on; in PORT mode the
+/// banner says why TLS is off.
+#[tokio::test]
+async fn listen_flag_overrides_the_file_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), "");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("127.0.0.1:0", "127.0.0.1:1"),
+    )
+    .unwrap();
+    let mut command = dialtone();
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("PORT", "5999");
+    let running = Running::start(command);
+    assert!(running.text().contains("mode: HTTPS"), "{}", running.text());
+    assert!(presents(running.port(), &generated_certificate(dir.path())).await);
+    assert!(running.log().contains("--listen wins"), "{}", running.log());
+    drop(running);
+
+    let (_, running) = on_free_port(|port| {
+        let mut command = dialtone();
+        command
+            .arg("--config")
+            .arg(&path)
+            .env("PORT", port.to_string());
+        Running::try_start(command)
+    });
+    let banner = running.text();
+    assert!(
+        banner.contains("TLS is off because PORT is set"),
+        "{banner}"
+    );
+    assert!(banner.contains("--listen"), "{banner}");
+}
+
+/// Behind a proxy that dialtone was not told about, and with a page from another address:
+/// warn lines that say what came and what to change, at most one a second.
+#[tokio::test]
+async fn proxy_mistakes_are_logged_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, running) = start_in(dir.path(), "[tls]\nmode = \"off\"\n");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], running.port()).into();
+    for _ in 0..5 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = hyper::Request::get("/")
+            .header("host", "calls.example.com")
+            .header("x-forwarded-for", "198.51.100.7");
+        assert_eq!(common::http1(tcp, request, &[]).await.status, 200);
+    }
+    let log = running.wait_for_log("behind_proxy is false");
+    assert!(log.contains("set behind_proxy = true in"), "{log}");
+    assert!(log.contains(&*path.to_string_lossy()), "{log}");
+    assert_eq!(
+        log.matches("behind_proxy is false").count(),
+        1,
+        "once a second:\n{log}"
+    );
+
+    // A proxy that does not pass the Host on: the origin does not match.
+    for _ in 0..5 {
+        let tcp: Box<dyn common::Io> =
+            Box::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/ws"),
+            )
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", "https://calls.example.com".parse().unwrap());
+        let refused = tokio_tungstenite::client_async(request, tcp).await;
+        assert!(refused.is_err());
+    }
+    let log = running.wait_for_log("websocket refused");
+    assert!(log.contains("\"https://calls.example.com\""), "{log}");
+    assert!(log.contains(&format!("https://{addr}")), "{log}");
+    assert!(log.contains("allowed_origins"), "{log}");
+    assert_eq!(log.matches("websocket refused").count(), 1, "{log}");
+}
