@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import {
-  browserSuite, call, expectMediaFlowing, expectTornDown, framesDecoded, haveRedis, login, missing,
-  screenshot, startRedis, startServer, state, statusText, waitFor,
+  browserSuite, call, expectMediaFlowing, expectTornDown, framesDecoded, haveNginx, haveRedis, login,
+  missing, screenshot, startNginx, startRedis, startServer, state, statusText, waitFor,
 } from './harness.mjs';
 
 const why = missing();
@@ -18,6 +18,10 @@ if (why && process.env.CI === 'true') {
 const noRedis = haveRedis() ? null : 'no redis-server (apt-get install redis-server)';
 if (noRedis && process.env.CI === 'true') {
   throw new Error(`the cluster test cannot run: ${noRedis}`);
+}
+const noNginx = haveNginx() ? null : 'no nginx (apt-get install nginx)';
+if (noNginx && process.env.CI === 'true') {
+  throw new Error(`the reverse-proxy test cannot run: ${noNginx}`);
 }
 
 describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () => {
@@ -178,6 +182,39 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () =
     const own = await start();
     const [alice] = await people(own, 'alice');
     assert.equal(await state(alice), 'idle');
+  });
+
+  test('http:// typed on the https port ends on the https page, by a 308 from dialtone', { timeout: 30000 }, async () => {
+    const server = await start();
+    const page = await open(browsers[0], server);
+    const typed = `http://127.0.0.1:${server.port}/?call=bob`;
+    const response = await page.goto(typed);
+    assert.equal(page.url(), `https://127.0.0.1:${server.port}/?call=bob`);
+    assert.equal(response.status(), 200);
+    // The browser followed dialtone's redirect (not an upgrade of its own).
+    const first = response.request().redirectedFrom();
+    assert.equal(first?.url(), typed);
+    assert.equal((await first.response()).status(), 308);
+    await login(page, 'alice');
+  });
+
+  test('a call through nginx, configured as the README says, with dialtone behind it in plain HTTP', { skip: noNginx ?? false, timeout: 30000 }, async () => {
+    const server = await start({ tls: 'off', behindProxy: true });
+    const nginx = await startNginx(server.port);
+    try {
+      const proxied = { ...server, url: nginx.url };
+      const [alice, bob] = await people(proxied, 'alice', 'bob');
+      assert.equal(alice.url(), nginx.url);
+      await connect(alice, bob, 'bob', 'alice');
+      await alice.click('button#close-call');
+      await waitFor(bob, 'idle', 'alice hung up.');
+      assert.deepEqual([...alice.errors, ...bob.errors], []);
+      // The page and the socket both came through nginx, and dialtone had nothing to warn of.
+      assert.ok(server.log.some((line) => line.includes('call answered')), server.log.join('\n'));
+      assert.deepEqual(server.log.filter((line) => line.includes('WARN')), []);
+    } finally {
+      await nginx.stop();
+    }
   });
 
   test('alice and bob on two instances sharing one Redis see each other, and a redeploy keeps their call', { skip: noRedis ?? false, timeout: 70000 }, async () => {

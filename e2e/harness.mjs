@@ -33,7 +33,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
  * is the folder of its certificate: the suite's own unless another is given.
  */
-export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace, presence } = {}) {
+export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace, presence, tls = 'auto', behindProxy } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
@@ -41,8 +41,9 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
     `listen = "127.0.0.1:${port}"`,
     `public_dir = ${JSON.stringify(join(repo, 'public'))}`,
     'ice_servers = []',
+    ...(behindProxy ? ['behind_proxy = true'] : []),
     '[tls]',
-    'mode = "auto"',
+    `mode = "${tls}"`,
     `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
     `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
     ...(grace === undefined ? [] : ['[websocket]', `resume_grace_secs = ${grace}`]),
@@ -62,7 +63,8 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
       banner.push(line);
       if (line === 'Press Ctrl-C to stop.') {
         clearTimeout(timer);
-        const match = banner.join('\n').match(/https:\/\/127\.0\.0\.1:(\d+)/);
+        // With TLS off (behind a proxy) the banner says "listening on http://…".
+        const match = banner.join('\n').match(/https?:\/\/127\.0\.0\.1:(\d+)/);
         if (match) resolve(Number(match[1]));
         else reject(new Error(`no URL in the banner:\n${banner.join('\n')}`));
       }
@@ -73,7 +75,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
     port: bound,
     dir: home,
     certs,
-    url: `https://localhost:${bound}/`,
+    url: `${tls === 'off' ? 'http' : 'https'}://localhost:${bound}/`,
     log,
     /** SIGTERM, as Heroku or systemd would; resolves with the exit status. */
     async stop() {
@@ -123,6 +125,74 @@ export async function startRedis() {
       await exited;
     },
   };
+}
+
+/** Whether Debian's nginx is installed. */
+export function haveNginx() {
+  return spawnSync('nginx', ['-v']).status === 0;
+}
+
+/** The README's nginx example, as a reader copies it, with the lines a reader edits edited. */
+function readmeNginx({ port, cert, key, upstream }) {
+  const readme = readFileSync(join(repo, 'README.md'), 'utf8');
+  const section = readme.split('## Behind a reverse proxy')[1] ?? '';
+  const block = section.split('```nginx\n')[1]?.split('```')[0];
+  if (!block) throw new Error('README.md has no nginx block under "Behind a reverse proxy"');
+  const edits = [
+    ['listen 443 ssl;', `listen 127.0.0.1:${port} ssl;`],
+    ['/etc/letsencrypt/live/calls.example.com/fullchain.pem', cert],
+    ['/etc/letsencrypt/live/calls.example.com/privkey.pem', key],
+    ['proxy_pass http://127.0.0.1:8080;', `proxy_pass http://127.0.0.1:${upstream};`],
+  ];
+  return edits.reduce((text, [from, to]) => {
+    if (!text.includes(from)) throw new Error(`the README's nginx block has no ${JSON.stringify(from)}`);
+    return text.replace(from, to);
+  }, block);
+}
+
+/**
+ * A real nginx terminating TLS with the suite's certificate (so the browsers trust it) in
+ * front of dialtone on `upstream`, configured with the README's example; its config, log and
+ * PID in a temporary folder, stopped by its PID.
+ */
+export async function startNginx(upstream) {
+  await suiteCertificate();
+  const home = mkdtempSync(join(tmpdir(), 'dialtone-e2e-nginx-'));
+  const port = await freePort();
+  const server = readmeNginx({ port, cert: join(suiteCerts, 'cert.pem'), key: join(suiteCerts, 'key.pem'), upstream });
+  const temp = (name) => `${name}_temp_path ${join(home, name)};`;
+  writeFileSync(join(home, 'nginx.conf'), [
+    'daemon off;', 'worker_processes 1;', `pid ${join(home, 'nginx.pid')};`, `error_log ${join(home, 'error.log')} info;`,
+    'events {}', 'http {', 'access_log off;', 'proxy_max_temp_file_size 0;',
+    ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map(temp), server, '}', '',
+  ].join('\n'));
+  const child = spawn('nginx', ['-p', home, '-e', join(home, 'error.log'), '-c', join(home, 'nginx.conf')], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const deadline = Date.now() + 10000;
+  while (!(await accepts(port))) {
+    if (Date.now() > deadline || child.exitCode !== null) {
+      throw new Error(`nginx did not start on port ${port}:\n${readFileSync(join(home, 'error.log'), 'utf8')}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    port,
+    url: `https://localhost:${port}/`,
+    /** SIGTERM: nginx's fast shutdown, which stops its workers too. */
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Whether something accepts TCP connections on loopback `port`. */
+function accepts(port) {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: '127.0.0.1', port }, () => { socket.destroy(); resolve(true); });
+    socket.setTimeout(1000, () => { socket.destroy(); resolve(false); });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 const flags = [

@@ -3,6 +3,7 @@
 //! and WebSockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod nginx;
 pub mod process;
 pub mod redis;
 
@@ -29,6 +30,31 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{WebSocketStream, client_async};
+
+/// A loopback port that was free a moment ago, for a server that cannot be given port 0.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// Whether `program` runs here (asked with `probe`, e.g. `--version`). A test that needs it is
+/// skipped without it, except under `CI=true`, where CI must have installed `package`.
+pub fn have(program: &str, probe: &str, package: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg(probe)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} is missing: CI must install it (apt-get install {package})"
+        );
+        eprintln!("skipped: {program} is not installed (apt-get install {package})");
+    }
+    found
+}
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(5);

@@ -18,10 +18,7 @@ pub fn dialtone() -> Command {
 /// take that port before the binary binds it, so `start` returning `None` means try another.
 pub fn on_free_port<T>(mut start: impl FnMut(u16) -> Option<T>) -> (u16, T) {
     for _ in 0..5 {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
+        let port = super::free_port();
         if let Some(started) = start(port) {
             return (port, started);
         }

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
@@ -18,20 +20,7 @@ pub struct Redis {
 
 /// Whether `redis-server` can run here; panics under CI when it cannot.
 pub fn available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is missing: CI must install it (apt-get install redis-server)"
-        );
-        eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
-    }
-    found
+    super::have("redis-server", "--version", "redis-server")
 }
 
 impl Redis {
@@ -220,9 +209,4 @@ impl Drop for Redis {
         }
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
 }
