@@ -1,15 +1,15 @@
-//! dialtone behind a real nginx that terminates TLS, configured with the README's example:
-//! the page and the signaling socket go through it, the users' own addresses reach the log,
-//! and the two usual mistakes (`behind_proxy` left off, a proxy that drops the port from
-//! `Host`) each give a warn line that says what to change.
+//! dialtone behind a real nginx or Caddy that terminates TLS, configured with the README's
+//! examples: the page and the signaling socket go through it, the users' own addresses reach
+//! the log, and the two usual mistakes with nginx (`behind_proxy` left off, a proxy that
+//! drops the port from `Host`) each give a warn line that says what to change.
 
 mod common;
 
 use std::net::IpAddr;
 
 use common::Ws;
-use common::nginx::{Nginx, edit};
 use common::process::{Running, start_in};
+use common::proxy::{Proxy, edit};
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -22,12 +22,15 @@ fn dialtone(dir: &std::path::Path, behind_proxy: bool) -> Running {
     start_in(dir, &extra).1
 }
 
-async fn logged_in(nginx: &Nginx, source: IpAddr, name: &str) -> Ws {
-    let mut ws = nginx.ws(source).await.expect("the upgrade through nginx");
+async fn logged_in(proxy: &Proxy, source: IpAddr, name: &str) -> Ws {
+    let mut ws = proxy
+        .ws(source)
+        .await
+        .expect("the upgrade through the proxy");
     let reply = ws.login(name).await;
     assert_eq!(
         reply["success"], true,
-        "{name} logged in through nginx: {reply}"
+        "{name} logged in through the proxy: {reply}"
     );
     ws
 }
@@ -47,36 +50,30 @@ async fn call(alice: &mut Ws, bob: &mut Ws) {
     assert_eq!(alice.recv().await["type"], "answer");
 }
 
-#[tokio::test]
-async fn the_readme_nginx_example_carries_the_page_and_a_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = dialtone(dir.path(), true);
-    let Some(nginx) = Nginx::start(running.port(), |block| block) else {
-        return;
-    };
-
-    let page = nginx.get(ALICE, "/").await;
-    assert_eq!(page.status, StatusCode::OK, "{}", nginx.error_log());
+/// The page, its script and a call through `proxy`, with each user's own address in the log
+/// (behind_proxy trusts the proxy's X-Forwarded-For), and no warn line.
+async fn page_and_call_through(proxy: &Proxy, running: &Running) {
+    let page = proxy.get(ALICE, "/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", proxy.log());
     assert!(
         page.body.contains("id=\"username-to-call\""),
         "{}",
         page.body
     );
     assert!(!page.header("content-security-policy").is_empty());
-    let script = nginx.get(ALICE, "/app.js").await;
+    let script = proxy.get(ALICE, "/app.js").await;
     assert_eq!(script.status, StatusCode::OK);
     assert!(script.header("content-type").contains("javascript"));
 
-    let mut alice = logged_in(&nginx, ALICE, "alice").await;
-    let mut bob = logged_in(&nginx, BOB, "bob").await;
+    let mut alice = logged_in(proxy, ALICE, "alice").await;
+    let mut bob = logged_in(proxy, BOB, "bob").await;
     call(&mut alice, &mut bob).await;
     alice
         .send(json!({"type": "close", "otherUsername": "bob"}))
         .await;
     assert_eq!(bob.recv().await["type"], "close");
 
-    // behind_proxy trusts nginx's X-Forwarded-For: each user is logged with their own
-    // address, not nginx's 127.0.0.1.
+    // Not the proxy's 127.0.0.1.
     let log = running.wait_for_log("reason=\"hung up\"");
     let started = log.lines().find(|l| l.contains("call started")).unwrap();
     assert!(started.contains("client=127.0.0.2"), "{started}");
@@ -89,10 +86,30 @@ async fn the_readme_nginx_example_carries_the_page_and_a_call() {
 }
 
 #[tokio::test]
+async fn the_readme_nginx_example_carries_the_page_and_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = dialtone(dir.path(), true);
+    let Some(nginx) = Proxy::nginx(running.port(), |block| block) else {
+        return;
+    };
+    page_and_call_through(&nginx, &running).await;
+}
+
+#[tokio::test]
+async fn the_readme_caddy_example_carries_the_page_and_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = dialtone(dir.path(), true);
+    let Some(caddy) = Proxy::caddy(running.port()) else {
+        return;
+    };
+    page_and_call_through(&caddy, &running).await;
+}
+
+#[tokio::test]
 async fn behind_nginx_with_behind_proxy_off_calls_work_and_the_log_says_what_to_set() {
     let dir = tempfile::tempdir().unwrap();
     let running = dialtone(dir.path(), false);
-    let Some(nginx) = Nginx::start(running.port(), |block| block) else {
+    let Some(nginx) = Proxy::nginx(running.port(), |block| block) else {
         return;
     };
     // The page's https:// origin is accepted with TLS off, so the call itself works…
@@ -122,7 +139,7 @@ async fn an_nginx_that_drops_the_port_from_host_gets_a_warn_line_naming_both_ori
     let running = dialtone(dir.path(), true);
     // The line most nginx guides have: `$host` has no port, so on any port but 443 the
     // page's origin and the Host dialtone sees differ.
-    let Some(nginx) = Nginx::start(running.port(), |block| {
+    let Some(nginx) = Proxy::nginx(running.port(), |block| {
         edit(&block, "Host $http_host;", "Host $host;")
     }) else {
         return;

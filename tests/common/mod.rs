@@ -3,8 +3,8 @@
 //! and WebSockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-pub mod nginx;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::net::SocketAddr;
