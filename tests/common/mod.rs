@@ -3,6 +3,7 @@
 //! and WebSockets.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod coturn;
 pub mod process;
 pub mod proxy;
 pub mod redis;
