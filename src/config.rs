@@ -56,6 +56,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub presence: PresenceConfig,
     pub metrics: MetricsConfig,
+    /// The built-in STUN/TURN relay (UDP), off by default.
+    pub turn_server: TurnServerConfig,
     /// The file these settings came from (`None`: built-in defaults), for messages.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -77,6 +79,79 @@ impl Default for MetricsConfig {
             enabled: true,
             token: None,
         }
+    }
+}
+
+/// `[turn_server]`: the relay for calls that cannot connect browser to browser.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnServerConfig {
+    pub enabled: bool,
+    /// The UDP address for STUN and TURN requests.
+    pub listen: SocketAddr,
+    /// The address browsers are told to relay through; derived from the machine's addresses
+    /// when left out (see `relay::external_ip`).
+    pub external_ip: Option<IpAddr>,
+    /// The UDP ports relayed traffic uses, one per allocation.
+    pub relay_ports: PortRange,
+    pub realm: String,
+    pub peers: crate::relay::policy::Peers,
+    /// Allocations open at once, over all users.
+    pub max_allocations: NonZeroUsize,
+    /// Allocations open at once for one user.
+    pub max_allocations_per_user: NonZeroUsize,
+    /// How long a login's credential can open new allocations.
+    pub credential_ttl_secs: NonZeroU64,
+    /// The HMAC secret for credentials; generated at start when left out. Set the same one on
+    /// every instance behind one name.
+    pub secret: Option<Secret>,
+}
+
+impl Default for TurnServerConfig {
+    fn default() -> Self {
+        TurnServerConfig {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
+            external_ip: None,
+            relay_ports: PortRange {
+                min: 49152,
+                max: 65535,
+            },
+            realm: "dialtone".into(),
+            peers: crate::relay::policy::Peers::default(),
+            max_allocations: NonZeroUsize::new(1000).expect("not zero"),
+            max_allocations_per_user: NonZeroUsize::new(10).expect("not zero"),
+            credential_ttl_secs: NonZeroU64::new(24 * 60 * 60).expect("not zero"),
+            secret: None,
+        }
+    }
+}
+
+/// `"MIN-MAX"`, both inclusive, MIN at least 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let bad = || {
+            format!(
+                "{text:?} is not a port range: use \"MIN-MAX\" with 1024 <= MIN <= MAX <= 65535, \
+                 for example \"49152-65535\""
+            )
+        };
+        let (min, max) = text.split_once('-').ok_or_else(bad)?;
+        let min: u16 = min.trim().parse().map_err(|_| bad())?;
+        let max: u16 = max.trim().parse().map_err(|_| bad())?;
+        if min < 1024 || min > max {
+            return Err(bad());
+        }
+        Ok(PortRange { min, max })
     }
 }
 
@@ -450,6 +525,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             presence: PresenceConfig::default(),
             metrics: MetricsConfig::default(),
+            turn_server: TurnServerConfig::default(),
             file: None,
         }
     }
@@ -800,6 +876,34 @@ mod tests {
     }
 
     #[test]
+    fn turn_server_settings_are_checked_with_what_to_write() {
+        for (text, says) in [
+            ("relay_ports = \"100-200\"", "MIN-MAX"),
+            ("relay_ports = \"60000-50000\"", "MIN-MAX"),
+            ("relay_ports = \"49152\"", "MIN-MAX"),
+            ("peers = \"everywhere\"", "relay-only"),
+            ("max_allocations = 0", "nonzero"),
+            ("secret = \"\"", "must not be empty"),
+            ("listen = \"3478\"", "socket address"),
+        ] {
+            let err = parse(&format!("[turn_server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let ok =
+            parse("[turn_server]\nrelay_ports = \"40000 - 40100\"\npeers = \"lan\"\n").unwrap();
+        assert_eq!(
+            (
+                ok.turn_server.relay_ports.min,
+                ok.turn_server.relay_ports.max
+            ),
+            (40000, 40100)
+        );
+        assert_eq!(ok.turn_server.peers, crate::relay::policy::Peers::Lan);
+    }
+
+    #[test]
     fn the_shipped_config_toml_parses_and_matches_the_defaults() {
         let text = include_str!("../config.toml");
         let shipped = parse(text).unwrap();
@@ -835,6 +939,19 @@ mod tests {
         assert_eq!(shipped.metrics.enabled, defaults.metrics.enabled);
         assert!(shipped.metrics.token.is_none());
         assert_eq!(shipped.presence.enabled, defaults.presence.enabled);
+        let (t, u) = (&shipped.turn_server, &defaults.turn_server);
+        assert!(!u.enabled, "the relay is off by default");
+        assert_eq!(t.enabled, u.enabled);
+        assert_eq!(t.listen, u.listen);
+        assert_eq!((t.external_ip, u.external_ip), (None, None));
+        assert_eq!(t.relay_ports, u.relay_ports);
+        assert_eq!(t.realm, u.realm);
+        assert_eq!(t.peers, u.peers);
+        assert_eq!(u.peers, crate::relay::policy::Peers::RelayOnly);
+        assert_eq!(t.max_allocations, u.max_allocations);
+        assert_eq!(t.max_allocations_per_user, u.max_allocations_per_user);
+        assert_eq!(t.credential_ttl_secs, u.credential_ttl_secs);
+        assert!(t.secret.is_none() && u.secret.is_none());
         let (c, d) = (&shipped.cluster, &defaults.cluster);
         assert!(
             c.redis_url.is_none() && d.redis_url.is_none(),

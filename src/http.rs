@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 use crate::config::{Config, Origin, Secret};
 use crate::limits::{Admission, Refusal, Sometimes};
 use crate::metrics::{Metrics, Snapshot};
+use crate::relay::TurnRelay;
 use crate::signaling::presence::Presence;
 use crate::signaling::registry::Registry;
 use crate::signaling::registry::cluster::Cluster;
@@ -134,18 +135,24 @@ impl App {
                 Registry::Cluster(cluster)
             }
         };
-        Ok(App::with_registry(config, registry, metrics)?)
+        let relay = if config.turn_server.enabled {
+            Some(TurnRelay::start(&config.turn_server, &crate::tls::lan_addresses()).await?)
+        } else {
+            None
+        };
+        Ok(App::with_registry(config, registry, metrics, relay)?)
     }
 
     /// The application with the in-memory engine.
     pub fn new(config: &Config) -> Result<App, AppError> {
-        App::with_registry(config, Registry::new(), Metrics::new())
+        App::with_registry(config, Registry::new(), Metrics::new(), None)
     }
 
     fn with_registry(
         config: &Config,
         registry: Registry,
         metrics: Metrics,
+        relay: Option<TurnRelay>,
     ) -> Result<App, AppError> {
         let files = match public_root(config)? {
             None => Files::BuiltIn,
@@ -164,6 +171,7 @@ impl App {
                     metrics,
                     sessions: Default::default(),
                     presence,
+                    relay,
                 }),
                 admission: Admission::new(
                     limits.max_connections.get(),
@@ -181,6 +189,11 @@ impl App {
                 shutdown: watch::Sender::new(false),
             }),
         })
+    }
+
+    /// The built-in TURN relay, when it runs.
+    pub fn relay(&self) -> Option<&TurnRelay> {
+        self.inner.shared.relay.as_ref()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -463,6 +476,7 @@ impl App {
             users_in_grace: self.inner.shared.sessions.parked(),
             calls_ringing,
             calls_active,
+            relay: self.inner.shared.relay.as_ref().map(TurnRelay::snapshot),
         });
         uncached(&body, Metrics::content_type())
     }

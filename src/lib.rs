@@ -23,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod qr;
+pub mod relay;
 pub mod server;
 pub mod signaling;
 pub mod tls;

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub users_in_grace: usize,
     pub calls_ringing: usize,
     pub calls_active: usize,
+    /// The built-in TURN relay's figures, when it runs.
+    pub relay: Option<crate::relay::RelaySnapshot>,
 }
 
 impl Default for Metrics {
@@ -144,7 +146,11 @@ impl Metrics {
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        if let Some(relay) = now.relay {
+            relay_series(&mut text, &relay);
+        }
+        text
     }
 
     pub fn content_type() -> &'static str {
@@ -220,4 +226,53 @@ pub struct Backplane {
     pub received: IntCounter,
     pub instances: IntGauge,
     pub up: IntGauge,
+}
+
+/// The relay's series, written out from its own atomics (they are read, not bumped here).
+fn relay_series(out: &mut String, relay: &crate::relay::RelaySnapshot) {
+    use std::fmt::Write;
+    let series: [(&str, &str, &str, u64); 6] = [
+        (
+            "dialtone_turn_allocations",
+            "gauge",
+            "TURN allocations open on the built-in relay.",
+            relay.allocations as u64,
+        ),
+        (
+            "dialtone_turn_relayed_packets_total",
+            "counter",
+            "UDP packets the built-in relay carried, both directions.",
+            relay.packets_relayed,
+        ),
+        (
+            "dialtone_turn_relayed_bytes_total",
+            "counter",
+            "Payload bytes the built-in relay carried, both directions.",
+            relay.bytes_relayed,
+        ),
+        (
+            "dialtone_turn_auth_failures_total",
+            "counter",
+            "TURN requests with a wrong, foreign or expired credential.",
+            relay.auth_failures,
+        ),
+        (
+            "dialtone_turn_peers_denied_total",
+            "counter",
+            "Permissions, channels and packets refused by the peer policy.",
+            relay.peers_denied,
+        ),
+        (
+            "dialtone_turn_dropped_total",
+            "counter",
+            "Datagrams dropped unanswered: not STUN, malformed, or over the request rate.",
+            relay.dropped,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
 }

@@ -189,7 +189,14 @@ impl Sessions {
     /// and what the partner sends waits in a bounded queue. Ends in a handoff to a login with
     /// the token, or, when the grace runs out (or the queue fills), drops the membership,
     /// which frees the name and tells the partner `disconnected`.
-    pub fn park(self: &Arc<Self>, mut held: Held, claim: Claim, grace: Duration) {
+    /// `gone` runs when the user is logged out for good (not when they come back).
+    pub fn park(
+        self: &Arc<Self>,
+        mut held: Held,
+        claim: Claim,
+        grace: Duration,
+        gone: impl FnOnce() + Send + 'static,
+    ) {
         let (tx, rx) = mpsc::channel(HELD_FRAMES);
         let full = Arc::new(Notify::new());
         held.conn.rebind(
@@ -226,6 +233,7 @@ impl Sessions {
                     sessions.forget(&claim);
                     drop(held.conn);
                     info!(user = name.as_deref(), "{why}");
+                    gone();
                 }
             }
         });

@@ -30,6 +30,7 @@ use super::registry::{
 use crate::config::{Config, IceServer, Limits, TurnConfig};
 use crate::limits::{Flood, Permit, TokenBucket, Verdict};
 use crate::metrics::Metrics;
+use crate::relay::TurnRelay;
 
 /// Frames waiting for one client. A browser's burst of ICE candidates is a few dozen; a queue
 /// this deep that is still full means the client stopped reading.
@@ -47,6 +48,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// Who's online, when `[presence] enabled`.
     pub presence: Option<Arc<Presence>>,
+    /// The built-in TURN relay, when `[turn_server] enabled`.
+    pub relay: Option<TurnRelay>,
 }
 
 /// What every session needs from the configuration.
@@ -101,6 +104,13 @@ impl Settings {
             });
         }
         servers
+    }
+}
+
+/// A user left for good: their allocations on the built-in relay go too.
+fn forget_allocations(relay: Option<TurnRelay>, name: Option<String>) {
+    if let (Some(relay), Some(name)) = (relay, name) {
+        tokio::spawn(async move { relay.forget(&name).await });
     }
 }
 
@@ -418,6 +428,7 @@ pub async fn serve(
                     sessions.forget(claim);
                 }
                 drop(held);
+                forget_allocations(shared.relay.clone(), name.clone());
             }
         }
         (None, Some(claim))
@@ -427,13 +438,18 @@ pub async fn serve(
         {
             let grace = settings.resume_grace.as_secs();
             info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "connection lost ({end:?}): holding the name and any call for {grace} s");
-            sessions.park(held, claim, settings.resume_grace);
+            let relay = shared.relay.clone();
+            let who = name.clone();
+            sessions.park(held, claim, settings.resume_grace, move || {
+                forget_allocations(relay, who);
+            });
         }
         (None, claim) => {
             if let Some(claim) = &claim {
                 sessions.forget(claim);
             }
             drop(held);
+            forget_allocations(shared.relay.clone(), name.clone());
             if let Some((with, _)) = &in_call {
                 let duration = standing.end_call(with);
                 let reason = if end == End::Gone(Some(1000)) {
@@ -759,7 +775,11 @@ async fn login(
     if let Err(why) = validate_name(name) {
         return refuse(LoginFailure::InvalidName, why);
     }
-    let ice_servers = shared.settings.ice_servers_for(name, SystemTime::now());
+    let now = SystemTime::now();
+    let mut ice_servers = shared.settings.ice_servers_for(name, now);
+    if let Some(relay) = &shared.relay {
+        ice_servers.push(relay.ice_server_for(name, now));
+    }
     let new_token = grace::new_token();
     let welcome = |resumed: bool, with: Option<&str>| {
         ServerMessage::Login {

@@ -116,11 +116,41 @@ pub const MESSAGES: u64 = 5;
 /// `username` and `password`, then send [`MESSAGES`] to each other through the relays
 /// (`-y`); run with a deadline, off the async runtime.
 pub fn relay_between_two_clients(port: u16, username: &str, password: &str) -> Relayed {
-    let mut child = Command::new("turnutils_uclient")
+    uclient(
+        None,
+        "127.0.0.1".parse().unwrap(),
+        port,
+        username,
+        password,
+        &["-y"],
+    )
+}
+
+/// `turnutils_uclient` against `server:port`, in network namespace `netns` when given, with
+/// `args` after the credentials (`-y` for two clients relaying to each other, `-e PEER` for
+/// one sending to PEER), one client, [`MESSAGES`] messages, no RTCP.
+pub fn uclient(
+    netns: Option<&str>,
+    server: std::net::IpAddr,
+    port: u16,
+    username: &str,
+    password: &str,
+    args: &[&str],
+) -> Relayed {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, "turnutils_uclient"]);
+            command
+        }
+        None => Command::new("turnutils_uclient"),
+    };
+    let mut child = command
         .args(["-u", username, "-w", password])
         .args(["-p", &port.to_string()])
-        .args(["-y", "-c", "-m", "1", "-n", &MESSAGES.to_string()])
-        .arg("127.0.0.1")
+        .args(["-c", "-m", "1", "-n", &MESSAGES.to_string()])
+        .args(args)
+        .arg(server.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod coturn;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod redis;

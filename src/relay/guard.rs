@@ -1,0 +1,655 @@
+//! The relay's sockets as the `turn` crate sees them. [`Guard`] wraps the listening socket
+//! and reads every datagram first: what the crate must not see is answered or dropped here.
+//! [`RelaySocket`] wraps each allocation's socket: it sends only where the peer policy allows,
+//! and counts what it relays.
+//!
+//! Why the guard answers the first, unauthenticated request itself: the crate keeps every
+//! nonce it hands out in a map that is pruned only when a client comes back with that nonce
+//! after its hour, so a flood of spoofed requests would grow it without end. The crate does
+//! not tie a nonce to a client, only to its map, so the guard lets one request through now
+//! and then, keeps the nonce the crate answers with, and challenges everyone else with that
+//! same nonce. The map then grows by a couple of nonces an hour, and by the "stale nonce"
+//! answers given to clients that already hold a valid credential.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use stun::attributes::{
+    ATTR_CHANNEL_NUMBER, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_EVEN_PORT, ATTR_LIFETIME,
+    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_REQUESTED_TRANSPORT, ATTR_RESERVATION_TOKEN, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+    AttrType,
+};
+use stun::error_code::{
+    CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY,
+    CODE_UNAUTHORIZED, CODE_UNKNOWN_ATTRIBUTE, ErrorCode, ErrorCodeAttribute,
+};
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
+    MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
+use tokio::net::UdpSocket;
+use tracing::warn;
+use webrtc_util::Conn;
+
+use super::policy::{self, Denied};
+use super::{State, key_for, user_of};
+use crate::limits::{Sometimes, TokenBucket};
+
+/// STUN's magic cookie, in every message since RFC 5389.
+const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// Requests one address may send: enough for many browsers behind one NAT (a call costs a
+/// few dozen), far below what would let one address keep the relay busy.
+const REQUESTS_PER_SECOND: f64 = 100.0;
+const REQUEST_BURST: u32 = 200;
+/// Addresses whose request rate is tracked; past this, they are all forgotten at once.
+const TRACKED_ADDRESSES: usize = 10_000;
+/// How long the guard hands out one nonce of the crate's: half the crate's hour, so a client
+/// that got it late still has half an hour before the crate calls it stale.
+const NONCE_REUSE: Duration = Duration::from_secs(30 * 60);
+/// While the guard has no nonce of the crate's, how often it lets a request fetch one.
+const NONCE_FETCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the guard does with one datagram from a client.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Hand it to the crate.
+    Pass,
+    /// Say nothing: malformed, over the rate, or a denied Send indication.
+    Drop,
+    /// Send this answer back and keep it from the crate.
+    Answer(Vec<u8>),
+}
+
+/// The listening socket, as the crate's server reads and writes it.
+pub struct Guard {
+    socket: UdpSocket,
+    state: Arc<State>,
+    rates: Mutex<HashMap<IpAddr, TokenBucket>>,
+    nonce: Mutex<Nonce>,
+    error_log: Sometimes,
+}
+
+/// The crate's nonce the guard challenges with, and when it last let a request fetch one.
+#[derive(Default)]
+struct Nonce {
+    current: Option<(String, Instant)>,
+    fetched: Option<Instant>,
+}
+
+impl Guard {
+    pub(crate) fn new(socket: UdpSocket, state: Arc<State>) -> Guard {
+        Guard {
+            socket,
+            state,
+            rates: Mutex::default(),
+            nonce: Mutex::default(),
+            error_log: Sometimes::new(),
+        }
+    }
+
+    /// The 401 challenge: the crate's current nonce and the realm, answered here; or, when
+    /// there is no fresh nonce, this request goes to the crate (at most once a second) so
+    /// that its answer brings one, and the others wait for it.
+    fn challenge(&self, message: &Message, now: Instant) -> Verdict {
+        let mut nonce = self.nonce.lock().unwrap_or_else(|p| p.into_inner());
+        match &nonce.current {
+            Some((text, since)) if now.saturating_duration_since(*since) < NONCE_REUSE => {
+                let text = text.clone();
+                drop(nonce);
+                answer(
+                    message,
+                    CODE_UNAUTHORIZED,
+                    None,
+                    vec![
+                        Box::new(TextAttribute::new(ATTR_NONCE, text)),
+                        Box::new(TextAttribute::new(
+                            ATTR_REALM,
+                            self.state.credentials.realm.clone(),
+                        )),
+                    ],
+                )
+            }
+            _ if nonce
+                .fetched
+                .is_none_or(|at| now.saturating_duration_since(at) >= NONCE_FETCH_INTERVAL) =>
+            {
+                nonce.fetched = Some(now);
+                Verdict::Pass
+            }
+            _ => Verdict::Drop,
+        }
+    }
+
+    /// Keeps the nonce of a 401 the crate sends.
+    fn learn_nonce(&self, response: &[u8]) {
+        let Some(message) = decode(response) else {
+            return;
+        };
+        let mut code = ErrorCodeAttribute::default();
+        if code.get_from(&message).is_err() || code.code != CODE_UNAUTHORIZED {
+            return;
+        }
+        if let Ok(text) = TextAttribute::get_from_as(&message, ATTR_NONCE) {
+            let mut nonce = self.nonce.lock().unwrap_or_else(|p| p.into_inner());
+            nonce.current = Some((text.text, Instant::now()));
+        }
+    }
+
+    /// Whether `client` is within its request rate.
+    fn within_rate(&self, client: IpAddr, now: Instant) -> bool {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if rates.len() >= TRACKED_ADDRESSES && !rates.contains_key(&client) {
+            // Forgetting an address only gives it a fresh burst.
+            rates.clear();
+        }
+        rates
+            .entry(client)
+            .or_insert_with(|| TokenBucket::new(REQUEST_BURST, REQUESTS_PER_SECOND, now))
+            .take(now)
+    }
+
+    /// Decides what happens to `data` from `client`.
+    pub(crate) fn judge(&self, data: &[u8], client: SocketAddr, now: SystemTime) -> Verdict {
+        let counters = &self.state.counters;
+        let drop = || {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            Verdict::Drop
+        };
+        // ChannelData (first two bits 01) is the data path: the crate relays it only on a
+        // channel this guard let the client bind.
+        if data.first().is_some_and(|b| b & 0xC0 == 0x40) {
+            return Verdict::Pass;
+        }
+        let Some(message) = decode(data) else {
+            return drop();
+        };
+        let class = message.typ.class;
+        let method = message.typ.method;
+        if class == CLASS_INDICATION {
+            if method != METHOD_SEND {
+                return drop();
+            }
+            // A Send to a denied peer has no permission in the crate anyway; this is the
+            // second wall, and it keeps such datagrams from costing a lookup there.
+            return match self.first_denied_peer(&message) {
+                None => Verdict::Pass,
+                Some(_) => {
+                    counters.peers_denied.fetch_add(1, Ordering::Relaxed);
+                    Verdict::Drop
+                }
+            };
+        }
+        if class != CLASS_REQUEST {
+            return drop();
+        }
+        if !self.within_rate(client.ip(), Instant::now()) {
+            return drop();
+        }
+        if method == METHOD_BINDING {
+            // STUN: answered without credentials, so the relay is also the STUN server.
+            return Verdict::Pass;
+        }
+        if ![
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            return answer(&message, CODE_BAD_REQUEST, None, Vec::new());
+        }
+        let unknown = unknown_attributes(&message);
+        if !unknown.is_empty() {
+            return answer(
+                &message,
+                CODE_UNKNOWN_ATTRIBUTE,
+                None,
+                vec![Box::new(UnknownAttributes(unknown))],
+            );
+        }
+        let challenge = || self.challenge(&message, Instant::now());
+        if !message.contains(ATTR_MESSAGE_INTEGRITY) {
+            return challenge();
+        }
+        let text = |attr: AttrType| {
+            TextAttribute::get_from_as(&message, attr)
+                .ok()
+                .map(|t| t.text)
+        };
+        let (Some(username), Some(realm), Some(_nonce)) =
+            (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE))
+        else {
+            return answer(&message, CODE_BAD_REQUEST, None, Vec::new());
+        };
+        let key = key_for(&self.state, &username, &realm, client, now);
+        let verified = key.filter(|key| {
+            MessageIntegrity(key.clone())
+                .check(&mut message.clone())
+                .is_ok()
+        });
+        let Some(key) = verified else {
+            counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return challenge();
+        };
+        match method {
+            METHOD_ALLOCATE => self.admit_allocation(&message, client, &username, &key),
+            METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
+                match self.first_denied_peer(&message) {
+                    None => Verdict::Pass,
+                    Some((peer, why)) => {
+                        counters.peers_denied.fetch_add(1, Ordering::Relaxed);
+                        if self.error_log.now() {
+                            warn!(
+                                %client,
+                                user = user_of(&username),
+                                %peer,
+                                "TURN relay: peer refused ({})",
+                                match why {
+                                    Denied::Never => "never relayed to",
+                                    Denied::Policy => "not allowed by [turn_server] peers",
+                                }
+                            );
+                        }
+                        answer(&message, CODE_FORBIDDEN, Some(&key), Vec::new())
+                    }
+                }
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// An authenticated Allocate: within the quotas, it goes to the crate and is remembered
+    /// as pending until the crate's answer passes [`Guard::send_to`].
+    fn admit_allocation(
+        &self,
+        message: &Message,
+        client: SocketAddr,
+        username: &str,
+        key: &[u8],
+    ) -> Verdict {
+        let mut allocations = self.state.lock();
+        if allocations.open.contains_key(&client) {
+            // The crate answers 437 (allocation mismatch) or repeats its success.
+            return Verdict::Pass;
+        }
+        let user = user_of(username);
+        let pending_for_user = allocations
+            .pending
+            .iter()
+            .filter(|(addr, name)| **addr != client && user_of(name) == user)
+            .count();
+        let users = allocations.per_user.get(user).copied().unwrap_or(0) + pending_for_user;
+        let code = if users >= self.state.max_per_user {
+            Some(CODE_ALLOC_QUOTA_REACHED)
+        } else if allocations.open.len() + allocations.pending.len() >= self.state.max_allocations {
+            Some(CODE_INSUFFICIENT_CAPACITY)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            drop(allocations);
+            if self.error_log.now() {
+                warn!(%client, user, "TURN relay: allocation refused ({})", code.0);
+            }
+            return answer(message, code, Some(key), Vec::new());
+        }
+        allocations.pending.insert(client, username.to_owned());
+        Verdict::Pass
+    }
+
+    /// The first XOR-PEER-ADDRESS in `message` the policy denies (all of them are checked: a
+    /// request may carry several). A malformed one counts as denied.
+    fn first_denied_peer(&self, message: &Message) -> Option<(String, Denied)> {
+        for attr in &message.attributes.0 {
+            if attr.typ != ATTR_XOR_PEER_ADDRESS {
+                continue;
+            }
+            let Some(peer) = xor_address(&attr.value, &message.transaction_id.0) else {
+                return Some(("(malformed)".into(), Denied::Never));
+            };
+            if let Err(why) = policy::check(self.state.peers, peer.ip(), &self.state.own) {
+                return Some((peer.to_string(), why));
+            }
+        }
+        None
+    }
+}
+
+/// Decodes a STUN message, or `None` for anything that is not one: short, wrong cookie,
+/// wrong length, or attributes that do not parse.
+fn decode(data: &[u8]) -> Option<Message> {
+    if data.len() < 20 || data[0] & 0xC0 != 0 {
+        return None;
+    }
+    if u32::from_be_bytes([data[4], data[5], data[6], data[7]]) != MAGIC_COOKIE {
+        return None;
+    }
+    let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
+    if length + 20 != data.len() || length % 4 != 0 {
+        return None;
+    }
+    let mut message = Message {
+        raw: data.to_vec(),
+        ..Default::default()
+    };
+    message.decode().ok()?;
+    Some(message)
+}
+
+/// Comprehension-required attributes (below 0x8000) that no TURN request of ours carries.
+fn unknown_attributes(message: &Message) -> Vec<AttrType> {
+    const KNOWN: [AttrType; 13] = [
+        ATTR_USERNAME,
+        ATTR_MESSAGE_INTEGRITY,
+        ATTR_REALM,
+        ATTR_NONCE,
+        ATTR_LIFETIME,
+        ATTR_XOR_PEER_ADDRESS,
+        ATTR_DATA,
+        ATTR_CHANNEL_NUMBER,
+        ATTR_EVEN_PORT,
+        ATTR_REQUESTED_TRANSPORT,
+        ATTR_DONT_FRAGMENT,
+        ATTR_RESERVATION_TOKEN,
+        ATTR_REQUESTED_ADDRESS_FAMILY,
+    ];
+    let mut unknown: Vec<AttrType> = message
+        .attributes
+        .0
+        .iter()
+        .map(|attr| attr.typ)
+        .filter(|typ| typ.0 < 0x8000 && !KNOWN.contains(typ))
+        .collect();
+    unknown.dedup();
+    unknown
+}
+
+/// An XOR-PEER-ADDRESS value (RFC 8489 §14.2).
+fn xor_address(value: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ 0x2112;
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    match (value.get(1)?, value.len()) {
+        (0x01, 8) => {
+            let mut ip = [0u8; 4];
+            for (i, byte) in ip.iter_mut().enumerate() {
+                *byte = value[4 + i] ^ cookie[i];
+            }
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        (0x02, 20) => {
+            let mut ip = [0u8; 16];
+            for (i, byte) in ip.iter_mut().enumerate() {
+                let pad = if i < 4 { cookie[i] } else { transaction[i - 4] };
+                *byte = value[4 + i] ^ pad;
+            }
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        _ => None,
+    }
+}
+
+/// An error response to `request`, signed with `key` when the request was authenticated.
+fn answer(
+    request: &Message,
+    code: ErrorCode,
+    key: Option<&[u8]>,
+    mut attributes: Vec<Box<dyn Setter>>,
+) -> Verdict {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(Message {
+            transaction_id: request.transaction_id,
+            ..Default::default()
+        }),
+        Box::new(MessageType::new(method_of(request), CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code,
+            reason: Vec::new(),
+        }),
+    ];
+    setters.append(&mut attributes);
+    if let Some(key) = key {
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    let mut response = Message::new();
+    match response.build(&setters) {
+        Ok(()) => Verdict::Answer(response.raw),
+        Err(_) => Verdict::Drop,
+    }
+}
+
+fn method_of(message: &Message) -> Method {
+    message.typ.method
+}
+
+#[async_trait]
+impl Conn for Guard {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other(
+            "the listening socket is not connected".into(),
+        ))
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other("use recv_from".into()))
+    }
+
+    /// The next datagram the crate may see; answers and drops the rest on the way.
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, client) = match self.socket.recv_from(buf).await {
+                Ok(received) => received,
+                Err(err) => {
+                    // An error on an unconnected UDP socket is transient (an ICMP report, a
+                    // full buffer): the crate would stop serving for good if it saw one.
+                    if self.error_log.now() {
+                        warn!("TURN relay: receive error: {err}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            match self.judge(&buf[..n], client, SystemTime::now()) {
+                Verdict::Pass => return Ok((n, client)),
+                Verdict::Drop => {}
+                Verdict::Answer(bytes) => {
+                    let _ = self.socket.send_to(&bytes, client).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other("use send_to".into()))
+    }
+
+    /// What the crate sends to clients; an Allocate answer settles the pending allocation.
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        match buf.get(..2) {
+            // Allocate success response.
+            Some([0x01, 0x03]) => self.state.opened(target),
+            // Allocate error response: perhaps the 401 that brings a nonce.
+            Some([0x01, 0x13]) => {
+                self.state.lock().pending.remove(&target);
+                self.learn_nonce(buf);
+            }
+            // Another error response (class bits 0b11): a 401 to a Refresh, a permission…
+            Some([first, second]) if first & 0x01 == 0x01 && second & 0x10 == 0x10 => {
+                self.learn_nonce(buf);
+            }
+            _ => {}
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// The crate calls this when any one allocation closes: the shared socket stays open
+    /// (it closes when the server drops it).
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// One allocation's relay socket.
+pub struct RelaySocket {
+    socket: UdpSocket,
+    state: Arc<State>,
+}
+
+impl RelaySocket {
+    pub(crate) fn new(socket: UdpSocket, state: Arc<State>) -> RelaySocket {
+        RelaySocket { socket, state }
+    }
+
+    fn count(&self, bytes: usize) {
+        let counters = &self.state.counters;
+        counters.packets_relayed.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_relayed
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Conn for RelaySocket {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        let n = self.socket.recv(buf).await?;
+        self.count(n);
+        Ok(n)
+    }
+
+    /// From a peer, on its way to the client (the crate checks the permission).
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let (n, peer) = self.socket.recv_from(buf).await?;
+        self.count(n);
+        Ok((n, peer))
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    /// To a peer: only where the policy allows, whatever permission the crate holds.
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if policy::check(self.state.peers, target.ip(), &self.state.own).is_err() {
+            self.state
+                .counters
+                .peers_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(webrtc_util::Error::Other(format!("peer {target} denied")));
+        }
+        let n = self.socket.send_to(buf, target).await?;
+        self.count(n);
+        Ok(n)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_peer_addresses_decode_in_both_families() {
+        // 192.0.2.1:32853 from RFC 5769's sample (XOR-MAPPED-ADDRESS, same encoding).
+        let v4 = [0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43];
+        assert_eq!(
+            xor_address(&v4, &[0; 12]),
+            Some("192.0.2.1:32853".parse().unwrap())
+        );
+        assert_eq!(xor_address(&v4[..7], &[0; 12]), None);
+        assert_eq!(xor_address(&[0, 3, 0, 0, 0, 0, 0, 0], &[0; 12]), None);
+        let transaction = [
+            0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+        ];
+        // 2001:db8:1234:5678:11:2233:4455:6677 port 32853, RFC 5769 §2.3.
+        let v6 = [
+            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
+            0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9,
+        ];
+        assert_eq!(
+            xor_address(&v6, &transaction),
+            Some(
+                "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+                    .parse()
+                    .unwrap()
+            )
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, parsing it does not panic: the header checks, the crate's
+        /// decoder, the attribute scan and the peer addresses alike.
+        #[test]
+        fn no_datagram_panics_the_parser(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            typ in proptest::prelude::any::<u16>(),
+        ) {
+            let mut data = Vec::with_capacity(body.len() + 20);
+            data.extend_from_slice(&(typ & 0x3fff).to_be_bytes());
+            data.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            data.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+            data.extend_from_slice(&[7; 12]);
+            data.extend_from_slice(&body);
+            if let Some(message) = decode(&data) {
+                let _ = unknown_attributes(&message);
+                for attr in &message.attributes.0 {
+                    let _ = xor_address(&attr.value, &message.transaction_id.0);
+                }
+            }
+            let _ = decode(&body);
+        }
+    }
+
+    #[test]
+    fn anything_that_is_not_stun_decodes_to_nothing() {
+        assert!(decode(&[]).is_none());
+        assert!(decode(&[0; 19]).is_none());
+        let mut header = [0u8; 20];
+        header[1] = 0x01; // Binding request, but no magic cookie
+        assert!(decode(&header).is_none());
+        header[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        assert!(decode(&header).is_some());
+        header[3] = 4; // says one attribute follows, none does
+        assert!(decode(&header).is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! Three network namespaces made by the test, and removed when it ends: `relay`, where
+//! dialtone runs, and `a` and `b`, which each reach only the relay's namespace. There is no
+//! route between `a` and `b`, and the relay's namespace does not forward, so whatever passes
+//! between them goes through dialtone. Needs root (`ip netns`); without it the test is
+//! skipped, except under `CI=true`, where that is a failure.
+//!
+//! ```text
+//!   a 10.77.1.2 ── veth ── 10.77.1.1 relay 10.77.2.1 ── veth ── 10.77.2.2 b
+//! ```
+//! `b` has one route, to 10.77.1.1 (the relay's address that both sides use) through
+//! 10.77.2.1; the relay answers for it on either link, as Linux does for any local address.
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The relay's address as both `a` and `b` reach it.
+pub const RELAY: &str = "10.77.1.1";
+pub const A: &str = "10.77.1.2";
+pub const B: &str = "10.77.2.2";
+
+pub struct Topology {
+    pub relay: String,
+    pub a: String,
+    pub b: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("ip {}: {err}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Whether network namespaces can be made here; panics under CI when they cannot.
+pub fn available() -> bool {
+    let probe = format!("dtprobe{}", std::process::id());
+    let made = ip(&["netns", "add", &probe]).is_ok();
+    if made {
+        let _ = ip(&["netns", "del", &probe]);
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "network namespaces are needed (run as root, with iproute2: apt-get install iproute2)"
+    );
+    eprintln!("skipped: cannot create network namespaces (needs root and iproute2)");
+    false
+}
+
+impl Topology {
+    /// The three namespaces, or `None` (test skipped) where they cannot be made.
+    pub fn create() -> Option<Topology> {
+        if !available() {
+            return None;
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let topology = Topology {
+            relay: format!("dtr{tag}"),
+            a: format!("dta{tag}"),
+            b: format!("dtb{tag}"),
+        };
+        topology.build(&tag).unwrap_or_else(|err| panic!("{err}"));
+        Some(topology)
+    }
+
+    fn build(&self, tag: &str) -> Result<(), String> {
+        let (r, a, b) = (self.relay.as_str(), self.a.as_str(), self.b.as_str());
+        for ns in [r, a, b] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // Interface names have at most 15 characters.
+        let short = &tag[tag.len().saturating_sub(8)..];
+        for (side, ns, relay_ip, side_ip) in [
+            ("a", a, "10.77.1.1/24", "10.77.1.2/24"),
+            ("b", b, "10.77.2.1/24", "10.77.2.2/24"),
+        ] {
+            let outer = format!("r{side}{short}");
+            let inner = format!("s{side}{short}");
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            ip(&["link", "set", &outer, "netns", r])?;
+            ip(&["link", "set", &inner, "netns", ns])?;
+            ip(&["-n", r, "addr", "add", relay_ip, "dev", &outer])?;
+            ip(&["-n", ns, "addr", "add", side_ip, "dev", &inner])?;
+            ip(&["-n", r, "link", "set", &outer, "up"])?;
+            ip(&["-n", ns, "link", "set", &inner, "up"])?;
+        }
+        ip(&["-n", b, "route", "add", "10.77.1.1/32", "via", "10.77.2.1"])?;
+        Ok(())
+    }
+
+    /// `program` with `args`, run inside namespace `ns`.
+    pub fn command(ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+
+    /// Whether `from` has a route to `to`.
+    pub fn routes(ns: &str, to: IpAddr) -> bool {
+        ip(&["-n", ns, "route", "get", &to.to_string()]).is_ok()
+    }
+}
+
+impl Drop for Topology {
+    /// Deleting a namespace deletes the veth ends in it, and so their peers.
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.relay] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! The built-in STUN/TURN relay (`[turn_server]`), against coturn's own client
+//! (`turnutils_uclient`, Debian's `coturn` package) and raw datagrams: the login hands out a
+//! credential it accepts; bad, foreign and expired ones open nothing; denied peers are refused
+//! whatever the policy; quotas hold; hostile datagrams get a STUN error or nothing, and the
+//! relay goes on serving; and, in network namespaces where two clients cannot reach each
+//! other, their traffic goes through dialtone.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use common::TestServer;
+use common::coturn::{self, MESSAGES, Relayed, uclient};
+use common::netns::{self, Topology};
+use common::process::{Running, write_config};
+use dialtone::relay::Credentials;
+use serde_json::{Value, json};
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, AttrType, RawAttribute};
+use stun::error_code::ErrorCodeAttribute;
+use stun::message::{
+    BINDING_REQUEST, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    METHOD_ALLOCATE, Message, MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use tokio::net::UdpSocket;
+
+const SECRET: &str = "north-wind-and-sun";
+
+/// An in-process dialtone with the relay on 127.0.0.1 and `extra` in `[turn_server]`.
+async fn with_relay(extra: &str) -> TestServer {
+    TestServer::start_with(
+        &format!(
+            "[turn_server]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\n{extra}"
+        ),
+        &common::repo_public(),
+    )
+    .await
+}
+
+fn relay_port(server: &TestServer) -> u16 {
+    server
+        .app
+        .relay()
+        .expect("the relay runs")
+        .local_addr()
+        .port()
+}
+
+/// The relay's entry in a login reply.
+fn relay_entry(reply: &Value) -> &Value {
+    reply["iceServers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|server| server["urls"].to_string().contains("?transport=udp"))
+        .unwrap_or_else(|| panic!("the login reply lists the built-in relay: {reply}"))
+}
+
+/// `turnutils_uclient` off the async runtime, on loopback.
+async fn client(port: u16, username: &str, password: &str, args: &[&str]) -> Relayed {
+    let (username, password) = (username.to_owned(), password.to_owned());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        uclient(
+            None,
+            "127.0.0.1".parse().unwrap(),
+            port,
+            &username,
+            &password,
+            &args,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn metric(server_metrics: &str, name: &str) -> f64 {
+    common::sample(server_metrics, name).unwrap_or_else(|| panic!("{name} in {server_metrics}"))
+}
+
+/// What an allocation refused before it was made prints.
+const NO_ALLOCATION: &str = "Cannot complete Allocation";
+
+#[tokio::test]
+async fn the_login_hands_out_a_credential_the_relay_accepts_and_others_open_nothing() {
+    if !coturn::available() {
+        return;
+    }
+    let server = with_relay("").await;
+    let port = relay_port(&server);
+    let before = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_alice, reply) = server.user("alice").await;
+    let relay = relay_entry(&reply);
+    assert_eq!(
+        relay["urls"],
+        json!([
+            format!("stun:127.0.0.1:{port}"),
+            format!("turn:127.0.0.1:{port}?transport=udp")
+        ]),
+        "{reply}"
+    );
+    let username = relay["username"].as_str().unwrap();
+    let (expiry, name) = username.split_once(':').unwrap();
+    assert_eq!(name, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    // credential_ttl_secs defaults to a day.
+    assert!(
+        (before + 86_400..=before + 86_402).contains(&expiry),
+        "{expiry}"
+    );
+    let credential = relay["credential"].as_str().unwrap();
+    {
+        use base64::Engine;
+        let key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, SECRET.as_bytes());
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, username.as_bytes()).as_ref());
+        assert_eq!(credential, expected);
+    }
+    assert!(!reply.to_string().contains(SECRET), "{reply}");
+
+    // The allocation is made; the peer (a private address, not dialtone's own relay) is then
+    // refused by the default policy: the 403 comes only after a successful allocation.
+    let allowed = client(port, username, credential, &["-e", "10.1.2.3"]).await;
+    assert!(
+        !allowed.output.contains(NO_ALLOCATION) && allowed.output.contains("403"),
+        "{}",
+        allowed.output
+    );
+
+    let mut tampered = credential.to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let credentials = server.app.relay().unwrap().credentials();
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    let (old_user, old_password) = credentials.mint("alice", two_days_ago);
+    let foreign = Credentials::new(b"another secret", "dialtone", 600);
+    let (foreign_user, foreign_password) = foreign.mint("alice", SystemTime::now());
+    let borrowed = format!("{}:mallory", username.split_once(':').unwrap().0);
+    for (what, user, password) in [
+        ("a tampered credential", username, tampered.as_str()),
+        ("an expired credential", &old_user, &old_password),
+        (
+            "another secret's credential",
+            &foreign_user,
+            &foreign_password,
+        ),
+        (
+            "alice's credential under another name",
+            &borrowed,
+            credential,
+        ),
+    ] {
+        let refused = client(port, user, password, &["-e", "10.1.2.3"]).await;
+        assert!(
+            refused.output.contains(NO_ALLOCATION),
+            "{what} opened an allocation:\n{}",
+            refused.output
+        );
+    }
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metric(&metrics, "dialtone_turn_auth_failures_total") >= 4.0,
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn denied_peers_are_refused_whatever_the_policy() {
+    if !coturn::available() {
+        return;
+    }
+    for policy in ["relay-only", "lan", "public"] {
+        let server = with_relay(&format!("peers = \"{policy}\"\n")).await;
+        let port = relay_port(&server);
+        let (_alice, reply) = server.user("alice").await;
+        let relay = relay_entry(&reply);
+        let (username, credential) = (
+            relay["username"].as_str().unwrap(),
+            relay["credential"].as_str().unwrap(),
+        );
+        for peer in ["127.0.0.1", "169.254.169.254", "0.0.0.0"] {
+            let refused = client(port, username, credential, &["-e", peer]).await;
+            assert!(
+                !refused.output.contains(NO_ALLOCATION) && refused.output.contains("403"),
+                "{peer} under {policy}:\n{}",
+                refused.output
+            );
+            assert_eq!(refused.received, 0, "{peer} under {policy}");
+        }
+        let metrics = server.get("/metrics").await.body;
+        assert!(
+            metric(&metrics, "dialtone_turn_peers_denied_total") >= 3.0,
+            "{policy}: {metrics}"
+        );
+        server.stop().await;
+    }
+}
+
+/// A request of `method` from a fresh transaction, with `attributes`.
+fn request(method: Method, attributes: Vec<Box<dyn Setter>>) -> Vec<u8> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(method, CLASS_REQUEST)),
+    ];
+    setters.extend(attributes);
+    let mut message = Message::new();
+    message.build(&setters).unwrap();
+    message.raw
+}
+
+/// Sends `datagram` to the relay and waits a moment for an answer.
+async fn exchange(socket: &UdpSocket, relay: SocketAddr, datagram: &[u8]) -> Option<Message> {
+    socket.send_to(datagram, relay).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    let mut message = Message {
+        raw: buf[..n].to_vec(),
+        ..Default::default()
+    };
+    message.decode().unwrap();
+    Some(message)
+}
+
+fn error_code(message: &Message) -> u16 {
+    assert_eq!(message.typ.class, CLASS_ERROR_RESPONSE, "{message}");
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(message).unwrap();
+    code.code.0
+}
+
+async fn binding_answered(socket: &UdpSocket, relay: SocketAddr) -> bool {
+    let Some(reply) = exchange(socket, relay, &request(BINDING_REQUEST.method, vec![])).await
+    else {
+        return false;
+    };
+    assert_eq!(reply.typ.class, CLASS_SUCCESS_RESPONSE, "{reply}");
+    let mut mapped = XorMappedAddress::default();
+    mapped.get_from(&reply).unwrap();
+    assert_eq!(
+        SocketAddr::new(mapped.ip, mapped.port),
+        socket.local_addr().unwrap(),
+        "the relay is a STUN server: it says where the request came from"
+    );
+    true
+}
+
+#[tokio::test]
+async fn hostile_datagrams_get_a_stun_error_or_nothing_and_the_relay_goes_on() {
+    let server = with_relay("").await;
+    let relay = SocketAddr::from(([127, 0, 0, 1], relay_port(&server)));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // STUN Binding needs no credential.
+    assert!(binding_answered(&socket, relay).await);
+
+    // Not STUN at all, a header cut short, a wrong magic cookie, a length that lies, a
+    // response sent to the server: no answer (a reflector would answer junk).
+    let binding = request(BINDING_REQUEST.method, vec![]);
+    let mut wrong_cookie = binding.clone();
+    wrong_cookie[4] ^= 0xff;
+    let mut lying_length = binding.clone();
+    lying_length[3] = 40;
+    let mut response = binding.clone();
+    response[0] |= 0x01; // success class (C1, bit 8)
+    for junk in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0u8; 7],
+        binding[..19].to_vec(),
+        wrong_cookie,
+        lying_length,
+        response,
+        vec![0xff; 1400],
+    ] {
+        assert!(
+            exchange(&socket, relay, &junk).await.is_none(),
+            "{junk:?} was answered"
+        );
+    }
+
+    // An unknown method: 400. An unknown comprehension-required attribute: 420.
+    // Method 0x0fe, request class, in STUN's interleaved encoding.
+    let mut unknown_method = request(BINDING_REQUEST.method, vec![]);
+    unknown_method[..2].copy_from_slice(&[0x02, 0xee]);
+    assert_eq!(
+        error_code(&exchange(&socket, relay, &unknown_method).await.unwrap()),
+        400
+    );
+    let unknown_attribute = request(
+        METHOD_ALLOCATE,
+        vec![Box::new(RawAttribute {
+            typ: AttrType(0x0042),
+            length: 4,
+            value: vec![0; 4],
+        })],
+    );
+    assert_eq!(
+        error_code(&exchange(&socket, relay, &unknown_attribute).await.unwrap()),
+        420
+    );
+
+    // An Allocate without credentials: 401 with a nonce and the realm, as every client
+    // expects before it signs its request.
+    let challenge = exchange(&socket, relay, &request(METHOD_ALLOCATE, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(error_code(&challenge), 401);
+    let realm = TextAttribute::get_from_as(&challenge, ATTR_REALM).unwrap();
+    assert_eq!(realm.text, "dialtone");
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE).unwrap();
+    assert!(!nonce.text.is_empty());
+    // The next challenge reuses it: nothing is kept per stranger.
+    let again = exchange(&socket, relay, &request(METHOD_ALLOCATE, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        TextAttribute::get_from_as(&again, ATTR_NONCE).unwrap().text,
+        nonce.text
+    );
+
+    // A flood from one address: past its rate the relay stops answering it…
+    let flood = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let allocate = request(METHOD_ALLOCATE, vec![]);
+    for _ in 0..1000 {
+        flood.send_to(&allocate, relay).await.unwrap();
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 1500];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), flood.recv_from(&mut buf)).await
+    {
+        answered += 1;
+    }
+    assert!(
+        (100..1000).contains(&answered),
+        "{answered} of 1000 flooded requests answered"
+    );
+    // …while everyone else is still served, this socket and another address alike.
+    assert!(binding_answered(&socket, relay).await);
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    assert!(binding_answered(&other, relay).await);
+
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metric(&metrics, "dialtone_turn_dropped_total") >= 7.0,
+        "{metrics}"
+    );
+    // The signaling side never noticed.
+    let (_alice, reply) = server.user("alice").await;
+    assert_eq!(reply["success"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocations() {
+    if !coturn::available() {
+        return;
+    }
+    let server = with_relay("max_allocations_per_user = 1\n").await;
+    let port = relay_port(&server);
+    let (alice, reply) = server.user("alice").await;
+    let relay = relay_entry(&reply);
+    let (username, credential) = (
+        relay["username"].as_str().unwrap().to_owned(),
+        relay["credential"].as_str().unwrap().to_owned(),
+    );
+    // One allocation, kept open (-h: the client hangs on after its messages).
+    let (user, password) = (username.clone(), credential.clone());
+    let held = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("turnutils_uclient")
+            .args(["-u", &user, "-w", &password, "-p", &port.to_string()])
+            .args(["-c", "-h", "-n", "1", "-e", "10.1.2.3", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut held = scopeguard(held);
+    let opened = wait_for_metric(&server, "dialtone_turn_allocations", |v| v >= 1.0).await;
+    assert_eq!(opened, 1.0);
+    // A second one for alice: over her quota.
+    let second = client(port, &username, &credential, &["-e", "10.1.2.3"]).await;
+    assert!(
+        second.output.contains(NO_ALLOCATION) || second.output.contains("486"),
+        "{}",
+        second.output
+    );
+    // bob has his own quota.
+    let (bob, reply) = server.user("bob").await;
+    let bobs = relay_entry(&reply);
+    let for_bob = client(
+        port,
+        bobs["username"].as_str().unwrap(),
+        bobs["credential"].as_str().unwrap(),
+        &["-e", "10.1.2.3"],
+    )
+    .await;
+    assert!(
+        !for_bob.output.contains(NO_ALLOCATION),
+        "{}",
+        for_bob.output
+    );
+    // bob's client has exited, its allocation left to time out, as a crashed page's would.
+    let both = wait_for_metric(&server, "dialtone_turn_allocations", |v| v >= 2.0).await;
+    assert_eq!(both, 2.0);
+
+    // alice logs out: her allocation goes, though her client is still running; then bob's.
+    drop(alice);
+    let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v <= 1.0).await;
+    assert_eq!(left, 1.0);
+    drop(bob);
+    let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v == 0.0).await;
+    assert_eq!(left, 0.0);
+    let _ = held.0.kill();
+    let _ = held.0.wait();
+    held.1 = true;
+    server.stop().await;
+}
+
+/// Kills the child if the test fails before it does.
+struct KillOnDrop(std::process::Child, bool);
+
+fn scopeguard(child: std::process::Child) -> KillOnDrop {
+    KillOnDrop(child, false)
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Polls `/metrics` until `series` satisfies `done` (or five seconds pass); its last value.
+async fn wait_for_metric(server: &TestServer, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let value = metric(&server.get("/metrics").await.body, series);
+        if done(value) || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn clients_that_cannot_reach_each_other_relay_through_dialtone() {
+    if !coturn::available() {
+        return;
+    }
+    let Some(net) = Topology::create() else {
+        return;
+    };
+    let relay: IpAddr = netns::RELAY.parse().unwrap();
+    // The two sides have no route to each other: only to the relay.
+    assert!(!Topology::routes(&net.a, netns::B.parse().unwrap()));
+    assert!(!Topology::routes(&net.b, netns::A.parse().unwrap()));
+    assert!(Topology::routes(&net.b, relay));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"{relay}:8443\"\n[tls]\nmode = \"off\"\n[turn_server]\nenabled = true\n\
+             external_ip = \"{relay}\"\nsecret = \"{SECRET}\"\n"
+        ),
+    );
+    let mut command = Topology::command(&net.relay, env!("CARGO_BIN_EXE_dialtone"));
+    command.env("RUST_LOG", "info").arg("--config").arg(&config);
+    let running = Running::start(command);
+    let credentials = Credentials::new(SECRET.as_bytes(), "dialtone", 600);
+
+    // From each side, two clients each allocate a relay address and send to the other's:
+    // every message arrives, through dialtone.
+    for (side, name) in [(&net.a, "alice"), (&net.b, "bob")] {
+        let (username, password) = credentials.mint(name, SystemTime::now());
+        let relayed = uclient(Some(side), relay, 3478, &username, &password, &["-y"]);
+        assert_eq!(
+            relayed.received,
+            2 * MESSAGES,
+            "from {side}:\n{}\n{}",
+            relayed.output,
+            running.log()
+        );
+    }
+    assert!(!running.log().contains("WARN"), "{}", running.log());
+}
