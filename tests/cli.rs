@@ -566,6 +566,10 @@ async fn a_binary_copied_to_an_empty_folder_serves_the_page_and_a_call() {
     call_and_hang_up(&mut alice, &mut bob).await;
     let mut carol = wss(port, &cert).await;
     assert_eq!(login(&mut carol, "alice").await["code"], "name-taken");
+    // A refused name is shown escaped and cut to 40 characters, so a hostile one cannot
+    // flood or forge log lines.
+    let long = format!("{}\nforged", "x".repeat(45));
+    assert_eq!(login(&mut carol, &long).await["success"], false);
     // The page's log-out button: Close 1000.
     let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: 1000.into(),
@@ -583,6 +587,21 @@ async fn a_binary_copied_to_an_empty_folder_serves_the_page_and_a_call() {
     ] {
         assert!(log.contains(line), "no {line:?} in\n{log}");
     }
+    let ended = log
+        .lines()
+        .find(|line| line.contains("call ended"))
+        .unwrap();
+    assert!(
+        ended.contains("duration=\"0 s since the ") || ended.contains("duration=\"1 s since the "),
+        "{ended}"
+    );
+    let cut = format!("user=\"\\\"{}…\\\"\"", "x".repeat(40));
+    assert!(
+        log.lines()
+            .any(|line| line.contains("login refused") && line.contains(&cut)),
+        "no {cut} in\n{log}"
+    );
+    assert!(!log.contains("\nforged"), "{log}");
     let logout = log
         .lines()
         .find(|line| line.contains("logged out"))
@@ -761,4 +780,48 @@ async fn proxy_mistakes_are_logged_with_what_to_change() {
     assert!(log.contains(&format!("https://{addr}")), "{log}");
     assert!(log.contains("allowed_origins"), "{log}");
     assert_eq!(log.matches("websocket refused").count(), 1, "{log}");
+}
+
+#[test]
+fn a_low_port_without_the_capability_says_what_it_needs() {
+    // Ports below 1024 need privilege; in a namespace of its own the threshold is the
+    // kernel's default, whatever the host's is.
+    let Some(ns) = common::netns::Namespace::create() else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "setpriv (util-linux) is missing"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::process::write_config(dir.path(), "[tls]\nmode = \"off\"\n");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = ns
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_dialtone"))
+        .args(["--listen", "127.0.0.1:80", "--config"])
+        .arg(&config)
+        .env_remove("PORT")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:80")
+            && stderr.contains("ports below 1024 need root or CAP_NET_BIND_SERVICE"),
+        "{stderr}"
+    );
 }

@@ -62,6 +62,10 @@ async fn nothing_outside_public_is_reachable() {
     .unwrap();
     std::os::unix::fs::symlink(outside.path(), public.path().join("dirlink")).unwrap();
     let server = TestServer::start_with("", public.path()).await;
+    // The folder's own page, not the one built into the binary: restyling works.
+    let page = server.get("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body, "<p>hi</p>");
     let escape = format!("{}/secret.txt", outside.path().display());
 
     for path in [

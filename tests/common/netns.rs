@@ -128,3 +128,47 @@ impl Drop for Topology {
         }
     }
 }
+
+/// One namespace of the test's own, with only loopback up: a machine with nothing else.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    /// The namespace, or `None` (test skipped) where namespaces cannot be made.
+    pub fn create() -> Option<Namespace> {
+        if !available() {
+            return None;
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "dtn{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]).unwrap_or_else(|err| panic!("{err}"));
+        ip(&["-n", &name, "link", "set", "lo", "up"]).unwrap_or_else(|err| panic!("{err}"));
+        Some(Namespace { name })
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        Topology::command(&self.name, program)
+    }
+
+    /// Sets a sysctl inside the namespace (network sysctls are per namespace).
+    pub fn sysctl(&self, setting: &str) {
+        let status = self
+            .command("sysctl")
+            .args(["-q", "-w", setting])
+            .status()
+            .expect("sysctl runs");
+        assert!(status.success(), "sysctl -w {setting}");
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
