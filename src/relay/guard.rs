@@ -32,7 +32,7 @@ use stun::integrity::MessageIntegrity;
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING,
     METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
-    MessageType, Method, Setter,
+    MessageType, Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -410,7 +410,7 @@ fn answer(
             transaction_id: request.transaction_id,
             ..Default::default()
         }),
-        Box::new(MessageType::new(method_of(request), CLASS_ERROR_RESPONSE)),
+        Box::new(MessageType::new(request.typ.method, CLASS_ERROR_RESPONSE)),
         Box::new(ErrorCodeAttribute {
             code,
             reason: Vec::new(),
@@ -425,10 +425,6 @@ fn answer(
         Ok(()) => Verdict::Answer(response.raw),
         Err(_) => Verdict::Drop,
     }
-}
-
-fn method_of(message: &Message) -> Method {
-    message.typ.method
 }
 
 #[async_trait]

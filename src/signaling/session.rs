@@ -117,20 +117,8 @@ fn forget_allocations(relay: Option<TurnRelay>, name: Option<String>) {
 /// coturn's TURN REST scheme (`--use-auth-secret`): the username is `expiry:name`, the
 /// password is base64(HMAC-SHA1(secret, username)).
 pub fn turn_credentials(turn: &TurnConfig, name: &str, now: SystemTime) -> (String, String) {
-    use base64::Engine;
-    let expiry = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        .saturating_add(turn.ttl.get());
-    let username = format!("{expiry}:{name}");
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-        turn.secret.0.as_bytes(),
-    );
-    let tag = ring::hmac::sign(&key, username.as_bytes());
-    let credential = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    (username, credential)
+    // The built-in relay checks the same scheme: one implementation mints for both.
+    crate::relay::Credentials::new(turn.secret.0.as_bytes(), "", turn.ttl.get()).mint(name, now)
 }
 
 /// Why a session ended, which decides the Close frame it sends.
