@@ -241,13 +241,13 @@ fn relay_series(out: &mut String, relay: &crate::relay::RelaySnapshot) {
         (
             "dialtone_turn_relayed_packets_total",
             "counter",
-            "UDP packets the built-in relay carried, both directions.",
+            "UDP datagrams through the relay's sockets, to and from peers (between two of its own allocations, a datagram counts out and in).",
             relay.packets_relayed,
         ),
         (
             "dialtone_turn_relayed_bytes_total",
             "counter",
-            "Payload bytes the built-in relay carried, both directions.",
+            "Payload bytes of those datagrams.",
             relay.bytes_relayed,
         ),
         (

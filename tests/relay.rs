@@ -388,7 +388,7 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
     })
     .await
     .unwrap();
-    let mut held = scopeguard(held);
+    let _held = KillOnDrop(held);
     let opened = wait_for_metric(&server, "dialtone_turn_allocations", |v| v >= 1.0).await;
     assert_eq!(opened, 1.0);
     // A second one for alice: over her quota.
@@ -424,25 +424,16 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
     drop(bob);
     let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v == 0.0).await;
     assert_eq!(left, 0.0);
-    let _ = held.0.kill();
-    let _ = held.0.wait();
-    held.1 = true;
     server.stop().await;
 }
 
-/// Kills the child if the test fails before it does.
-struct KillOnDrop(std::process::Child, bool);
-
-fn scopeguard(child: std::process::Child) -> KillOnDrop {
-    KillOnDrop(child, false)
-}
+/// Kills the client when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if !self.1 {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

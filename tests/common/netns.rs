@@ -58,18 +58,23 @@ pub fn available() -> bool {
     false
 }
 
+/// A tag no other namespace of this run has: the process id and a counter.
+fn fresh_tag() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl Topology {
     /// The three namespaces, or `None` (test skipped) where they cannot be made.
     pub fn create() -> Option<Topology> {
         if !available() {
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let tag = format!(
-            "{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = fresh_tag();
         let topology = Topology {
             relay: format!("dtr{tag}"),
             a: format!("dta{tag}"),
@@ -140,12 +145,7 @@ impl Namespace {
         if !available() {
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "dtn{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("dtn{}", fresh_tag());
         ip(&["netns", "add", &name]).unwrap_or_else(|err| panic!("{err}"));
         ip(&["-n", &name, "link", "set", "lo", "up"]).unwrap_or_else(|err| panic!("{err}"));
         Some(Namespace { name })
