@@ -89,8 +89,7 @@ fn never(ip: IpAddr) -> bool {
                 || v4.is_loopback()
                 || v4.is_link_local() // 169.254/16, cloud metadata among it
                 || v4.is_multicast()
-                || v4.is_broadcast()
-                || a >= 240 // reserved
+                || a >= 240 // reserved, and the broadcast address
                 || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
                 || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18/15
                 || v4.is_documentation()
@@ -158,6 +157,17 @@ mod tests {
             "::ffff:0:127.0.0.1",
             "64:ff9b::7f00:1",
             "2002:7f00:1::",
+            "240.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.1",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.5",
+            "fec0::1",
+            "2001:db8::1",
+            "2001:0:4136:e378::1",
+            "::2",
         ] {
             for policy in [Peers::RelayOnly, Peers::Lan, Peers::Public] {
                 assert_eq!(
@@ -219,9 +229,24 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_what_the_config_file_says() {
+        #[derive(Deserialize)]
+        struct Table {
+            peers: Peers,
+        }
+        for policy in [Peers::RelayOnly, Peers::Lan, Peers::Public] {
+            let text = format!("peers = \"{}\"", policy.label());
+            let table: Table = toml::from_str(&text).unwrap();
+            assert_eq!(table.peers, policy, "{text}");
+        }
+    }
+
+    #[test]
     fn canonical_unwraps_only_the_ipv4_forms() {
         assert_eq!(canonical(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
         assert_eq!(canonical(ip("::1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(canonical(ip("::1.2.0.0")), ip("1.2.0.0"));
+        assert_eq!(canonical(ip("::0.0.0.5")), ip("0.0.0.5"));
         assert_eq!(canonical(ip("::1")), ip("::1"));
         assert_eq!(canonical(ip("::")), ip("::"));
         assert_eq!(canonical(ip("2a00::1")), ip("2a00::1"));
