@@ -33,12 +33,14 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  * Starts the real binary on 127.0.0.1 (port 0 picks one) and waits for its banner. `certs`
  * is the folder of its certificate: the suite's own unless another is given.
  */
-export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, grace, presence, tls = 'auto', behindProxy } = {}) {
+export async function startServer({
+  port = 0, dir, certs = suiteCerts, cluster, grace, presence, tls = 'auto', behindProxy, host = '127.0.0.1', netns, turnServer,
+} = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
   // No ICE servers: the browsers find each other on loopback, and nothing leaves the machine.
   writeFileSync(config, [
-    `listen = "127.0.0.1:${port}"`,
+    `listen = "${host}:${port}"`,
     `public_dir = ${JSON.stringify(join(repo, 'public'))}`,
     'ice_servers = []',
     ...(behindProxy ? ['behind_proxy = true'] : []),
@@ -49,9 +51,12 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
     ...(grace === undefined ? [] : ['[websocket]', `resume_grace_secs = ${grace}`]),
     ...(presence ? ['[presence]', 'enabled = true'] : []),
     ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
+    ...(turnServer ? ['[turn_server]', ...Object.entries(turnServer).map(([k, v]) => `${k} = ${JSON.stringify(v)}`)] : []),
     '',
   ].join('\n'));
-  const child = spawn(binary, ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // `ip netns exec` execs the binary after entering the namespace: the child is dialtone itself.
+  const command = netns ? ['ip', ['netns', 'exec', netns, binary, '--config', config]] : [binary, ['--config', config]];
+  const child = spawn(...command, { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
   createInterface({ input: child.stderr }).on('line', (line) => log.push(line));
   const banner = [];
@@ -64,7 +69,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
       if (line === 'Press Ctrl-C to stop.') {
         clearTimeout(timer);
         // With TLS off (behind a proxy) the banner says "listening on http://…".
-        const match = banner.join('\n').match(/https?:\/\/127\.0\.0\.1:(\d+)/);
+        const match = banner.join('\n').match(new RegExp(`https?://${host.replaceAll('.', '\\.')}:(\\d+)`));
         if (match) resolve(Number(match[1]));
         else reject(new Error(`no URL in the banner:\n${banner.join('\n')}`));
       }
@@ -75,7 +80,7 @@ export async function startServer({ port = 0, dir, certs = suiteCerts, cluster, 
     port: bound,
     dir: home,
     certs,
-    url: `${tls === 'off' ? 'http' : 'https'}://localhost:${bound}/`,
+    url: `${tls === 'off' ? 'http' : 'https'}://${host === '127.0.0.1' ? 'localhost' : host}:${bound}/`,
     log,
     /** SIGTERM, as Heroku or systemd would; resolves with the exit status. */
     async stop() {
@@ -234,21 +239,99 @@ export async function suiteCertificate() {
  * A browser process of its own (so its fake camera is its own) that trusts the certificate
  * with SPKI hash `trusted` and checks every other one as usual.
  */
-export async function launchBrowser(trusted) {
+export async function launchBrowser(trusted, { netns } = {}) {
   const args = [...flags, `--ignore-certificate-errors-spki-list=${trusted}`];
-  return chromium.launch({ executablePath, args, headless: true });
+  return chromium.launch({ executablePath: netns ? inNamespace(netns, executablePath) : executablePath, args, headless: true });
+}
+
+/**
+ * An executable that runs `program` inside network namespace `ns`, with the arguments it is
+ * given: Playwright starts "the browser" with its pipes and flags, and the browser sees only
+ * that namespace's network.
+ */
+function inNamespace(ns, program) {
+  const wrapper = join(mkdtempSync(join(tmpdir(), 'dialtone-e2e-netns-')), 'browser');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${program} "$@"\n`, { mode: 0o755 });
+  return wrapper;
+}
+
+function ip(...args) {
+  const run = spawnSync('ip', args, { encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`ip ${args.join(' ')}: ${run.error ?? run.stderr.trim()}`);
+  return run.stdout;
+}
+
+/** Why network namespaces cannot be made here (needs root and iproute2), or null. */
+export function noNetns() {
+  const probe = `dtprobe${process.pid}`;
+  try {
+    ip('netns', 'add', probe);
+    ip('netns', 'del', probe);
+    return null;
+  } catch (err) {
+    return `cannot create network namespaces (run as root, apt-get install iproute2): ${err.message}`;
+  }
+}
+
+/** The relay's address as both sides reach it. */
+export const RELAY_IP = '10.77.1.1';
+
+/**
+ * Three network namespaces, as in tests/common/netns.rs: `relay` (where dialtone runs), and
+ * `a` and `b`, each with one veth link to the relay's namespace and nothing else. `b` has one
+ * route, to 10.77.1.1; there is no route between `a` and `b`, and the relay's namespace does
+ * not forward, so whatever passes between the two browsers goes through dialtone.
+ *
+ *   a 10.77.1.2 ── veth ── 10.77.1.1 relay 10.77.2.1 ── veth ── 10.77.2.2 b
+ */
+export function createTopology() {
+  const tag = `${process.pid}x${Date.now() % 100000}`;
+  const names = { relay: `dtr${tag}`, a: `dta${tag}`, b: `dtb${tag}` };
+  const remove = () => {
+    for (const ns of Object.values(names)) spawnSync('ip', ['netns', 'del', ns]);
+  };
+  try {
+    for (const ns of Object.values(names)) {
+      ip('netns', 'add', ns);
+      ip('-n', ns, 'link', 'set', 'lo', 'up');
+    }
+    const short = tag.slice(-8);
+    for (const [side, relayIp, sideIp] of [['a', '10.77.1.1/24', '10.77.1.2/24'], ['b', '10.77.2.1/24', '10.77.2.2/24']]) {
+      const outer = `r${side}${short}`;
+      const inner = `s${side}${short}`;
+      ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner);
+      ip('link', 'set', outer, 'netns', names.relay);
+      ip('link', 'set', inner, 'netns', names[side]);
+      ip('-n', names.relay, 'addr', 'add', relayIp, 'dev', outer);
+      ip('-n', names[side], 'addr', 'add', sideIp, 'dev', inner);
+      ip('-n', names.relay, 'link', 'set', outer, 'up');
+      ip('-n', names[side], 'link', 'set', inner, 'up');
+    }
+    ip('-n', names.b, 'route', 'add', '10.77.1.1/32', 'via', '10.77.2.1');
+    const forward = spawnSync('ip', ['netns', 'exec', names.relay, 'sysctl', '-qw', 'net.ipv4.ip_forward=0', 'net.ipv6.conf.all.forwarding=0']);
+    if (forward.status !== 0) throw new Error(`cannot turn forwarding off in ${names.relay}: ${forward.stderr}`);
+  } catch (err) {
+    remove();
+    throw err;
+  }
+  return {
+    ...names,
+    /** Whether namespace `ns` has a route to `to`. */
+    routes: (ns, to) => spawnSync('ip', ['-n', ns, 'route', 'get', to]).status === 0,
+    remove,
+  };
 }
 
 /**
  * Opens the page for one person. Every RTCPeerConnection the page makes is recorded in
  * `window.__pcs`, so tests can read its state and stats without the page exposing anything.
  */
-export async function openPage(browser, server, { viewport = { width: 1000, height: 800 } } = {}) {
+export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc } = {}) {
   const context = await browser.newContext({
     permissions: ['camera', 'microphone'],
     viewport,
   });
-  await context.addInitScript(() => {
+  await context.addInitScript((rtc) => {
     // The page's signaling sockets too, so a test can drop one from inside the page.
     const NativeSocket = window.WebSocket;
     window.__sockets = [];
@@ -261,12 +344,13 @@ export async function openPage(browser, server, { viewport = { width: 1000, heig
     const Native = window.RTCPeerConnection;
     window.__pcs = [];
     window.RTCPeerConnection = class extends Native {
-      constructor(...args) {
-        super(...args);
+      // `rtc` is laid over the page's own configuration: a test can force relaying on one side.
+      constructor(config, ...rest) {
+        super(rtc ? { ...config, ...rtc } : config, ...rest);
         window.__pcs.push(this);
       }
     };
-  });
+  }, rtc);
   const page = await context.newPage();
   page.errors = [];
   page.on('pageerror', (err) => page.errors.push(String(err)));
@@ -344,6 +428,25 @@ export async function expectMediaFlowing(page) {
     throw new Error(`video frames are not flowing: ${JSON.stringify({ first, second })}`);
   }
   return second;
+}
+
+/**
+ * The candidate pair the newest peer connection sends on: each end's type (host, srflx,
+ * relay) and address, as its stats report them.
+ */
+export async function selectedPair(page) {
+  return page.evaluate(async () => {
+    const stats = await window.__pcs.at(-1).getStats();
+    const reports = [...stats.values()];
+    const transport = reports.find((r) => r.type === 'transport' && r.selectedCandidatePairId);
+    const pair = transport ? stats.get(transport.selectedCandidatePairId) : reports.find((r) => r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded');
+    if (!pair) return null;
+    const end = (id) => {
+      const c = stats.get(id);
+      return { type: c.candidateType, address: `${c.address}:${c.port}` };
+    };
+    return { local: end(pair.localCandidateId), remote: end(pair.remoteCandidateId) };
+  });
 }
 
 /** Inbound video frames decoded so far by the newest peer connection. */
