@@ -17,15 +17,21 @@ use common::process::{Running, write_config};
 use dialtone::relay::Credentials;
 use serde_json::{Value, json};
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_REALM, AttrType, RawAttribute};
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType, RawAttribute};
 use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
 use stun::message::{
     BINDING_REQUEST, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
-    METHOD_ALLOCATE, Message, MessageType, Method, Setter,
+    METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message, MessageType, Method,
+    Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::net::UdpSocket;
+use turn::proto::PROTO_UDP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::reqtrans::RequestedTransport;
 
 const SECRET: &str = "north-wind-and-sun";
 
@@ -203,6 +209,110 @@ async fn denied_peers_are_refused_whatever_the_policy() {
         );
         server.stop().await;
     }
+}
+
+/// `::ffff:127.0.0.1` is 127.0.0.1: coturn's client cannot name it on an IPv4 allocation
+/// (it asks for an IPv6 relay for an IPv6 peer, which this IPv4 relay refuses), so these are
+/// raw requests signed with the credential a login hands out. An allowed address is the
+/// control: the same request for it succeeds.
+#[tokio::test]
+async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
+    // "public": the widest policy, where only the always-denied ranges stop a peer.
+    let server = with_relay("peers = \"public\"\n").await;
+    let relay = SocketAddr::from(([127, 0, 0, 1], relay_port(&server)));
+    let (_alice, reply) = server.user("alice").await;
+    let entry = relay_entry(&reply);
+    let (username, password) = (
+        entry["username"].as_str().unwrap().to_owned(),
+        entry["credential"].as_str().unwrap().to_owned(),
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let transport = || -> Box<dyn Setter> {
+        Box::new(RequestedTransport {
+            protocol: PROTO_UDP,
+        })
+    };
+    let challenge = exchange(&socket, relay, &request(METHOD_ALLOCATE, vec![transport()]))
+        .await
+        .expect("a 401 challenge");
+    assert_eq!(error_code(&challenge), 401);
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
+        .unwrap()
+        .text;
+    let signed = |method: Method, mut attributes: Vec<Box<dyn Setter>>| {
+        attributes.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            username.clone(),
+        )));
+        attributes.push(Box::new(TextAttribute::new(ATTR_REALM, "dialtone".into())));
+        attributes.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
+        attributes.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            username.clone(),
+            "dialtone".into(),
+            password.clone(),
+        )));
+        request(method, attributes)
+    };
+    let allocated = exchange(&socket, relay, &signed(METHOD_ALLOCATE, vec![transport()]))
+        .await
+        .expect("an answer to the Allocate");
+    assert_eq!(allocated.typ.class, CLASS_SUCCESS_RESPONSE, "{allocated}");
+
+    let peer = |ip: &str| -> Box<dyn Setter> {
+        Box::new(PeerAddress {
+            ip: ip.parse().unwrap(),
+            port: 5000,
+        })
+    };
+    let denied_before = metric(
+        &server.get("/metrics").await.body,
+        "dialtone_turn_peers_denied_total",
+    );
+    for mapped in ["::ffff:127.0.0.1", "::ffff:169.254.169.254"] {
+        for request in [
+            signed(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
+            signed(
+                METHOD_CHANNEL_BIND,
+                vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
+            ),
+        ] {
+            let answer = exchange(&socket, relay, &request).await.expect("an answer");
+            assert_eq!(error_code(&answer), 403, "{mapped}: {answer}");
+        }
+    }
+    let denied_after = metric(
+        &server.get("/metrics").await.body,
+        "dialtone_turn_peers_denied_total",
+    );
+    assert_eq!(denied_after - denied_before, 4.0);
+
+    // The control: the same request for an allowed peer succeeds. (Its mapped form
+    // passes the guard and the crate then refuses an IPv6 peer on an IPv4 allocation: 443.)
+    let allowed = exchange(
+        &socket,
+        relay,
+        &signed(METHOD_CREATE_PERMISSION, vec![peer("10.0.0.5")]),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(allowed.typ.class, CLASS_SUCCESS_RESPONSE, "{allowed}");
+    let mapped = exchange(
+        &socket,
+        relay,
+        &signed(METHOD_CREATE_PERMISSION, vec![peer("::ffff:10.0.0.5")]),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(error_code(&mapped), 443, "{mapped}");
+    let denied_end = metric(
+        &server.get("/metrics").await.body,
+        "dialtone_turn_peers_denied_total",
+    );
+    assert_eq!(
+        denied_end, denied_after,
+        "allowed peers are not counted as denied"
+    );
+    server.stop().await;
 }
 
 /// A request of `method` from a fresh transaction, with `attributes`.
