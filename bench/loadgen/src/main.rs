@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+mod relay;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Ws = WebSocketStream<Box<dyn Io>>;
@@ -48,6 +50,22 @@ impl Plan {
             idle: 10_000,
             max_idle: 19_000,
             login_workers: 32,
+        }
+    }
+
+    /// The relay section: as many calls as the relay scenarios have pairs.
+    fn relay(self) -> relay::RelayPlan {
+        let full = self.pairs >= 50;
+        relay::RelayPlan {
+            calls: self.pairs,
+            warmup: self.warmup,
+            measure: self.measure,
+            fixed_measure: if full {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(2)
+            },
+            rounds: if full { 3 } else { 1 },
         }
     }
 
@@ -728,6 +746,8 @@ struct Figures {
     max_idle: Option<(usize, u64, f64)>,
     /// The cluster section, or why it did not run.
     cluster: Result<ClusterFigures, String>,
+    /// The relay section's runs, or why it did not run.
+    relay: Result<Vec<(relay::Relay, relay::RelayRun)>, String>,
 }
 
 /// Two instances on one Redis: relay over ws, logins over wss.
@@ -748,6 +768,7 @@ impl Default for Figures {
             logins: Default::default(),
             max_idle: None,
             cluster: Err("not run".into()),
+            relay: Err("not run".into()),
         }
     }
 }
@@ -1151,9 +1172,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut figures = Figures::default();
     // Alternate dialtone and baseline so drift on a shared machine hits both.
-    // --cluster-only: the cluster section alone, for working on it (no RESULTS.md).
+    // --cluster-only and --relay-only: that section alone, for working on it (no RESULTS.md).
     let cluster_only = std::env::args().any(|a| a == "--cluster-only");
-    let single = if cluster_only { 0 } else { 4 };
+    let relay_only = std::env::args().any(|a| a == "--relay-only");
+    let single = if cluster_only || relay_only { 0 } else { 4 };
     for (index, target) in [
         (0, TARGETS[0]),
         (2, TARGETS[2]),
@@ -1169,17 +1191,33 @@ async fn main() -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
-    figures.cluster = if have_redis {
+    figures.cluster = if relay_only {
+        Err("not run (--relay-only)".into())
+    } else if have_redis {
         run_cluster(&paths, &tls, plan)
             .await
             .map_err(|err| format!("{err:#}"))
     } else {
         Err("no redis-server here (apt-get install redis-server)".into())
     };
-    let mut table = table(&figures, plan);
-    cluster_table(&figures, plan, &mut table);
+    if !cluster_only {
+        figures.relay = match relay::unavailable() {
+            Some(why) => Err(why),
+            None => relay::run(&paths.repo, &work, plan.relay())
+                .await
+                .map_err(|err| format!("{err:#}")),
+        };
+    }
+    let mut table = if relay_only {
+        String::new()
+    } else {
+        let mut table = table(&figures, plan);
+        cluster_table(&figures, plan, &mut table);
+        table
+    };
+    relay::table(&figures.relay, plan.relay(), &mut table);
     println!("{table}");
-    if !quick && !cluster_only {
+    if !quick && !cluster_only && !relay_only {
         let date = String::from_utf8(
             std::process::Command::new("date")
                 .arg("-u")
