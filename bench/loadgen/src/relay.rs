@@ -132,6 +132,18 @@ impl Namespace {
         let namespace = Namespace {
             name: format!("dtbench{pid}"),
         };
+        // A run killed before its clean-up leaves its server, and with it its namespace and
+        // the outer end of its veth pair at CLIENT_IP: two routes to the servers' subnet.
+        let addresses = std::process::Command::new("ip")
+            .args(["-o", "addr", "show"])
+            .output()
+            .context("running ip (apt-get install iproute2)")?;
+        if String::from_utf8_lossy(&addresses.stdout).contains(&format!(" {CLIENT_IP}/")) {
+            bail!(
+                "{CLIENT_IP} is already on an interface here, left by an earlier run that was \
+                 killed: stop its relay (pkill -f relay-bench.toml; pkill turnserver) and try again"
+            );
+        }
         let (outer, inner) = (format!("dtbo{pid}"), format!("dtbi{pid}"));
         ip(&["netns", "add", &namespace.name]).context("making a network namespace (root)")?;
         let server = format!("{SERVER_IP}/24");
@@ -394,7 +406,7 @@ impl Client {
                 self.nonce = TextAttribute::get_from_as(&reply, ATTR_NONCE)?.text;
                 continue;
             }
-            bail!("{method} refused: {reply}");
+            bail!("{method} refused with {}: {reply}", error_code(&reply));
         }
         bail!("{method}: the nonce kept going stale")
     }
