@@ -381,6 +381,18 @@ pub fn external_ip(
     }
 }
 
+/// Where the relay's socket binds. A socket on the wildcard answers from whichever address
+/// the route picks: on a machine with several, that is not always the one the client sent
+/// to, and the client drops the answer. So a wildcard listen address becomes the external
+/// address when that is this machine's own; an address that is set is kept as it is.
+fn listen_address(listen: SocketAddr, external: IpAddr, machine: &[IpAddr]) -> SocketAddr {
+    if listen.ip().is_unspecified() && machine.contains(&external) {
+        SocketAddr::new(external, listen.port())
+    } else {
+        listen
+    }
+}
+
 /// A secret for the credentials when none is configured: 32 random bytes, never shown.
 fn generated_secret() -> Vec<u8> {
     (0..8).flat_map(|_| rand_u32().to_le_bytes()).collect()
@@ -393,14 +405,7 @@ impl TurnRelay {
         machine: &[IpAddr],
     ) -> Result<TurnRelay, RelayError> {
         let (external, how) = external_ip(config, machine)?;
-        // A socket on the wildcard answers from whichever address the route picks: on a
-        // machine with several, that is not always the one the client sent to, and the client
-        // drops the answer. When the external address is this machine's own, listen there.
-        let listen = if config.listen.ip().is_unspecified() && machine.contains(&external) {
-            SocketAddr::new(external, config.listen.port())
-        } else {
-            config.listen
-        };
+        let listen = listen_address(config.listen, external, machine);
         let socket = UdpSocket::bind(listen)
             .await
             .map_err(|reason| RelayError::Bind {
@@ -659,6 +664,66 @@ mod tests {
         state.closed(b);
         assert!(state.lock().per_user.is_empty());
         assert_eq!(state.snapshot().allocations, 0);
+    }
+
+    #[test]
+    fn a_credential_opens_allocations_through_its_expiry_second() {
+        let state = state(5);
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        let client: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+        // coturn's rule too: refused once the clock is past the expiry, not at it.
+        assert!(key_for(&state, "2000000:alice", "dialtone", client, now).is_some());
+        assert!(key_for(&state, "1999999:alice", "dialtone", client, now).is_none());
+    }
+
+    #[test]
+    fn the_relay_binds_the_external_address_only_for_a_wildcard_listen() {
+        let machine = ips(&["10.0.0.2", "192.168.1.5"]);
+        let wildcard: SocketAddr = "0.0.0.0:3478".parse().unwrap();
+        let own: IpAddr = "10.0.0.2".parse().unwrap();
+        let nat: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            listen_address(wildcard, own, &machine),
+            "10.0.0.2:3478".parse().unwrap()
+        );
+        // Behind NAT the external address is not this machine's: the wildcard stays.
+        assert_eq!(listen_address(wildcard, nat, &machine), wildcard);
+        // A listen address that is set is never moved, even to one of the machine's own.
+        let set: SocketAddr = "192.168.1.5:3478".parse().unwrap();
+        assert_eq!(listen_address(set, own, &machine), set);
+    }
+
+    #[test]
+    fn a_generated_secret_is_32_random_bytes() {
+        let (one, two) = (generated_secret(), generated_secret());
+        assert_eq!((one.len(), two.len()), (32, 32));
+        assert_ne!(one, two);
+    }
+
+    #[tokio::test]
+    async fn a_one_port_range_allocates_that_port() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ports = Ports {
+            bind: ips(&["127.0.0.1"])[0],
+            external: ips(&["10.0.0.1"])[0],
+            range: PortRange {
+                min: port,
+                max: port,
+            },
+            state: Arc::new(state(5)),
+        };
+        let (conn, relayed) = ports.allocate_conn(true, 0).await.unwrap();
+        assert_eq!(relayed, SocketAddr::new(ips(&["10.0.0.1"])[0], port));
+        assert_eq!(conn.local_addr().unwrap().port(), port);
+        // Taken now: a second allocation finds no free port, and says so.
+        let err = ports.allocate_conn(true, 0).await.err().unwrap();
+        assert!(err.to_string().contains("no free relay port"), "{err}");
+        // The other family is not relayed.
+        assert!(ports.allocate_conn(false, 0).await.is_err());
     }
 
     #[test]

@@ -595,7 +595,8 @@ async fn max_rate(server: &Server, plan: RelayPlan) -> anyhow::Result<(f64, Dura
                             .await
                             .is_err()
                         {
-                            written_off = sent - inbox.received.load(Ordering::Relaxed);
+                            written_off =
+                                sent.saturating_sub(inbox.received.load(Ordering::Relaxed));
                         }
                         continue;
                     }
