@@ -531,6 +531,15 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
     drop(alice);
     let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v <= 1.0).await;
     assert_eq!(left, 1.0);
+    // The one left is bob's: a second one for him is still over his quota.
+    let bobs_second = client(
+        port,
+        bobs["username"].as_str().unwrap(),
+        bobs["credential"].as_str().unwrap(),
+        &["-e", "10.1.2.3"],
+    )
+    .await;
+    assert!(bobs_second.output.contains("486"), "{}", bobs_second.output);
     drop(bob);
     let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v == 0.0).await;
     assert_eq!(left, 0.0);

@@ -612,6 +612,122 @@ mod tests {
         );
     }
 
+    async fn guard() -> Guard {
+        let state = State {
+            credentials: super::super::Credentials::new(b"north-wind", "dialtone", 600),
+            peers: super::super::policy::Peers::RelayOnly,
+            own: vec!["10.0.0.1".parse().unwrap()],
+            max_allocations: 10,
+            max_per_user: 5,
+            allocations: Mutex::default(),
+            counters: Default::default(),
+        };
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Guard::new(socket, Arc::new(state))
+    }
+
+    fn allocate() -> Message {
+        let mut message = Message::new();
+        message
+            .build(&[
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            ])
+            .unwrap();
+        message
+    }
+
+    /// The nonce in a 401 the guard answers itself, or what it does instead.
+    fn challenged_with(verdict: Verdict) -> Result<String, Verdict> {
+        match verdict {
+            Verdict::Answer(bytes) => {
+                let message = decode(&bytes).unwrap();
+                Ok(TextAttribute::get_from_as(&message, ATTR_NONCE)
+                    .unwrap()
+                    .text)
+            }
+            other => Err(other),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_crates_nonce_is_reused_for_half_an_hour_then_fetched_at_most_once_a_second() {
+        let guard = guard().await;
+        let start = Instant::now();
+        let request = allocate();
+        // No nonce yet: one request goes to the crate to fetch one, the next waits.
+        assert_eq!(guard.challenge(&request, start), Verdict::Pass);
+        assert_eq!(guard.challenge(&request, start), Verdict::Drop);
+        guard.nonce.lock().unwrap().current = Some(("abc".into(), start));
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            challenged_with(guard.challenge(&request, start)),
+            Ok("abc".into())
+        );
+        // Still handed out after 29 minutes: half the crate's hour, not seconds.
+        assert_eq!(
+            challenged_with(guard.challenge(&request, start + 29 * 60 * second)),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            challenged_with(guard.challenge(&request, start + NONCE_REUSE - second)),
+            Ok("abc".into())
+        );
+        // At half an hour it is stale: a request fetches a fresh one, once a second.
+        let stale = start + NONCE_REUSE;
+        assert_eq!(guard.challenge(&request, stale), Verdict::Pass);
+        assert_eq!(guard.challenge(&request, stale + second / 2), Verdict::Drop);
+        assert_eq!(guard.challenge(&request, stale + second), Verdict::Pass);
+    }
+
+    #[tokio::test]
+    async fn only_a_401_teaches_the_guard_a_nonce() {
+        let guard = guard().await;
+        let request = allocate();
+        let with_nonce = |code: ErrorCode| match answer(
+            &request,
+            code,
+            None,
+            vec![Box::new(TextAttribute::new(
+                ATTR_NONCE,
+                format!("n{}", code.0),
+            ))],
+        ) {
+            Verdict::Answer(bytes) => bytes,
+            other => panic!("{other:?}"),
+        };
+        // A 438 (stale nonce) carries the crate's nonce too, but it answers one client.
+        guard.learn_nonce(&with_nonce(ErrorCode(438)));
+        assert!(guard.nonce.lock().unwrap().current.is_none());
+        guard.learn_nonce(&with_nonce(CODE_UNAUTHORIZED));
+        assert_eq!(
+            guard
+                .nonce
+                .lock()
+                .unwrap()
+                .current
+                .as_ref()
+                .map(|(n, _)| n.as_str()),
+            Some("n401")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_address_does_not_refill_the_others_buckets() {
+        let guard = guard().await;
+        let now = Instant::now();
+        let (busy, other) = ("10.9.9.1".parse().unwrap(), "10.9.9.2".parse().unwrap());
+        let granted = (0..REQUEST_BURST * 2)
+            .filter(|_| guard.within_rate(busy, now))
+            .count();
+        assert_eq!(granted, REQUEST_BURST as usize);
+        assert!(guard.within_rate(other, now));
+        assert!(
+            !guard.within_rate(busy, now),
+            "a newcomer gave the busy address a fresh burst"
+        );
+    }
+
     proptest::proptest! {
         /// Whatever arrives, parsing it does not panic: the header checks, the crate's
         /// decoder, the attribute scan and the peer addresses alike.

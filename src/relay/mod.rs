@@ -393,6 +393,16 @@ fn listen_address(listen: SocketAddr, external: IpAddr, machine: &[IpAddr]) -> S
     }
 }
 
+/// dialtone's own relay addresses, where `relay-only` lets it send: the external one, and
+/// the one relay sockets bind to when that is another (behind NAT, the private one).
+fn own_addresses(external: IpAddr, local: IpAddr) -> Vec<IpAddr> {
+    let mut own = vec![external];
+    if !local.is_unspecified() && local != external {
+        own.push(local);
+    }
+    own
+}
+
 /// A secret for the credentials when none is configured: 32 random bytes, never shown.
 fn generated_secret() -> Vec<u8> {
     (0..8).flat_map(|_| rand_u32().to_le_bytes()).collect()
@@ -420,10 +430,7 @@ impl TurnRelay {
             Some(Secret(secret)) => secret.as_bytes().to_vec(),
             None => generated_secret(),
         };
-        let mut own = vec![external];
-        if !local.ip().is_unspecified() && local.ip() != external {
-            own.push(local.ip());
-        }
+        let own = own_addresses(external, local.ip());
         let state = Arc::new(State {
             credentials: Credentials::new(&secret, &config.realm, config.credential_ttl_secs.get()),
             peers: config.peers,
@@ -540,11 +547,6 @@ impl TurnRelay {
 
     pub fn snapshot(&self) -> RelaySnapshot {
         self.inner.state.snapshot()
-    }
-
-    /// Stops the relay: every allocation closes.
-    pub async fn stop(&self) {
-        let _ = self.inner.server.close().await;
     }
 }
 
@@ -691,6 +693,18 @@ mod tests {
         // A listen address that is set is never moved, even to one of the machine's own.
         let set: SocketAddr = "192.168.1.5:3478".parse().unwrap();
         assert_eq!(listen_address(set, own, &machine), set);
+    }
+
+    #[test]
+    fn own_addresses_are_the_external_one_and_a_different_bound_one() {
+        let [public, private, wildcard] = [
+            ips(&["203.0.113.9"])[0],
+            ips(&["10.0.0.2"])[0],
+            ips(&["0.0.0.0"])[0],
+        ];
+        assert_eq!(own_addresses(public, private), vec![public, private]);
+        assert_eq!(own_addresses(private, private), vec![private]);
+        assert_eq!(own_addresses(public, wildcard), vec![public]);
     }
 
     #[test]
