@@ -728,6 +728,65 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn at_its_limit_the_rate_table_is_forgotten_only_for_a_newcomer() {
+        let guard = guard().await;
+        let now = Instant::now();
+        let busy: IpAddr = "10.9.0.0".parse().unwrap();
+        while guard.within_rate(busy, now) {}
+        for n in 1..TRACKED_ADDRESSES as u32 {
+            assert!(guard.within_rate(
+                IpAddr::from(std::net::Ipv4Addr::from(0x0a09_0000_u32 + n)),
+                now
+            ));
+        }
+        // The table is full; an address it holds is still judged by its bucket…
+        assert!(!guard.within_rate(busy, now));
+        // …and a new one clears it, which only gives everyone a fresh burst.
+        assert!(guard.within_rate("10.10.0.0".parse().unwrap(), now));
+        assert!(guard.within_rate(busy, now));
+    }
+
+    fn indication(method: stun::message::Method, peer: &str) -> Vec<u8> {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let mut message = Message::new();
+        message
+            .build(&[
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(method, CLASS_INDICATION)),
+                Box::new(turn::proto::peeraddr::PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }),
+            ])
+            .unwrap();
+        message.raw
+    }
+
+    #[tokio::test]
+    async fn only_send_indications_to_allowed_peers_reach_the_crate() {
+        let guard = guard().await;
+        let client: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+        let now = SystemTime::now();
+        let judge = |data: Vec<u8>| guard.judge(&data, client, now);
+        assert_eq!(
+            judge(indication(METHOD_SEND, "10.0.0.1:5000")),
+            Verdict::Pass
+        );
+        assert_eq!(
+            judge(indication(METHOD_SEND, "127.0.0.1:5000")),
+            Verdict::Drop
+        );
+        // A Data indication is the relay's to send, never a client's.
+        assert_eq!(
+            judge(indication(stun::message::METHOD_DATA, "10.0.0.1:5000")),
+            Verdict::Drop
+        );
+        let counters = &guard.state.counters;
+        assert_eq!(counters.peers_denied.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
+    }
+
     proptest::proptest! {
         /// Whatever arrives, parsing it does not panic: the header checks, the crate's
         /// decoder, the attribute scan and the peer addresses alike.
