@@ -613,12 +613,16 @@ mod tests {
     }
 
     async fn guard() -> Guard {
+        guard_with(10, 5).await
+    }
+
+    async fn guard_with(max_allocations: usize, max_per_user: usize) -> Guard {
         let state = State {
             credentials: super::super::Credentials::new(b"north-wind", "dialtone", 600),
             peers: super::super::policy::Peers::RelayOnly,
             own: vec!["10.0.0.1".parse().unwrap()],
-            max_allocations: 10,
-            max_per_user: 5,
+            max_allocations,
+            max_per_user,
             allocations: Mutex::default(),
             counters: Default::default(),
         };
@@ -729,6 +733,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn allocations_waiting_for_the_crate_count_against_both_quotas() {
+        let guard = guard_with(3, 2).await;
+        let request = allocate();
+        let client = |n: u8| SocketAddr::from(([10, 9, 9, n], 5000));
+        let admit = |n: u8, username: &str| -> Option<u16> {
+            match guard.admit_allocation(&request, client(n), username, b"key") {
+                Verdict::Pass => None,
+                Verdict::Answer(bytes) => {
+                    let mut code = ErrorCodeAttribute::default();
+                    code.get_from(&decode(&bytes).unwrap()).unwrap();
+                    Some(code.code.0)
+                }
+                Verdict::Drop => Some(0),
+            }
+        };
+        // alice asks from two clients: both go to the crate; a third is over her quota.
+        assert_eq!(admit(1, "9:alice"), None);
+        assert_eq!(admit(2, "9:alice"), None);
+        assert_eq!(admit(3, "9:alice"), Some(486));
+        // A retransmitted Allocate is not counted against itself.
+        assert_eq!(admit(1, "9:alice"), None);
+        // Three waiting in all: the relay is full for anyone.
+        assert_eq!(admit(4, "9:bob"), None);
+        assert_eq!(admit(5, "9:carol"), Some(508));
+        // One of alice's opens: open and waiting add up, and she is still at her quota.
+        guard.state.opened(client(1));
+        assert_eq!(admit(6, "9:alice"), Some(486));
+    }
+
+    #[tokio::test]
     async fn at_its_limit_the_rate_table_is_forgotten_only_for_a_newcomer() {
         let guard = guard().await;
         let now = Instant::now();
@@ -820,6 +854,10 @@ mod tests {
         assert!(decode(&header).is_none());
         header[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         assert!(decode(&header).is_some());
+        // Bytes after the message its length announces: not one datagram's message.
+        let mut trailing = header.to_vec();
+        trailing.extend_from_slice(&[0; 4]);
+        assert!(decode(&trailing).is_none());
         header[3] = 4; // says one attribute follows, none does
         assert!(decode(&header).is_none());
     }
