@@ -854,6 +854,25 @@ mod tests {
         assert!(decode(&header).is_none());
         header[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         assert!(decode(&header).is_some());
+        // Comprehension-optional attributes (0x8000 and up) are never "unknown".
+        let mut optional = Message::new();
+        optional
+            .build(&[
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                Box::new(stun::attributes::RawAttribute {
+                    typ: AttrType(0x8000),
+                    length: 4,
+                    value: vec![0; 4],
+                }),
+                Box::new(stun::attributes::RawAttribute {
+                    typ: AttrType(0x7fff),
+                    length: 4,
+                    value: vec![0; 4],
+                }),
+            ])
+            .unwrap();
+        assert_eq!(unknown_attributes(&optional), vec![AttrType(0x7fff)]);
         // Bytes after the message its length announces: not one datagram's message.
         let mut trailing = header.to_vec();
         trailing.extend_from_slice(&[0; 4]);
