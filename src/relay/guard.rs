@@ -617,15 +617,9 @@ mod tests {
     }
 
     async fn guard_with(max_allocations: usize, max_per_user: usize) -> Guard {
-        let state = State {
-            credentials: super::super::Credentials::new(b"north-wind", "dialtone", 600),
-            peers: super::super::policy::Peers::RelayOnly,
-            own: vec!["10.0.0.1".parse().unwrap()],
-            max_allocations,
-            max_per_user,
-            allocations: Mutex::default(),
-            counters: Default::default(),
-        };
+        // The relay module's test state: relay-only, its own address 10.0.0.1.
+        let mut state = super::super::tests::state(max_per_user);
+        state.max_allocations = max_allocations;
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         Guard::new(socket, Arc::new(state))
     }

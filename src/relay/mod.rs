@@ -610,7 +610,7 @@ mod tests {
         assert!(two_public.contains("several public"), "{two_public}");
     }
 
-    fn state(max_per_user: usize) -> State {
+    pub(super) fn state(max_per_user: usize) -> State {
         State {
             credentials: Credentials::new(b"north-wind", "dialtone", 600),
             peers: Peers::RelayOnly,
