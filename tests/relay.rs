@@ -264,13 +264,11 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
             port: 5000,
         })
     };
-    let denied_before = metric(
-        &server.get("/metrics").await.body,
-        "dialtone_turn_peers_denied_total",
-    );
+    let permit = |ip: &str| signed(METHOD_CREATE_PERMISSION, vec![peer(ip)]);
+    let denied_before = peers_denied(&server).await;
     for mapped in ["::ffff:127.0.0.1", "::ffff:169.254.169.254"] {
         for request in [
-            signed(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
+            permit(mapped),
             signed(
                 METHOD_CHANNEL_BIND,
                 vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
@@ -280,39 +278,32 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
             assert_eq!(error_code(&answer), 403, "{mapped}: {answer}");
         }
     }
-    let denied_after = metric(
-        &server.get("/metrics").await.body,
-        "dialtone_turn_peers_denied_total",
-    );
+    let denied_after = peers_denied(&server).await;
     assert_eq!(denied_after - denied_before, 4.0);
 
     // The control: the same request for an allowed peer succeeds. (Its mapped form
     // passes the guard and the crate then refuses an IPv6 peer on an IPv4 allocation: 443.)
-    let allowed = exchange(
-        &socket,
-        relay,
-        &signed(METHOD_CREATE_PERMISSION, vec![peer("10.0.0.5")]),
-    )
-    .await
-    .expect("an answer");
+    let allowed = exchange(&socket, relay, &permit("10.0.0.5"))
+        .await
+        .expect("an answer");
     assert_eq!(allowed.typ.class, CLASS_SUCCESS_RESPONSE, "{allowed}");
-    let mapped = exchange(
-        &socket,
-        relay,
-        &signed(METHOD_CREATE_PERMISSION, vec![peer("::ffff:10.0.0.5")]),
-    )
-    .await
-    .expect("an answer");
+    let mapped = exchange(&socket, relay, &permit("::ffff:10.0.0.5"))
+        .await
+        .expect("an answer");
     assert_eq!(error_code(&mapped), 443, "{mapped}");
-    let denied_end = metric(
-        &server.get("/metrics").await.body,
-        "dialtone_turn_peers_denied_total",
-    );
+    let denied_end = peers_denied(&server).await;
     assert_eq!(
         denied_end, denied_after,
         "allowed peers are not counted as denied"
     );
     server.stop().await;
+}
+
+async fn peers_denied(server: &TestServer) -> f64 {
+    metric(
+        &server.get("/metrics").await.body,
+        "dialtone_turn_peers_denied_total",
+    )
 }
 
 /// A request of `method` from a fresh transaction, with `attributes`.
