@@ -1,6 +1,8 @@
-//! dialtone's benchmark. Starts dialtone (TLS off and on) and the tutorial's Node server
-//! (bench/baseline-node, plain and with TLS), drives each over loopback with the real
-//! protocol, stops them, and prints the figures and the ratios dialtone / baseline.
+//! dialtone's benchmark. Starts dialtone (TLS off and on), the tutorial's Node server
+//! (bench/baseline-node, plain and with TLS) and the reference relay (reference.rs, the
+//! limit), drives each over loopback with the real protocol, in rounds that alternate the
+//! order, stops them, and prints medians with their spread and the ratios dialtone / Node and
+//! dialtone / reference.
 //!
 //! Every load is bounded in count and time, goes to 127.0.0.0/8 only, and stops by itself.
 //! Run it through `bench/run`, which builds what it needs.
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use measure::{FOREIGN_LIMIT, Rounds, Spent, Window, pin};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -24,7 +28,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+mod measure;
+mod reference;
 mod relay;
+mod storm;
+
+pub use measure::cpu_of;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -39,6 +48,9 @@ struct Plan {
     idle: usize,
     max_idle: usize,
     login_workers: usize,
+    /// Rounds of every single-instance and cluster scenario.
+    rounds: usize,
+    storm_users: usize,
 }
 
 impl Plan {
@@ -50,6 +62,8 @@ impl Plan {
             idle: 10_000,
             max_idle: 19_000,
             login_workers: 32,
+            rounds: 3,
+            storm_users: 10_000,
         }
     }
 
@@ -77,6 +91,8 @@ impl Plan {
             idle: 1_000,
             max_idle: 2_000,
             login_workers: 8,
+            rounds: 1,
+            storm_users: 1_000,
         }
     }
 }
@@ -84,7 +100,12 @@ impl Plan {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Dialtone,
+    /// The tutorial's Node server.
     Baseline,
+    /// The reference relay (reference.rs): the limit.
+    Reference,
+    /// Another dialtone binary (`--compare PATH`): before a change.
+    Before,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -98,33 +119,24 @@ impl Target {
         match (self.kind, self.tls) {
             (Kind::Dialtone, false) => "dialtone ws",
             (Kind::Dialtone, true) => "dialtone wss",
-            (Kind::Baseline, false) => "baseline ws",
-            (Kind::Baseline, true) => "baseline wss",
+            (Kind::Baseline, false) => "Node ws",
+            (Kind::Baseline, true) => "Node wss",
+            (Kind::Reference, false) => "reference ws",
+            (Kind::Reference, true) => "reference wss",
+            (Kind::Before, false) => "before ws",
+            (Kind::Before, true) => "before wss",
         }
+    }
+
+    fn of(kind: Kind, tls: bool) -> Target {
+        Target { kind, tls }
     }
 }
 
-const TARGETS: [Target; 4] = [
-    Target {
-        kind: Kind::Dialtone,
-        tls: false,
-    },
-    Target {
-        kind: Kind::Dialtone,
-        tls: true,
-    },
-    Target {
-        kind: Kind::Baseline,
-        tls: false,
-    },
-    Target {
-        kind: Kind::Baseline,
-        tls: true,
-    },
-];
-
 struct Paths {
     repo: PathBuf,
+    /// The dialtone binary `--compare` measures against.
+    before: Option<PathBuf>,
     work: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -149,8 +161,8 @@ struct Server {
 /// two users of a pair connect (the same server, or the two instances).
 trait Under {
     fn endpoint(&self, side: usize) -> Endpoint;
-    /// CPU time of every process serving the load, process by process.
-    fn cpu_parts(&self) -> Vec<Duration>;
+    /// Every process serving the load.
+    fn pids(&self) -> Vec<u32>;
 }
 
 impl Under for Server {
@@ -158,8 +170,8 @@ impl Under for Server {
         Server::endpoint(self)
     }
 
-    fn cpu_parts(&self) -> Vec<Duration> {
-        vec![cpu_of(self.pid)]
+    fn pids(&self) -> Vec<u32> {
+        vec![self.pid]
     }
 }
 
@@ -221,27 +233,9 @@ impl Under for Cluster {
     }
 
     /// The two instances, then redis-server.
-    fn cpu_parts(&self) -> Vec<Duration> {
-        let mut parts: Vec<_> = self.servers.iter().map(|s| cpu_of(s.pid)).collect();
-        parts.push(cpu_of(self.redis_pid));
-        parts
+    fn pids(&self) -> Vec<u32> {
+        vec![self.servers[0].pid, self.servers[1].pid, self.redis_pid]
     }
-}
-
-/// User + system CPU time a process has used.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 impl Server {
@@ -249,14 +243,35 @@ impl Server {
         Server::start_with(target, paths, "").await
     }
 
-    /// `extra` is appended to dialtone's config (a `[cluster]` table).
     async fn start_with(target: Target, paths: &Paths, extra: &str) -> anyhow::Result<Server> {
+        Server::start_on(target, paths, extra, None, None).await
+    }
+
+    /// On core 1 alone, from its start (so its runtime sizes itself to one core), when the
+    /// machine can pin; as `start` otherwise.
+    async fn start_pinned(target: Target, paths: &Paths) -> anyhow::Result<Server> {
+        let cores = measure::can_pin().then_some("1");
+        Server::start_on(target, paths, "", None, cores).await
+    }
+
+    /// `extra` is appended to dialtone's config (a `[cluster]` table); `port` is a free one
+    /// unless given (a restart on the same port); `cores`, a taskset core list to start on.
+    async fn start_on(
+        target: Target,
+        paths: &Paths,
+        extra: &str,
+        port: Option<u16>,
+        cores: Option<&str>,
+    ) -> anyhow::Result<Server> {
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            let port = match port {
+                Some(port) => port,
+                None => std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port(),
+            };
             let mut command = match target.kind {
-                Kind::Dialtone => {
+                Kind::Dialtone | Kind::Before => {
                     let config = paths.work.join(format!("dialtone-{port}.toml"));
                     let tls = if target.tls {
                         format!(
@@ -275,8 +290,20 @@ impl Server {
                             paths.repo.join("public").display().to_string()
                         ),
                     )?;
-                    let mut command = Command::new(paths.repo.join("target/release/dialtone"));
+                    let binary = match (&paths.before, target.kind) {
+                        (Some(before), Kind::Before) => before.clone(),
+                        _ => paths.repo.join("target/release/dialtone"),
+                    };
+                    let mut command = Command::new(binary);
                     command.arg("--config").arg(config);
+                    command
+                }
+                Kind::Reference => {
+                    let mut command = Command::new(std::env::current_exe()?);
+                    command.args(["--reference-relay", &port.to_string()]);
+                    if target.tls {
+                        command.arg(&paths.cert).arg(&paths.key);
+                    }
                     command
                 }
                 Kind::Baseline => {
@@ -292,13 +319,36 @@ impl Server {
                     command
                 }
             };
+            if let Some(cores) = cores {
+                // taskset execs the server: the pid stays the server's.
+                let program = command.as_std().get_program().to_owned();
+                let args: Vec<_> = command.as_std().get_args().map(ToOwned::to_owned).collect();
+                let dir = command.as_std().get_current_dir().map(ToOwned::to_owned);
+                let envs: Vec<_> = command
+                    .as_std()
+                    .get_envs()
+                    .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                    .collect();
+                let mut pinned = Command::new("taskset");
+                pinned.args(["-c", cores]).arg(program).args(args);
+                if let Some(dir) = dir {
+                    pinned.current_dir(dir);
+                }
+                for (key, value) in envs {
+                    match value {
+                        Some(value) => pinned.env(key, value),
+                        None => pinned.env_remove(key),
+                    };
+                }
+                command = pinned;
+            }
             command
                 .env("PORT", port.to_string())
                 .env_remove("RUST_LOG")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);
-            if target.kind == Kind::Dialtone {
+            if matches!(target.kind, Kind::Dialtone | Kind::Before) {
                 // PORT would switch dialtone to plain HTTP: the config names the port.
                 command.env_remove("PORT");
             }
@@ -351,6 +401,16 @@ impl Server {
 
     async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to end by itself (after a SIGTERM), killing it after `limit`.
+    async fn wait_exit(mut self, limit: Duration) {
+        if tokio::time::timeout(limit, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 
@@ -483,6 +543,24 @@ struct Throughput {
     cpu_per_message: Duration,
     /// Of that, the last process's share (redis-server, in a cluster).
     last_part_per_message: Duration,
+    /// The generator's own CPU per message.
+    generator_per_message: Duration,
+    /// Foreign load during the window, in cores.
+    foreign: f64,
+}
+
+impl Throughput {
+    fn of(messages: u64, spent: &Spent) -> Throughput {
+        let messages = messages.max(1);
+        let per = |d: Duration| d / u32::try_from(messages).unwrap_or(u32::MAX);
+        Throughput {
+            rate: messages as f64 / spent.wall.as_secs_f64(),
+            cpu_per_message: per(spent.server()),
+            last_part_per_message: per(spent.parts.last().copied().unwrap_or_default()),
+            generator_per_message: per(spent.generator),
+            foreign: spent.foreign_cores,
+        }
+    }
 }
 
 /// Every sender as fast as the server takes it, with at most `WINDOW` messages in flight
@@ -530,29 +608,17 @@ async fn max_rate(
         }));
     }
     tokio::time::sleep(plan.warmup).await;
-    let (count0, cpu0, t0) = (
+    let (count0, window) = (
         received.load(Ordering::Relaxed),
-        server.cpu_parts(),
-        Instant::now(),
+        Window::open(&server.pids()),
     );
     tokio::time::sleep(plan.measure).await;
-    let (count1, cpu1, t1) = (
-        received.load(Ordering::Relaxed),
-        server.cpu_parts(),
-        Instant::now(),
-    );
+    let (count1, spent) = (received.load(Ordering::Relaxed), window.close());
     stop.store(true, Ordering::Relaxed);
     for task in &tasks {
         task.abort();
     }
-    let messages = count1.saturating_sub(count0).max(1);
-    let used: Duration = cpu1.iter().sum::<Duration>() - cpu0.iter().sum::<Duration>();
-    let last = cpu1.last().copied().unwrap_or_default() - cpu0.last().copied().unwrap_or_default();
-    Ok(Throughput {
-        rate: messages as f64 / (t1 - t0).as_secs_f64(),
-        cpu_per_message: used / messages as u32,
-        last_part_per_message: last / messages as u32,
-    })
+    Ok(Throughput::of(count1.saturating_sub(count0), &spent))
 }
 
 #[derive(Default, Clone, Copy)]
@@ -562,10 +628,35 @@ struct Latency {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// Server CPU per message over the measured window.
+    cpu_per_message: Duration,
+    foreign: f64,
 }
 
-/// A fixed total rate spread over the pairs; latency from send to receive, end to end.
+/// A fixed total rate spread over the pairs; latency from send to receive, end to end. With
+/// `pinned`, the server runs on core 1 and this generator on core 0 (when there are two).
 async fn latency_at(
+    server: &impl Under,
+    tls: &tokio_rustls::TlsConnector,
+    plan: Plan,
+    rate: f64,
+    pinned: bool,
+) -> anyhow::Result<Latency> {
+    let pinned = pinned && measure::can_pin();
+    if pinned {
+        for pid in server.pids() {
+            pin(pid, "1");
+        }
+        pin(std::process::id(), "0");
+    }
+    let result = latency_run(server, tls, plan, rate).await;
+    if pinned {
+        pin(std::process::id(), "0-1");
+    }
+    result
+}
+
+async fn latency_run(
     server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
@@ -627,6 +718,11 @@ async fn latency_at(
             counted
         }));
     }
+    // The server's CPU over the measured window.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let window = Window::open(&server.pids());
+    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+    let spent = window.close();
     let mut samples = Vec::new();
     let mut received = 0;
     for receiver in receivers {
@@ -644,7 +740,10 @@ async fn latency_at(
             .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
             .map_or(Duration::ZERO, |&us| Duration::from_micros(us))
     };
+    let messages = u32::try_from(received.max(1)).unwrap_or(u32::MAX);
     Ok(Latency {
+        cpu_per_message: spent.server() / messages,
+        foreign: spent.foreign_cores,
         sent,
         received,
         p50: pick(0.50),
@@ -699,12 +798,14 @@ async fn idle(
     Ok((held.len(), after, per))
 }
 
-/// TCP connect, TLS handshake, upgrade, login, close: as many as `workers` manage.
+/// TCP connect, TLS handshake, upgrade, login, close: as many as `workers` manage. Whether
+/// the TLS handshakes are full or resumed is the connector's (its session cache). Returns the
+/// rate and the foreign load.
 async fn logins_per_second(
     server: &impl Under,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -726,62 +827,204 @@ async fn logins_per_second(
         }));
     }
     tokio::time::sleep(plan.warmup).await;
-    let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n0, window) = (done.load(Ordering::Relaxed), Window::open(&server.pids()));
     tokio::time::sleep(plan.measure).await;
-    let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n1, spent) = (done.load(Ordering::Relaxed), window.close());
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    Ok((n1 - n0) as f64 / (t1 - t0).as_secs_f64())
+    Ok((
+        (n1 - n0) as f64 / spent.wall.as_secs_f64(),
+        spent.foreign_cores,
+    ))
 }
 
-/// All figures of one run.
-struct Figures {
-    throughput: [Throughput; 4],
-    latency_10k: [Latency; 4],
-    latency_80k: [Latency; 4],
-    idle_bytes: [f64; 4],
-    logins: [f64; 4],
-    max_idle: Option<(usize, u64, f64)>,
-    /// The cluster section, or why it did not run.
-    cluster: Result<ClusterFigures, String>,
-    /// The relay section's runs, or why it did not run.
-    relay: Result<Vec<(relay::Relay, relay::RelayRun)>, String>,
-}
-
-/// Two instances on one Redis: relay over ws, logins over wss.
-#[derive(Default, Clone, Copy)]
-struct ClusterFigures {
-    throughput: Throughput,
-    latency_10k: Latency,
-    logins: f64,
-}
-
-impl Default for Figures {
-    fn default() -> Self {
-        Figures {
-            throughput: Default::default(),
-            latency_10k: Default::default(),
-            latency_80k: Default::default(),
-            idle_bytes: Default::default(),
-            logins: Default::default(),
-            max_idle: None,
-            cluster: Err("not run".into()),
-            relay: Err("not run".into()),
+/// Runs one measurement again while foreign load disturbed it (at most three tries); a run
+/// kept after three disturbed tries is said so in the results.
+async fn steady<T, F, Fut>(what: &str, rounds: &mut Rounds, mut run: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<(T, f64)>>,
+{
+    const TRIES: usize = 3;
+    for attempt in 1..=TRIES {
+        let (value, foreign) = run().await?;
+        if foreign <= FOREIGN_LIMIT {
+            return Ok(value);
         }
+        let kept = attempt == TRIES;
+        let line = format!(
+            "{what}: {foreign:.2} cores of foreign load, {}",
+            if kept {
+                "kept (third try)"
+            } else {
+                "dropped and run again"
+            }
+        );
+        eprintln!("{line}");
+        rounds.dropped.push(line);
+        if kept {
+            return Ok(value);
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+/// Which scenarios run (`--only max,10k,...`; all by default).
+#[derive(Clone)]
+struct Only(Option<Vec<String>>);
+
+impl Only {
+    fn has(&self, scenario: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| s == scenario))
     }
 }
 
-/// The cluster scenarios, each on a fresh cluster like the single-server ones.
+/// The two TLS client configurations: one that never resumes (every handshake full), one
+/// with rustls's session cache (resumes once the server has handed it a ticket).
+struct Clients {
+    full: tokio_rustls::TlsConnector,
+    resuming: tokio_rustls::TlsConnector,
+}
+
+/// Every scenario of one round against one target, each on a fresh server.
+async fn run_target(
+    target: Target,
+    paths: &Paths,
+    clients: &Clients,
+    plan: Plan,
+    only: &Only,
+    rounds: &mut Rounds,
+) -> anyhow::Result<()> {
+    let label = target.label();
+    let tls = &clients.full;
+    let fresh = || Server::start(target, paths);
+
+    if only.has("max") {
+        let t = steady(&format!("{label} max"), rounds, || async {
+            let server = fresh().await?;
+            let t = max_rate(&server, tls, plan).await;
+            server.stop().await;
+            let t = t?;
+            Ok((t, t.foreign))
+        })
+        .await?;
+        eprintln!(
+            "{label}: max rate {:.0} msg/s, {:.2} µs CPU/msg (generator {:.2})",
+            t.rate,
+            micros(t.cpu_per_message),
+            micros(t.generator_per_message)
+        );
+        rounds.add("rate_max", label, t.rate);
+        rounds.add("cpu_max", label, micros(t.cpu_per_message));
+        rounds.add("gen_max", label, micros(t.generator_per_message));
+    }
+
+    for (rate, scenario, p50, p99, cpu, lost) in [
+        (1_000.0, "1k", "p50_1k", "p99_1k", "cpu_1k", "lost_1k"),
+        (10_000.0, "10k", "p50_10k", "p99_10k", "cpu_10k", "lost_10k"),
+        (80_000.0, "80k", "p50_80k", "p99_80k", "cpu_80k", "lost_80k"),
+    ] {
+        if !only.has(scenario) {
+            continue;
+        }
+        let l = steady(&format!("{label} {scenario}"), rounds, || async {
+            let server = Server::start_pinned(target, paths).await?;
+            let l = latency_at(&server, tls, plan, rate * plan_scale(plan), true).await;
+            server.stop().await;
+            let l = l?;
+            Ok((l, l.foreign))
+        })
+        .await?;
+        eprintln!(
+            "{label}: at {rate} msg/s p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, {} of {} received, {:.2} µs CPU/msg",
+            micros(l.p50),
+            micros(l.p99),
+            micros(l.max),
+            l.received,
+            l.sent,
+            micros(l.cpu_per_message)
+        );
+        rounds.add(p50, label, micros(l.p50));
+        rounds.add(p99, label, micros(l.p99));
+        rounds.add(cpu, label, micros(l.cpu_per_message));
+        rounds.add(lost, label, l.sent.saturating_sub(l.received) as f64);
+    }
+
+    if only.has("idle") {
+        let server = fresh().await?;
+        let (held, _, per) = idle(&server, tls, plan.idle).await?;
+        server.stop().await;
+        eprintln!("{label}: {held} idle logged-in connections, {per:.0} bytes each");
+        rounds.add("idle", label, per);
+    }
+
+    if only.has("logins") {
+        let rate = steady(&format!("{label} logins"), rounds, || async {
+            let server = fresh().await?;
+            let r = logins_per_second(&server, &clients.full, plan).await;
+            server.stop().await;
+            r
+        })
+        .await?;
+        eprintln!("{label}: {rate:.0} logins/s (full handshakes)");
+        rounds.add("logins", label, rate);
+        if target.tls {
+            let rate = steady(&format!("{label} resumed logins"), rounds, || async {
+                let server = fresh().await?;
+                let r = logins_per_second(&server, &clients.resuming, plan).await;
+                server.stop().await;
+                r
+            })
+            .await?;
+            eprintln!("{label}: {rate:.0} logins/s (resumed handshakes)");
+            rounds.add("logins_resumed", label, rate);
+        }
+    }
+
+    if matches!(target.kind, Kind::Dialtone | Kind::Before) && target.tls && only.has("storm") {
+        let s = storm::run(target, paths, tls, plan.storm_users).await?;
+        eprintln!(
+            "{label}: storm of {}: all back {:.1} s after SIGTERM, {} failed attempts, {} lost, RSS {} MiB steady, {} MiB peak",
+            s.users,
+            s.all_back.as_secs_f64(),
+            s.failed_attempts,
+            s.lost,
+            s.steady_rss >> 20,
+            s.peak_rss >> 20
+        );
+        rounds.add("storm_back", label, s.all_back.as_secs_f64());
+        rounds.add("storm_failed", label, s.failed_attempts as f64);
+        rounds.add("storm_lost", label, s.lost as f64);
+        rounds.add("storm_steady", label, (s.steady_rss >> 20) as f64);
+        rounds.add("storm_peak", label, (s.peak_rss >> 20) as f64);
+        rounds.add(
+            "storm_peak_ratio",
+            label,
+            ratio(s.peak_rss as f64, s.steady_rss as f64),
+        );
+    }
+    Ok(())
+}
+
+/// The cluster scenarios of one round, each on a fresh cluster like the single-server ones.
 async fn run_cluster(
     paths: &Paths,
     tls: &tokio_rustls::TlsConnector,
     plan: Plan,
-) -> anyhow::Result<ClusterFigures> {
-    let mut figures = ClusterFigures::default();
-    let cluster = Cluster::start(false, paths).await?;
-    let t = max_rate(&cluster, tls, plan).await?;
+    rounds: &mut Rounds,
+) -> anyhow::Result<()> {
+    let t = steady("cluster max", rounds, || async {
+        let cluster = Cluster::start(false, paths).await?;
+        let t = max_rate(&cluster, tls, plan).await;
+        cluster.stop().await;
+        let t = t?;
+        Ok((t, t.foreign))
+    })
+    .await?;
     eprintln!(
         "cluster ws: max rate {:.0} msg/s, {:.1} µs CPU/msg (both instances and redis-server, \
          of which redis-server {:.1})",
@@ -789,11 +1032,19 @@ async fn run_cluster(
         micros(t.cpu_per_message),
         micros(t.last_part_per_message)
     );
-    figures.throughput = t;
-    cluster.stop().await;
+    rounds.add("rate_max", CLUSTER, t.rate);
+    rounds.add("cpu_max", CLUSTER, micros(t.cpu_per_message));
+    rounds.add("cpu_redis", CLUSTER, micros(t.last_part_per_message));
 
-    let cluster = Cluster::start(false, paths).await?;
-    let l = latency_at(&cluster, tls, plan, 10_000.0 * plan_scale(plan)).await?;
+    // Unpinned, as the cluster rows were measured before: three processes on two cores.
+    let l = steady("cluster 10k", rounds, || async {
+        let cluster = Cluster::start(false, paths).await?;
+        let l = latency_at(&cluster, tls, plan, 10_000.0 * plan_scale(plan), false).await;
+        cluster.stop().await;
+        let l = l?;
+        Ok((l, l.foreign))
+    })
+    .await?;
     eprintln!(
         "cluster ws: at 10k msg/s p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, {} of {} received",
         micros(l.p50),
@@ -802,184 +1053,27 @@ async fn run_cluster(
         l.received,
         l.sent
     );
-    figures.latency_10k = l;
-    cluster.stop().await;
+    rounds.add("p50_10k", CLUSTER, micros(l.p50));
+    rounds.add("p99_10k", CLUSTER, micros(l.p99));
+    rounds.add(
+        "lost_10k",
+        CLUSTER,
+        l.sent.saturating_sub(l.received) as f64,
+    );
 
-    let cluster = Cluster::start(true, paths).await?;
-    figures.logins = logins_per_second(&cluster, tls, plan).await?;
-    eprintln!("cluster wss: {:.0} logins/s", figures.logins);
-    cluster.stop().await;
-    Ok(figures)
-}
-
-/// The cluster section of the table, beside the single instance and the baseline of the
-/// same run.
-fn cluster_table(f: &Figures, plan: Plan, out: &mut String) {
-    let _ = writeln!(
-        out,
-        "\n## Several instances\n\nTwo dialtone instances and one redis-server, every pair split across the \
-         instances (each message crosses Redis pub/sub). CPU for the cluster is both instances \
-         plus redis-server."
-    );
-    let c = match &f.cluster {
-        Ok(c) => *c,
-        Err(why) => {
-            let _ = writeln!(out, "\nNot run: {why}.");
-            return;
-        }
-    };
-    let _ = writeln!(
-        out,
-        "\n| what | one instance | cluster of two | baseline | cluster / baseline | target | met |\n|---|---|---|---|---|---|---|"
-    );
-    let mut row = |what: &str,
-                   one: String,
-                   cluster: String,
-                   base: String,
-                   ratio: Option<f64>,
-                   target: &str,
-                   met: Option<bool>| {
-        let ratio = ratio.map_or("–".to_owned(), |r| format!("{r:.2}×"));
-        let met = match met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "–",
-        };
-        let _ = writeln!(
-            out,
-            "| {what} | {one} | {cluster} | {base} | {ratio} | {target} | {met} |"
-        );
-    };
-    let (one, base) = (f.throughput[0], f.throughput[2]);
-    let r = ratio(c.throughput.rate, base.rate);
-    row(
-        "maximum relay rate, ws (msg/s)",
-        format!("{:.0}", one.rate),
-        format!("{:.0}", c.throughput.rate),
-        format!("{:.0}", base.rate),
-        Some(r),
-        "≥ 1.0×",
-        Some(r >= 1.0),
-    );
-    let r = ratio(
-        micros(c.throughput.cpu_per_message),
-        micros(base.cpu_per_message),
-    );
-    let redis_share = micros(c.throughput.last_part_per_message);
-    row(
-        &format!("CPU per relayed message, ws (µs; cluster: {redis_share:.1} of it redis-server)"),
-        format!("{:.1}", micros(one.cpu_per_message)),
-        format!("{:.1}", micros(c.throughput.cpu_per_message)),
-        format!("{:.1}", micros(base.cpu_per_message)),
-        Some(r),
-        "≤ 1.0×",
-        Some(r <= 1.0),
-    );
-    let low = rate_label(10_000.0, plan);
-    let (one, base) = (f.latency_10k[0], f.latency_10k[2]);
-    row(
-        &format!("p50 latency at {low}, ws (µs)"),
-        format!("{:.0}", micros(one.p50)),
-        format!("{:.0}", micros(c.latency_10k.p50)),
-        format!("{:.0}", micros(base.p50)),
-        Some(ratio(micros(c.latency_10k.p50), micros(base.p50))),
-        "",
-        None,
-    );
-    let p99 = micros(c.latency_10k.p99);
-    row(
-        &format!("p99 latency at {low}, ws (µs)"),
-        format!("{:.0}", micros(one.p99)),
-        format!("{p99:.0}"),
-        format!("{:.0}", micros(base.p99)),
-        Some(ratio(p99, micros(base.p99))),
-        "< 5 ms, none lost",
-        Some(p99 < 5000.0 && c.latency_10k.received >= c.latency_10k.sent),
-    );
-    row(
-        "WSS logins per second",
-        format!("{:.0}", f.logins[1]),
-        format!("{:.0}", c.logins),
-        format!("{:.0}", f.logins[3]),
-        Some(ratio(c.logins, f.logins[3])),
-        "",
-        None,
-    );
-    let _ = writeln!(
-        out,
-        "\nCluster latency at {low}: p50 / p99 / max {:.0} / {:.0} / {:.0} µs; {} of {} received.",
-        micros(c.latency_10k.p50),
-        micros(c.latency_10k.p99),
-        micros(c.latency_10k.max),
-        c.latency_10k.received,
-        c.latency_10k.sent
-    );
-}
-
-async fn run_target(
-    index: usize,
-    target: Target,
-    paths: &Paths,
-    tls: &tokio_rustls::TlsConnector,
-    plan: Plan,
-    figures: &mut Figures,
-) -> anyhow::Result<()> {
-    let label = target.label();
-    let fresh = || Server::start(target, paths);
-
-    let server = fresh().await?;
-    let t = max_rate(&server, tls, plan).await?;
-    eprintln!(
-        "{label}: max rate {:.0} msg/s, {:.1} µs CPU/msg",
-        t.rate,
-        micros(t.cpu_per_message)
-    );
-    figures.throughput[index] = t;
-    server.stop().await;
-
-    for (rate, slot) in [
-        (10_000.0, &mut figures.latency_10k),
-        (80_000.0, &mut figures.latency_80k),
-    ] {
-        let server = fresh().await?;
-        let l = latency_at(&server, tls, plan, rate * plan_scale(plan)).await?;
-        eprintln!(
-            "{label}: at {rate} msg/s p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, {} of {} received",
-            micros(l.p50),
-            micros(l.p99),
-            micros(l.max),
-            l.received,
-            l.sent
-        );
-        slot[index] = l;
-        server.stop().await;
-    }
-
-    let server = fresh().await?;
-    let (held, _, per) = idle(&server, tls, plan.idle).await?;
-    eprintln!("{label}: {held} idle logged-in connections, {per:.0} bytes each");
-    figures.idle_bytes[index] = per;
-    server.stop().await;
-
-    let server = fresh().await?;
-    let rate = logins_per_second(&server, tls, plan).await?;
-    eprintln!("{label}: {rate:.0} logins/s");
-    figures.logins[index] = rate;
-    server.stop().await;
-
-    if target.kind == Kind::Dialtone && target.tls {
-        let server = fresh().await?;
-        let most = idle(&server, tls, plan.max_idle).await?;
-        eprintln!(
-            "{label}: held {} idle WSS connections at {} MiB RSS",
-            most.0,
-            most.1 >> 20
-        );
-        figures.max_idle = Some(most);
-        server.stop().await;
-    }
+    let rate = steady("cluster logins", rounds, || async {
+        let cluster = Cluster::start(true, paths).await?;
+        let r = logins_per_second(&cluster, tls, plan).await;
+        cluster.stop().await;
+        r
+    })
+    .await?;
+    eprintln!("cluster wss: {rate:.0} logins/s");
+    rounds.add("logins", CLUSTER, rate);
     Ok(())
 }
+
+const CLUSTER: &str = "cluster";
 
 /// The quick plan scales the fixed rates down with its smaller load.
 fn plan_scale(plan: Plan) -> f64 {
@@ -998,121 +1092,392 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b == 0.0 { f64::NAN } else { a / b }
 }
 
-/// The table: dialtone's figures, the baseline's, the ratio, the target, and whether it holds.
-fn table(f: &Figures, plan: Plan) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| what | dialtone ws | dialtone wss | baseline ws | baseline wss | ratio | target | met |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    let mut row = |what: &str, values: [String; 4], ratio: f64, target: &str, met: bool| {
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | {} | {} | {ratio:.2}× | {target} | {} |",
-            values[0],
-            values[1],
-            values[2],
-            values[3],
-            if met { "yes" } else { "**no**" }
-        );
-    };
-    let cpu = f.throughput.map(|t| micros(t.cpu_per_message));
-    let r = ratio(cpu[0], cpu[2]);
-    row(
-        "server CPU per relayed message (µs)",
-        cpu.map(|v| format!("{v:.1}")),
-        r,
-        "≤ 0.4×",
-        r <= 0.4,
-    );
-    let rate = f.throughput.map(|t| t.rate);
-    let r = ratio(rate[0], rate[2]);
-    row(
-        "maximum relay rate (msg/s)",
-        rate.map(|v| format!("{v:.0}")),
-        r,
-        "≥ 1.8×",
-        r >= 1.8,
-    );
-    // The quick plan runs the fixed rates scaled down; say which rate was run.
-    let (low, high) = (rate_label(10_000.0, plan), rate_label(80_000.0, plan));
-    let p99 = f.latency_10k.map(|l| micros(l.p99));
-    let r = ratio(p99[0], p99[2]);
-    row(
-        &format!("p99 latency at {low} (µs)"),
-        p99.map(|v| format!("{v:.0}")),
-        r,
-        "≤ 0.7×, < 1 ms",
-        r <= 0.7 && p99[0] < 1000.0,
-    );
-    let p99 = f.latency_80k.map(|l| micros(l.p99));
-    let lost = f.latency_80k.map(|l| l.sent.saturating_sub(l.received));
-    let r = ratio(p99[0], p99[2]);
-    row(
-        &format!("p99 latency at {high} (µs)"),
-        p99.map(|v| format!("{v:.0}")),
-        r,
-        "≤ 0.15×, none lost",
-        r <= 0.15 && lost[0] == 0,
-    );
-    let idle = f.idle_bytes;
-    let r = ratio(idle[0], idle[2]);
-    row(
-        "idle memory per connection, ws (bytes)",
-        idle.map(|v| format!("{v:.0}")),
-        r,
-        "≤ 0.75×",
-        r <= 0.75,
-    );
-    let r = ratio(idle[1], idle[3]);
-    row(
-        "idle memory per connection, wss (bytes)",
-        idle.map(|v| format!("{v:.0}")),
-        r,
-        "≤ 0.4×",
-        r <= 0.4,
-    );
-    let logins = f.logins;
-    let r = ratio(logins[1], logins[3]);
-    row(
-        "WSS logins per second",
-        logins.map(|v| format!("{v:.0}")),
-        r,
-        "≥ 2.5×",
-        r >= 2.5,
-    );
-    if let Some((held, rss, per)) = f.max_idle {
-        let projected = rss as f64 + per * (50_000 - held.min(50_000)) as f64;
-        let _ = writeln!(
-            out,
-            "\nIdle WSS connections held by dialtone: {held} of {} tried, at {} MiB RSS ({per:.0} bytes each); \
-             50,000 would take about {:.0} MiB (target: under 1024).",
-            plan.max_idle,
-            rss >> 20,
-            projected / f64::from(1 << 20)
-        );
+fn shown_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}×")
+    } else {
+        "–".to_owned()
     }
-    let _ = writeln!(
-        out,
-        "\nLatency detail (p50 / p99 / max in µs, received of sent):"
+}
+
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "–",
+    }
+}
+
+/// One row of the main table: a figure, which way is better, its target.
+struct Row {
+    what: String,
+    figure: &'static str,
+    digits: usize,
+    tls: bool,
+    target: &'static str,
+    /// Whether the target holds, from (dialtone, Node, reference) medians.
+    met: fn(f64, f64, f64, &Rounds) -> Option<bool>,
+}
+
+fn rows(plan: Plan) -> Vec<Row> {
+    let (k1, k10, k80) = (
+        rate_label(1_000.0, plan),
+        rate_label(10_000.0, plan),
+        rate_label(80_000.0, plan),
     );
-    for (name, set) in [(&low, &f.latency_10k), (&high, &f.latency_80k)] {
-        for (i, target) in TARGETS.iter().enumerate() {
-            let l = set[i];
-            let _ = writeln!(
-                out,
-                "- {name}, {}: {:.0} / {:.0} / {:.0}; {} of {}",
-                target.label(),
-                micros(l.p50),
-                micros(l.p99),
-                micros(l.max),
-                l.received,
-                l.sent
+    let mut rows = Vec::new();
+    for tls in [false, true] {
+        let t = if tls { "wss" } else { "ws" };
+        rows.push(Row {
+            what: format!("server CPU per message at the maximum rate, {t} (µs)"),
+            figure: "cpu_max",
+            digits: 2,
+            tls,
+            target: "≤ 0.3× Node, ≤ 1.6× reference",
+            met: |d, n, r, _| Some(d <= 0.3 * n && d <= 1.6 * r),
+        });
+        rows.push(Row {
+            what: format!("maximum relay rate, {t} (msg/s)"),
+            figure: "rate_max",
+            digits: 0,
+            tls,
+            target: "≥ 1.8× Node",
+            met: |d, n, _, _| Some(d >= 1.8 * n),
+        });
+        rows.push(Row {
+            what: format!("generator CPU per message at the maximum rate, {t} (µs)"),
+            figure: "gen_max",
+            digits: 2,
+            tls,
+            target: "",
+            met: |_, _, _, _| None,
+        });
+        rows.push(Row {
+            what: format!("server CPU per message at {k10}, {t} (µs)"),
+            figure: "cpu_10k",
+            digits: 2,
+            tls,
+            target: "≤ 0.5× Node",
+            met: |d, n, _, _| Some(d <= 0.5 * n),
+        });
+        rows.push(Row {
+            what: format!("server CPU per message at {k1}, {t} (µs)"),
+            figure: "cpu_1k",
+            digits: 2,
+            tls,
+            target: "",
+            met: |_, _, _, _| None,
+        });
+        rows.push(Row {
+            what: format!("p50 latency at {k10}, pinned, {t} (µs)"),
+            figure: "p50_10k",
+            digits: 0,
+            tls,
+            target: "",
+            met: |_, _, _, _| None,
+        });
+        rows.push(Row {
+            what: format!("p99 latency at {k10}, pinned, {t} (µs)"),
+            figure: "p99_10k",
+            digits: 0,
+            tls,
+            target: "< 1 ms, ≤ 0.7× Node",
+            met: |d, n, _, _| Some(d < 1000.0 && d <= 0.7 * n),
+        });
+        rows.push(Row {
+            what: format!("p99 latency at {k1}, pinned, {t} (µs)"),
+            figure: "p99_1k",
+            digits: 0,
+            tls,
+            target: "",
+            met: |_, _, _, _| None,
+        });
+        rows.push(Row {
+            what: format!("p99 latency at {k80}, pinned, {t} (µs)"),
+            figure: "p99_80k",
+            digits: 0,
+            tls,
+            target: "≤ 0.15× Node, none lost",
+            met: if tls {
+                |d, n, _, r: &Rounds| {
+                    let lost = r.get("lost_80k", "dialtone wss").unwrap_or(&[]);
+                    Some(d <= 0.15 * n && lost.iter().all(|&l| l == 0.0))
+                }
+            } else {
+                |d, n, _, r: &Rounds| {
+                    let lost = r.get("lost_80k", "dialtone ws").unwrap_or(&[]);
+                    Some(d <= 0.15 * n && lost.iter().all(|&l| l == 0.0))
+                }
+            },
+        });
+        rows.push(Row {
+            what: format!("idle memory per logged-in connection, {t} (bytes)"),
+            figure: "idle",
+            digits: 0,
+            tls,
+            target: if tls {
+                "≤ 0.35× Node"
+            } else {
+                "≤ 0.6× Node"
+            },
+            met: if tls {
+                |d, n, _, _| Some(d <= 0.35 * n)
+            } else {
+                |d, n, _, _| Some(d <= 0.6 * n)
+            },
+        });
+        rows.push(Row {
+            what: if tls {
+                "WSS logins per second, full handshakes".to_owned()
+            } else {
+                "WS logins per second".to_owned()
+            },
+            figure: "logins",
+            digits: 0,
+            tls,
+            target: if tls { "≥ 3× Node" } else { "" },
+            met: if tls {
+                |d, n, _, _| Some(d >= 3.0 * n)
+            } else {
+                |_, _, _, _| None
+            },
+        });
+    }
+    rows.push(Row {
+        what: "WSS logins per second, resumed handshakes".to_owned(),
+        figure: "logins_resumed",
+        digits: 0,
+        tls: true,
+        target: "≥ 2× dialtone's full",
+        met: |d, _, _, r| Some(d >= 2.0 * r.median("logins", "dialtone wss")),
+    });
+    rows
+}
+
+/// The main table: each figure's median over the rounds with its min–max spread, for
+/// dialtone, Node and the reference relay, and the ratios of the medians.
+fn table(rounds: &Rounds, plan: Plan, subject: Kind, others: &[Kind]) -> String {
+    let mut out = String::new();
+    let name = |kind: Kind| match kind {
+        Kind::Dialtone => "dialtone",
+        Kind::Baseline => "Node",
+        Kind::Reference => "reference",
+        Kind::Before => "before",
+    };
+    let mut header = format!("| what | {}", name(subject));
+    for &k in others {
+        let _ = write!(header, " | {}", name(k));
+    }
+    for &k in others {
+        let _ = write!(header, " | {} / {}", name(subject), name(k));
+    }
+    let compare = subject == Kind::Dialtone && others == [Kind::Baseline, Kind::Reference];
+    if compare {
+        header.push_str(" | target | met");
+    }
+    let _ = writeln!(out, "{header} |");
+    let columns = header.matches(" | ").count() + 1;
+    let _ = writeln!(out, "{}|", "|---".repeat(columns));
+    for row in rows(plan) {
+        let label = |kind| Target::of(kind, row.tls).label();
+        if rounds.get(row.figure, label(subject)).is_none() {
+            continue;
+        }
+        let mut line = format!(
+            "| {} | {}",
+            row.what,
+            rounds.shown(row.figure, label(subject), row.digits)
+        );
+        for &k in others {
+            let _ = write!(
+                line,
+                " | {}",
+                rounds.shown(row.figure, label(k), row.digits)
             );
         }
+        let d = rounds.median(row.figure, label(subject));
+        for &k in others {
+            let _ = write!(
+                line,
+                " | {}",
+                shown_ratio(ratio(d, rounds.median(row.figure, label(k))))
+            );
+        }
+        if compare {
+            let (n, r) = (
+                rounds.median(row.figure, label(Kind::Baseline)),
+                rounds.median(row.figure, label(Kind::Reference)),
+            );
+            let verdict = if d.is_finite() {
+                (row.met)(d, n, r, rounds)
+            } else {
+                None
+            };
+            let _ = write!(line, " | {} | {}", row.target, met(verdict));
+        }
+        let _ = writeln!(out, "{line} |");
     }
     out
+}
+
+/// The reconnect storm's rows.
+fn storm_table(rounds: &Rounds, plan: Plan, label: &str, out: &mut String) {
+    if rounds.get("storm_back", label).is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Reconnect storm\n\n{} logged-in WSS users; {label} restarts (SIGTERM, then a new process on the \
+         same port once the old one ended); every user reconnects on the page's own schedule (500 ms \
+         doubling to 10 s, each delay times 0.75–1.25) and logs in again. Medians of the rounds with \
+         the spread.\n\n| what | {label} | target | met |\n|---|---|---|---|",
+        plan.storm_users
+    );
+    let back = rounds.median("storm_back", label);
+    let lost = rounds.get("storm_lost", label).unwrap_or(&[]);
+    let peak = rounds.median("storm_peak_ratio", label);
+    for (what, figure, digits, target, verdict) in [
+        (
+            "all logged in again, seconds after SIGTERM",
+            "storm_back",
+            1,
+            "≤ 15 s",
+            Some(back <= 15.0),
+        ),
+        ("failed attempts (retried)", "storm_failed", 0, "", None),
+        (
+            "users not back within 60 s",
+            "storm_lost",
+            0,
+            "none",
+            Some(lost.iter().all(|&l| l == 0.0)),
+        ),
+        (
+            "RSS with every user in, before the restart (MiB)",
+            "storm_steady",
+            0,
+            "",
+            None,
+        ),
+        (
+            "peak RSS of the new process (MiB)",
+            "storm_peak",
+            0,
+            "",
+            None,
+        ),
+        (
+            "peak / steady RSS",
+            "storm_peak_ratio",
+            2,
+            "< 2×",
+            Some(peak < 2.0),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {target} | {} |",
+            rounds.shown(figure, label, digits),
+            met(verdict)
+        );
+    }
+}
+
+/// A cluster row: what, figure, digits, over TLS, target, whether (cluster, Node) meet it.
+type ClusterRow = (
+    String,
+    &'static str,
+    usize,
+    bool,
+    &'static str,
+    fn(f64, f64) -> Option<bool>,
+);
+
+/// The cluster section of the table, beside the single instance and Node of the same run.
+fn cluster_table(rounds: &Rounds, cluster: &Result<(), String>, plan: Plan, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n## Several instances\n\nTwo dialtone instances and one redis-server, every pair split across the \
+         instances (each message crosses Redis pub/sub). CPU for the cluster is both instances \
+         plus redis-server. Medians of the rounds with the spread; the latency here is not \
+         pinned (three processes on two cores), as before."
+    );
+    if let Err(why) = cluster {
+        let _ = writeln!(out, "\nNot run: {why}.");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n| what | one instance | cluster of two | Node | cluster / Node | target | met |\n|---|---|---|---|---|---|---|"
+    );
+    let low = rate_label(10_000.0, plan);
+    let redis = rounds.median("cpu_redis", CLUSTER);
+    let lost = rounds.get("lost_10k", CLUSTER).unwrap_or(&[]).to_vec();
+    let none_lost = lost.iter().all(|&l| l == 0.0);
+    let rows: [ClusterRow; 5] = [
+        (
+            "maximum relay rate, ws (msg/s)".to_owned(),
+            "rate_max",
+            0,
+            false,
+            "≥ 1.0×",
+            |c, n| Some(c >= n),
+        ),
+        (
+            format!("CPU per relayed message, ws (µs; cluster: {redis:.1} of it redis-server)"),
+            "cpu_max",
+            2,
+            false,
+            "≤ 1.0×",
+            |c, n| Some(c <= n),
+        ),
+        (
+            format!("p50 latency at {low}, ws (µs)"),
+            "p50_10k",
+            0,
+            false,
+            "",
+            |_, _| None,
+        ),
+        (
+            format!("p99 latency at {low}, ws (µs)"),
+            "p99_10k",
+            0,
+            false,
+            "< 5 ms, none lost",
+            |c, _| Some(c < 5000.0),
+        ),
+        (
+            "WSS logins per second".to_owned(),
+            "logins",
+            0,
+            true,
+            "",
+            |_, _| None,
+        ),
+    ];
+    for (what, figure, digits, tls, target, verdict) in rows {
+        let one = Target::of(Kind::Dialtone, tls).label();
+        let node = Target::of(Kind::Baseline, tls).label();
+        let c = rounds.median(figure, CLUSTER);
+        let mut holds = verdict(c, rounds.median(figure, node));
+        if figure == "p99_10k" {
+            holds = holds.map(|h| h && none_lost);
+        }
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {} | {target} | {} |",
+            rounds.shown(figure, one, digits),
+            rounds.shown(figure, CLUSTER, digits),
+            rounds.shown(figure, node, digits),
+            shown_ratio(ratio(c, rounds.median(figure, node))),
+            met(holds)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nCluster messages lost at {low}, by round: {lost:?}. Single-instance latency rows are pinned; the cluster's are not."
+    );
 }
 
 fn machine() -> String {
@@ -1138,86 +1503,210 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} GiB; client and servers share the machine")
 }
 
+/// The value after `flag` on the command line.
+fn arg_value(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--reference-relay") {
+        let port = args
+            .get(at + 1)
+            .context("--reference-relay PORT")?
+            .parse()?;
+        let tls = args.get(at + 2).cloned().zip(args.get(at + 3).cloned());
+        return reference::serve(port, tls).await;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut plan = if quick { Plan::quick() } else { Plan::full() };
+    if let Some(n) = arg_value("--rounds") {
+        plan.rounds = n.parse().context("--rounds N")?;
+    }
+    let only = Only(arg_value("--only").map(|list| list.split(',').map(str::to_owned).collect()));
+    let before = arg_value("--compare").map(PathBuf::from);
+    let transports: Vec<bool> = match arg_value("--transport").as_deref() {
+        None => vec![false, true],
+        Some("ws") => vec![false],
+        Some("wss") => vec![true],
+        Some(other) => bail!("--transport ws or wss, not {other}"),
+    };
     let repo = std::env::current_dir()?;
     if !repo.join("bench/bench.toml").exists() {
         bail!("run from the repository's top folder (bench/run does)");
     }
     let work = std::env::temp_dir().join(format!("dialtone-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    // The benchmark's own certificate, trusted by its clients and used by both servers.
+    // The benchmark's own certificate, trusted by its clients and used by every server.
     let (cert_pem, key_pem) = dialtone::tls::generate(&["localhost".into()], SystemTime::now())?;
     let paths = Paths {
         cert: work.join("cert.pem"),
         key: work.join("key.pem"),
         repo,
+        before: before.clone(),
         work: work.clone(),
     };
     std::fs::write(&paths.cert, &cert_pem)?;
     std::fs::write(&paths.key, &key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(cert_pem.as_bytes())?)?;
-    let client = rustls::ClientConfig::builder_with_provider(dialtone::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let client = || {
+        rustls::ClientConfig::builder_with_provider(dialtone::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|c| {
+                c.with_root_certificates(roots.clone())
+                    .with_no_client_auth()
+            })
+    };
+    let mut full = client()?;
+    full.resumption = rustls::client::Resumption::disabled();
+    let clients = Clients {
+        full: tokio_rustls::TlsConnector::from(Arc::new(full)),
+        resuming: tokio_rustls::TlsConnector::from(Arc::new(client()?)),
+    };
 
     eprintln!(
-        "dialtone benchmark ({}); bench/bench.toml raises dialtone's per-connection message rate and per-address connection limits (and the total) so the load generator is not throttled by design",
-        if quick { "quick" } else { "full" }
+        "dialtone benchmark ({}, {} round(s)); bench/bench.toml raises dialtone's per-connection message rate and per-address connection limits (and the total) so the load generator is not throttled by design",
+        if quick { "quick" } else { "full" },
+        plan.rounds
     );
-    let mut figures = Figures::default();
-    // Alternate dialtone and baseline so drift on a shared machine hits both.
-    // --cluster-only and --relay-only: that section alone, for working on it (no RESULTS.md).
-    let cluster_only = std::env::args().any(|a| a == "--cluster-only");
-    let relay_only = std::env::args().any(|a| a == "--relay-only");
-    let single = if cluster_only || relay_only { 0 } else { 4 };
-    for (index, target) in [
-        (0, TARGETS[0]),
-        (2, TARGETS[2]),
-        (1, TARGETS[1]),
-        (3, TARGETS[3]),
-    ]
-    .into_iter()
-    .take(single)
-    {
-        run_target(index, target, &paths, &tls, plan, &mut figures).await?;
+    let cluster_only = args.iter().any(|a| a == "--cluster-only");
+    let relay_only = args.iter().any(|a| a == "--relay-only");
+    let (subject, others) = match before {
+        Some(_) => (Kind::Dialtone, vec![Kind::Before]),
+        None => (Kind::Dialtone, vec![Kind::Baseline, Kind::Reference]),
+    };
+    let mut targets = Vec::new();
+    for &tls in &transports {
+        for kind in std::iter::once(subject).chain(others.iter().copied()) {
+            targets.push(Target::of(kind, tls));
+        }
+    }
+    let mut rounds = Rounds::default();
+    let single = !cluster_only && !relay_only;
+    if single {
+        for round in 0..plan.rounds {
+            // Alternate the order, so drift on a shared machine hits every target alike.
+            let mut order = targets.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            eprintln!("round {} of {}", round + 1, plan.rounds);
+            for &target in &order {
+                run_target(target, &paths, &clients, plan, &only, &mut rounds).await?;
+            }
+        }
+    }
+    // The most idle WSS connections dialtone holds within the descriptor limit: once.
+    let mut max_idle = None;
+    if single && before.is_none() && only.has("maxidle") && transports.contains(&true) {
+        let server = Server::start(Target::of(Kind::Dialtone, true), &paths).await?;
+        let most = idle(&server, &clients.full, plan.max_idle).await?;
+        server.stop().await;
+        eprintln!(
+            "dialtone wss: held {} idle WSS connections at {} MiB RSS",
+            most.0,
+            most.1 >> 20
+        );
+        max_idle = Some(most);
     }
     let have_redis = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
-    figures.cluster = if relay_only {
-        Err("not run (--relay-only)".into())
+    let cluster_wanted = (single && before.is_none() && only.0.is_none()) || cluster_only;
+    let cluster = if !cluster_wanted {
+        Err("not run".to_owned())
     } else if have_redis {
-        run_cluster(&paths, &tls, plan)
-            .await
-            .map_err(|err| format!("{err:#}"))
+        let mut result = Ok(());
+        for round in 0..plan.rounds {
+            eprintln!("cluster round {} of {}", round + 1, plan.rounds);
+            if let Err(err) = run_cluster(&paths, &clients.full, plan, &mut rounds).await {
+                result = Err(format!("{err:#}"));
+                break;
+            }
+        }
+        result
     } else {
         Err("no redis-server here (apt-get install redis-server)".into())
     };
-    if !cluster_only {
-        figures.relay = match relay::unavailable() {
+    let relay_wanted = (single && before.is_none() && only.0.is_none()) || relay_only;
+    let relay = if !relay_wanted {
+        Err("not run".to_owned())
+    } else {
+        match relay::unavailable() {
             Some(why) => Err(why),
             None => relay::run(&paths.repo, &work, plan.relay())
                 .await
                 .map_err(|err| format!("{err:#}")),
-        };
-    }
-    let mut table = if relay_only {
-        String::new()
-    } else {
-        let mut table = table(&figures, plan);
-        cluster_table(&figures, plan, &mut table);
-        table
+        }
     };
-    relay::table(&figures.relay, plan.relay(), &mut table);
-    println!("{table}");
-    if !quick && !cluster_only && !relay_only {
+
+    let mut out = String::new();
+    if single {
+        out.push_str(&table(&rounds, plan, subject, &others));
+        if let Some((held, rss, per)) = max_idle {
+            let projected = rss as f64 + per * (50_000 - held.min(50_000)) as f64;
+            let _ = writeln!(
+                out,
+                "\nIdle WSS connections held by dialtone: {held} of {} tried, at {} MiB RSS ({per:.0} bytes each); \
+                 50,000 would take about {:.0} MiB (target: under 1024).",
+                plan.max_idle,
+                rss >> 20,
+                projected / f64::from(1 << 20)
+            );
+        }
+        let lost: Vec<String> = targets
+            .iter()
+            .flat_map(|t| {
+                ["lost_1k", "lost_10k", "lost_80k"]
+                    .map(|f| (f, t.label(), rounds.get(f, t.label())))
+            })
+            .filter_map(|(f, label, v)| {
+                v.filter(|v| v.iter().any(|&l| l > 0.0))
+                    .map(|v| format!("{label} {f}: {v:?}"))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nMessages lost at the fixed rates: {}.",
+            if lost.is_empty() {
+                "none, in every round".to_owned()
+            } else {
+                lost.join("; ")
+            }
+        );
+        storm_table(&rounds, plan, Target::of(subject, true).label(), &mut out);
+        if before.is_some() {
+            storm_table(
+                &rounds,
+                plan,
+                Target::of(Kind::Before, true).label(),
+                &mut out,
+            );
+        }
+    }
+    if cluster_wanted {
+        cluster_table(&rounds, &cluster, plan, &mut out);
+    }
+    if relay_wanted {
+        relay::table(&relay, plan.relay(), &mut out);
+    }
+    let _ = writeln!(
+        out,
+        "\nRuns dropped for foreign load (over {FOREIGN_LIMIT} of a core used by other processes during the measured window): {}.",
+        if rounds.dropped.is_empty() {
+            "none".to_owned()
+        } else {
+            rounds.dropped.join("; ")
+        }
+    );
+    println!("{out}");
+    if !quick && single && before.is_none() && only.0.is_none() && plan.rounds >= 3 {
         let date = String::from_utf8(
             std::process::Command::new("date")
                 .arg("-u")
@@ -1225,7 +1714,7 @@ async fn main() -> anyhow::Result<()> {
                 .stdout,
         )?;
         let results = format!(
-            "# Benchmark results\n\nDate: {}\nMachine: {}\nCommand: `bench/run`\n\n{table}",
+            "# Benchmark results\n\nDate: {}\nMachine: {}\nCommand: `bench/run`\n\n{out}",
             date.trim(),
             machine()
         );

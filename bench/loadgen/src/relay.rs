@@ -40,6 +40,7 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
+use crate::measure::median_spread;
 use crate::{cpu_of, micros};
 
 /// The servers' address, inside the namespace.
@@ -783,21 +784,6 @@ pub async fn run(
     }
     drop(ns);
     Ok(runs)
-}
-
-/// The median and the spread (min, max) of `values`.
-pub fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (median, values[0], values[n - 1])
 }
 
 /// The relay section of the table.
