@@ -8,6 +8,17 @@ use prometheus::{
     TextEncoder,
 };
 
+/// The kinds of relayed message, by their `type` on the wire.
+const RELAYED_KINDS: [&str; 7] = [
+    "candidate",
+    "offer",
+    "answer",
+    "media",
+    "decline",
+    "close",
+    "resume",
+];
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: prometheus::Registry,
@@ -16,6 +27,9 @@ pub struct Metrics {
     users_in_grace: IntGauge,
     calls: IntGaugeVec,
     relayed: IntCounterVec,
+    /// The relayed counter of each kind, resolved once: a label lookup hashes the label and
+    /// takes a lock, on every message.
+    relayed_kinds: Vec<(&'static str, IntCounter)>,
     errors: IntCounterVec,
     refused: IntCounterVec,
     tls_handshake_failures: IntCounter,
@@ -49,8 +63,19 @@ impl Metrics {
         let counters = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
         };
+        let relayed = counters(
+            "dialtone_messages_relayed_total",
+            "Messages relayed from one user to another, by type.",
+            "type",
+        );
+        let relayed_kinds = RELAYED_KINDS
+            .iter()
+            .map(|&kind| (kind, relayed.with_label_values(&[kind])))
+            .collect();
         let metrics = Metrics {
             registry: prometheus::Registry::new(),
+            relayed,
+            relayed_kinds,
             connections: gauge("dialtone_connections", "Open WebSocket connections."),
             users: gauge("dialtone_users", "Logged-in users."),
             users_in_grace: gauge(
@@ -62,11 +87,6 @@ impl Metrics {
                 &["state"],
             )
             .expect("valid metric"),
-            relayed: counters(
-                "dialtone_messages_relayed_total",
-                "Messages relayed from one user to another, by type.",
-                "type",
-            ),
             errors: counters(
                 "dialtone_errors_total",
                 "Error replies sent to clients, by code.",
@@ -109,7 +129,10 @@ impl Metrics {
     }
 
     pub fn relayed(&self, kind: &str) {
-        self.relayed.with_label_values(&[kind]).inc();
+        match self.relayed_kinds.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.inc(),
+            None => self.relayed.with_label_values(&[kind]).inc(),
+        }
     }
 
     pub fn error(&self, code: &str) {

@@ -44,20 +44,40 @@ pub struct Held {
 /// The request a reconnecting login sends to the holder: reply with the session.
 pub type Handoff = oneshot::Sender<Held>;
 
+/// Where a reconnecting login leaves its request for the holder: one slot, since a second
+/// request while one is pending loses anyway. (A tokio mpsc channel here cost every logged-in
+/// user ~1.4 KB, idle or not: bench/RESULTS.md.)
+#[derive(Default)]
+struct Mailbox {
+    request: Mutex<Option<Handoff>>,
+    /// Holds a permit when a request arrives with the holder not waiting.
+    arrived: Notify,
+}
+
+impl Mailbox {
+    fn slot(&self) -> MutexGuard<'_, Option<Handoff>> {
+        // The slot is whole between statements: a poisoned lock holds a valid value.
+        self.request
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// What the current holder listens on for a reconnecting login.
 pub struct Claim {
     name: Arc<str>,
     epoch: u64,
-    handoffs: mpsc::Receiver<Handoff>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Claim {
     /// The next handoff request. Never completes while none comes.
     pub async fn next(&mut self) -> Handoff {
-        match self.handoffs.recv().await {
-            Some(handoff) => handoff,
-            // The sender lives in the map until this claim is forgotten; without it, wait on.
-            None => std::future::pending().await,
+        loop {
+            if let Some(handoff) = self.mailbox.slot().take() {
+                return handoff;
+            }
+            self.mailbox.arrived.notified().await;
         }
     }
 }
@@ -72,7 +92,7 @@ pub async fn next_handoff(claim: &mut Option<Claim>) -> Handoff {
 
 struct Holder {
     digest: [u8; 32],
-    handoffs: mpsc::Sender<Handoff>,
+    mailbox: Arc<Mailbox>,
     epoch: u64,
 }
 
@@ -132,21 +152,21 @@ impl Sessions {
     /// After a login (fresh, or by token): `token` is now the one that takes `name` back, and
     /// the returned claim is where that request will arrive.
     pub fn register(&self, name: &str, token: &str) -> Claim {
-        let (tx, rx) = mpsc::channel(1);
+        let mailbox = Arc::new(Mailbox::default());
         let name: Arc<str> = Arc::from(name);
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
             name.clone(),
             Holder {
                 digest: digest(token),
-                handoffs: tx,
+                mailbox: mailbox.clone(),
                 epoch,
             },
         );
         Claim {
             name,
             epoch,
-            handoffs: rx,
+            mailbox,
         }
     }
 
@@ -166,17 +186,25 @@ impl Sessions {
     /// token is the current one. `None` when it is not (or nobody here holds the name).
     pub async fn take(&self, name: &str, token: &str) -> Option<Held> {
         let wanted = digest(token);
-        let handoffs = {
+        let mailbox = {
             let holders = self.lock();
             let holder = holders.get(name)?;
             if !same(&holder.digest, &wanted) {
                 return None;
             }
-            holder.handoffs.clone()
+            holder.mailbox.clone()
         };
         let (tx, rx) = oneshot::channel();
-        // A handoff already in progress for this name: this one loses.
-        handoffs.try_send(tx).ok()?;
+        {
+            let mut slot = mailbox.slot();
+            // A handoff already in progress for this name: this one loses. (One whose login
+            // gave up waiting is no longer in progress.)
+            if slot.as_ref().is_some_and(|pending| !pending.is_closed()) {
+                return None;
+            }
+            *slot = Some(tx);
+        }
+        mailbox.arrived.notify_one();
         tokio::time::timeout(HANDOFF_WAIT, rx).await.ok()?.ok()
     }
 

@@ -35,6 +35,11 @@ use crate::relay::TurnRelay;
 /// Frames waiting for one client. A browser's burst of ICE candidates is a few dozen; a queue
 /// this deep that is still full means the client stopped reading.
 const QUEUE_FRAMES: usize = 256;
+/// Frames the writer task feeds are gathered up to this many bytes before they are written,
+/// so a burst goes out in one system call (one TLS record) rather than one per frame; the
+/// flush after each burst writes the rest. The buffer keeps its largest burst's capacity,
+/// and an idle socket has seen none. (0 made every frame its own write: bench/RESULTS.md.)
+const WRITE_BUFFER: usize = 8 * 1024;
 /// How long a closing socket gets to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -87,7 +92,7 @@ impl Settings {
     pub fn websocket_config(&self, over_tls: bool) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(if over_tls { 512 } else { 2048 })
-            .write_buffer_size(0)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
     }
@@ -259,12 +264,13 @@ fn shown(name: &str) -> String {
     format!("{cut:?}")
 }
 
-/// Completes at `deadline`; never without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+/// When the session's one timer next wakes: the next Ping, giving up on a silent client, or
+/// the end of a wait (for a login, for a resume) that is running, whichever comes first.
+fn next_wake(next_ping: Instant, silent_at: Instant, waits: [Option<Instant>; 2]) -> Instant {
+    waits
+        .into_iter()
+        .flatten()
+        .fold(next_ping.min(silent_at), Instant::min)
 }
 
 /// Serves one upgraded socket until it ends. `permit` holds the connection's place in the
@@ -295,13 +301,18 @@ pub async fn serve(
 
     // One timer serves the heartbeat: it wakes for the next Ping, or sooner when the client
     // has been silent long enough to be given up (two intervals after it was last heard,
-    // exactly, not whenever the next Ping happens to be due).
+    // exactly, not whenever the next Ping happens to be due), or when a wait for a resume
+    // ends, or when the time to log in is up. (Each timer is ~100 bytes of every session,
+    // idle or not.)
     let period = settings.ping_interval;
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + period;
-    let mut heartbeat = Box::pin(tokio::time::sleep_until(next_ping));
-    let login_deadline = tokio::time::sleep(settings.limits.login_timeout());
-    tokio::pin!(login_deadline);
+    let login_by = last_heard + settings.limits.login_timeout();
+    let mut heartbeat = Box::pin(tokio::time::sleep_until(next_wake(
+        next_ping,
+        last_heard + 2 * period,
+        [Some(login_by), None],
+    )));
     let mut allowance = Allowance::new(&settings.limits, Instant::now());
     let mut standing = Standing::default();
     let mut handoff: Option<Handoff> = None;
@@ -361,10 +372,20 @@ pub async fn serve(
                     {
                         break End::SlowReader;
                     }
+                    // A request to resume that now waits: the timer wakes for it too.
+                    if let Some((_, at)) = &standing.resume
+                        && *at < heartbeat.deadline()
+                    {
+                        heartbeat.as_mut().reset(*at);
+                    }
                 }
                 () = &mut heartbeat => {
                     let now = Instant::now();
                     let silent_at = last_heard + 2 * period;
+                    let login_wait = conn.name().is_none().then_some(login_by);
+                    if login_wait.is_some_and(|by| now >= by) {
+                        break End::NoLogin;
+                    }
                     if now >= silent_at {
                         break End::Silent;
                     }
@@ -374,15 +395,7 @@ pub async fn serve(
                         }
                         next_ping = now + period;
                     }
-                    heartbeat.as_mut().reset(next_ping.min(silent_at));
-                }
-                () = &mut login_deadline, if conn.name().is_none() => break End::NoLogin,
-                request = grace::next_handoff(&mut standing.claim) => {
-                    handoff = Some(request);
-                    break End::TakenOver;
-                }
-                () = until(standing.resume.as_ref().map(|(_, at)| *at)) => {
-                    if let Some((to, _)) = standing.resume.take()
+                    if let Some((to, _)) = standing.resume.take_if(|(_, at)| now >= *at)
                         && conn.resume_lapsed(&to).await
                     {
                         let close = ServerMessage::Close { username: &to, reason: CloseReason::Disconnected };
@@ -390,6 +403,12 @@ pub async fn serve(
                             break End::SlowReader;
                         }
                     }
+                    let resume_at = standing.resume.as_ref().map(|(_, at)| *at);
+                    heartbeat.as_mut().reset(next_wake(next_ping, silent_at, [login_wait, resume_at]));
+                }
+                request = grace::next_handoff(&mut standing.claim) => {
+                    handoff = Some(request);
+                    break End::TakenOver;
                 }
                 () = full.notified() => {
                     break if conn.evicted() { End::NameLost } else { End::SlowReader };
