@@ -345,6 +345,16 @@ impl KeyPairFiles {
             })?;
         // Pages may use HTTP/2; browsers open WebSockets on a separate HTTP/1.1 connection.
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A browser that reconnects (after every restart of the page's socket, every network
+        // change) resumes with a ticket and skips the certificate and its signature. Tickets
+        // are encrypted with a key that rotates every 6 hours and lives only in this process
+        // (and this configuration: a reload starts over), so any number of returning clients
+        // resume at no memory cost; rustls's default keeps sessions for the last 256 only.
+        server_config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError::BadCertificate {
+                path: self.cert_path.clone(),
+                detail: format!("cannot make a session ticket key: {err}"),
+            })?;
         Ok(Tls {
             server_config: Arc::new(server_config),
             fingerprint: fingerprint(&self.chain[0]),

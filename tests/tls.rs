@@ -203,3 +203,43 @@ fn auto_mode_replaces_a_broken_or_expired_certificate_of_its_own() {
     let repaired = tls::auto(&cert, &key, &names).unwrap();
     assert!(repaired.origin.contains("unusable"), "{}", repaired.origin);
 }
+
+/// Browsers reconnect after every network change: each returning one resumes its TLS session
+/// (no certificate, no signature) from a ticket, however many came before it. Sessions kept
+/// in the server's memory instead would cover only the last 256 clients.
+#[tokio::test]
+async fn every_returning_client_resumes_its_tls_session() {
+    use rustls::HandshakeKind;
+    use rustls::pki_types::ServerName;
+
+    let server = TestServer::start().await;
+    let cert = server.cert.clone().expect("TLS is on by default");
+    // One connector per client: each its own session cache, as each browser has.
+    let clients: Vec<_> = (0..300)
+        .map(|_| common::connector(&cert, &[b"http/1.1"]))
+        .collect();
+    let visit = |connector: tokio_rustls::TlsConnector| {
+        let addr = server.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            let kind = tls.get_ref().1.handshake_kind();
+            // Reading the reply reads the tickets that came after the handshake.
+            let reply = common::http1(tls, hyper::Request::get("/"), &[]).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            kind
+        }
+    };
+    for client in &clients {
+        assert_eq!(visit(client.clone()).await, Some(HandshakeKind::Full));
+    }
+    let mut resumed = 0;
+    for client in &clients {
+        if visit(client.clone()).await == Some(HandshakeKind::Resumed) {
+            resumed += 1;
+        }
+    }
+    assert_eq!(resumed, clients.len(), "returning clients that resumed");
+    server.stop().await;
+}
