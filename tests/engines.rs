@@ -17,7 +17,8 @@ use dialtone::signaling::registry::{
     CallState, Connection, Outbox, Queued, Registry, Relay, RelayError, Tokens,
 };
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use dialtone::signaling::queue;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -30,8 +31,7 @@ struct Engines {
 
 struct User {
     conn: Connection,
-    rx: mpsc::Receiver<Queued>,
-    bell: Arc<Notify>,
+    rx: queue::Receiver<Queued>,
     side: usize,
 }
 
@@ -98,12 +98,10 @@ both_engines!(
 
 impl Engines {
     fn socket(&self, side: usize) -> User {
-        let (tx, rx) = mpsc::channel(1024);
-        let bell = Arc::new(Notify::new());
+        let (tx, rx) = queue::channel(1024);
         User {
-            conn: self.sides[side].connect(Outbox::new(tx, bell.clone())),
+            conn: self.sides[side].connect(Outbox::new(tx)),
             rx,
-            bell,
             side,
         }
     }
@@ -530,7 +528,7 @@ async fn a_senders_messages_arrive_in_order(engines: Engines) {
         assert_eq!(bob.next().await, expected);
     }
     assert_eq!(alice.next().await, "answer");
-    assert!(!bob.bell.notified_now(), "no queue filled up");
+    assert!(!bob.rx.bell().notified_now(), "no queue filled up");
 }
 
 trait NotifiedNow {

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use dialtone::signaling::queue;
 
 /// JSON-ish text built from the protocol's own words, so the parser's deeper paths are
 /// reached far more often than by random bytes.
@@ -254,8 +254,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct Socket {
     conn: Connection,
-    rx: mpsc::Receiver<Queued>,
-    bell: Arc<Notify>,
+    rx: queue::Receiver<Queued>,
 }
 
 /// The registry as the README describes it, written without looking at how it does it: who
@@ -367,7 +366,7 @@ impl Model {
 /// and that the bell rang exactly when a frame did not fit.
 fn drain(c: usize, socket: &mut Socket, model: &mut Model) -> Result<(), TestCaseError> {
     let mut got = Vec::new();
-    while let Ok(frame) = socket.rx.try_recv() {
+    while let Some(frame) = socket.rx.try_recv() {
         match *frame {
             Message::Text(text) => got.push(text.to_string()),
             other => prop_assert!(false, "socket {} got a non-text frame {:?}", c, other),
@@ -375,7 +374,7 @@ fn drain(c: usize, socket: &mut Socket, model: &mut Model) -> Result<(), TestCas
     }
     let frames = std::mem::take(&mut model.queues[c]);
     prop_assert_eq!(&got, &frames, "socket {} received the wrong frames", c);
-    let rung = socket.bell.notified().now_or_never().is_some();
+    let rung = socket.rx.bell().notified().now_or_never().is_some();
     prop_assert_eq!(
         rung,
         std::mem::take(&mut model.rung[c]),
@@ -424,10 +423,9 @@ proptest! {
             let frame = format!("frame {step}");
             match op {
                 Op::Connect => {
-                    let (tx, rx) = mpsc::channel(QUEUE);
-                    let bell = Arc::new(Notify::new());
-                    let conn = registry.connect(Outbox::new(tx, bell.clone()));
-                    sockets.push(Some(Socket { conn, rx, bell }));
+                    let (tx, rx) = queue::channel(QUEUE);
+                    let conn = registry.connect(Outbox::new(tx));
+                    sockets.push(Some(Socket { conn, rx }));
                     model.names.push(None);
                     model.queues.push(Vec::new());
                     model.rung.push(false);

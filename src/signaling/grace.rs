@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tracing::info;
 
+use super::queue;
 use super::registry::{Connection, Outbox, Queued};
 
 /// Frames kept for a user in grace. Only their partner can send them anything (others get
@@ -36,7 +37,7 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 pub struct Held {
     pub conn: Connection,
     /// What arrived while the user was parked, to deliver before anything new.
-    pub queue: Option<mpsc::Receiver<Queued>>,
+    pub queue: Option<queue::Receiver<Queued>>,
     /// A pending request to resume a call (with whom, until when), which moves with them.
     pub resume: Option<(Arc<str>, Instant)>,
 }
@@ -225,14 +226,10 @@ impl Sessions {
         grace: Duration,
         gone: impl FnOnce() + Send + 'static,
     ) {
-        let (tx, rx) = mpsc::channel(HELD_FRAMES);
-        let full = Arc::new(Notify::new());
-        held.conn.rebind(
-            Outbox::new(tx, full.clone()),
-            held.queue.as_mut(),
-            true,
-            |_| None,
-        );
+        let (tx, rx) = queue::channel(HELD_FRAMES);
+        let outbox = Outbox::new(tx);
+        held.conn
+            .rebind(outbox.clone(), held.queue.as_mut(), true, |_| None);
         let sessions = self.clone();
         sessions.parked.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -241,7 +238,7 @@ impl Sessions {
             let handoff = tokio::select! {
                 handoff = claim.next() => Ok(handoff),
                 () = tokio::time::sleep(grace) => Err("did not come back in time: logged out"),
-                () = full.notified() => Err(if held.conn.evicted() {
+                () = outbox.bell().notified() => Err(if held.conn.evicted() {
                     "came back on another instance"
                 } else {
                     "too many messages held: logged out"

@@ -15,7 +15,7 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -24,6 +24,7 @@ use super::presence::Presence;
 use super::protocol::{
     ClientMessage, CloseReason, LoginFailure, ServerMessage, same_name, validate_name,
 };
+use super::queue;
 use super::registry::{
     CallState, Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
 };
@@ -85,13 +86,13 @@ impl Settings {
     /// tungstenite's settings. Its read buffer is allocated up front for every socket (the
     /// default 128 KiB would cost 1.3 GB for 10,000 idle users), and it is also the most
     /// one read asks for. Over TLS the reads come out of rustls's own buffer, with no system
-    /// call, so 512 bytes costs nothing; on plain TCP each read is a system call, so 2 KiB
-    /// keeps a 3 KB offer to two. (bench/RESULTS.md: 512 bytes everywhere saved 3.5 KB per
-    /// idle connection but raised CPU per relayed message on plain ws by ~15 %.) Frames and
-    /// messages are capped at the configured maximum.
+    /// call, so 512 bytes costs nothing; on plain TCP each read is a system call. 1 KiB there
+    /// holds four candidates a read and saves 1 KB per idle connection against 2 KiB, for
+    /// ~6 % more CPU per message at the maximum rate (bench/README.md, issue 13's note).
+    /// Frames and messages are capped at the configured maximum.
     pub fn websocket_config(&self, over_tls: bool) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(if over_tls { 512 } else { 2048 })
+            .read_buffer_size(if over_tls { 512 } else { 1024 })
             .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
@@ -292,9 +293,8 @@ pub async fn serve(
     let settings = &shared.settings;
     let metrics = &shared.metrics;
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-    let full = Arc::new(Notify::new());
-    let outbox = Outbox::new(tx, full.clone());
+    let (tx, rx) = queue::channel(QUEUE_FRAMES);
+    let outbox = Outbox::new(tx);
     let mut conn = shared.registry.connect(outbox.clone());
     let mut writer = tokio::spawn(write_frames(sink, rx));
     debug!(%client, "websocket open");
@@ -410,7 +410,7 @@ pub async fn serve(
                     handoff = Some(request);
                     break End::TakenOver;
                 }
-                () = full.notified() => {
+                () = outbox.bell().notified() => {
                     break if conn.evicted() { End::NameLost } else { End::SlowReader };
                 }
                 // The value only ever turns true (or the sender goes, at the very end).
@@ -515,14 +515,14 @@ fn end_for(err: &WsError) -> End {
 /// so a burst of candidates costs one write, not one per frame.
 async fn write_frames(
     mut sink: futures_util::stream::SplitSink<HyperWebsocketStream, Message>,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: queue::Receiver<Queued>,
 ) {
     'outer: while let Some(frame) = rx.recv().await {
         let mut closing = matches!(*frame, Message::Close(_));
         if sink.feed(*frame).await.is_err() {
             return;
         }
-        while !closing && let Ok(frame) = rx.try_recv() {
+        while !closing && let Some(frame) = rx.try_recv() {
             closing = matches!(*frame, Message::Close(_));
             if sink.feed(*frame).await.is_err() {
                 return;

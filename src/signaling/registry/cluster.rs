@@ -44,6 +44,7 @@ use super::{CallState, LoggedIn, Outbox, Queued, Relay, RelayError, Resumed, Tok
 use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
 use crate::signaling::protocol::{LoginFailure, name_key, same_name};
+use crate::signaling::queue;
 
 /// Most commands in flight on the shared connection; beyond it a command fails at once
 /// instead of queueing in memory.
@@ -1627,7 +1628,7 @@ impl Connection {
     pub fn rebind(
         &mut self,
         outbox: Outbox,
-        held: Option<&mut mpsc::Receiver<Queued>>,
+        held: Option<&mut queue::Receiver<Queued>>,
         away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<Message>,
     ) {

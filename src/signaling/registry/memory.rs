@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::{CallState, Online, Outbox, Queued, Relay, RelayError, Resumed};
 use crate::signaling::protocol::{LoginFailure, name_key};
+use crate::signaling::queue;
 
 #[derive(Debug)]
 struct Call {
@@ -342,7 +343,7 @@ impl Connection {
     pub fn rebind(
         &mut self,
         outbox: Outbox,
-        held: Option<&mut mpsc::Receiver<Queued>>,
+        held: Option<&mut queue::Receiver<Queued>>,
         away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<Message>,
     ) {

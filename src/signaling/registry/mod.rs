@@ -16,38 +16,36 @@ pub mod memory;
 use std::sync::Arc;
 
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::protocol::{CloseReason, LoginFailure, ServerMessage};
+use super::queue;
 
-/// What a socket's queue holds. Boxed because tokio's bounded channel allocates its first
-/// block of 32 slots up front: 32 boxes are 256 bytes, 32 bare `Message`s 1.8 KB, on every
-/// connection, idle or not (measured: bench/RESULTS.md).
+/// What a socket's queue holds. Boxed so that a queue's slots, which stay allocated at the
+/// most it ever held, are 8 bytes each rather than a `Message`'s 56.
 pub type Queued = Box<Message>;
 
-/// The way into one socket: its bounded queue, and a bell to ring when that queue is full.
+/// The way into one socket: its bounded queue, whose bell rings when that queue is full.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Queued>,
-    full: Arc<Notify>,
+    tx: queue::Sender<Queued>,
 }
 
 impl Outbox {
-    pub fn new(tx: mpsc::Sender<Queued>, full: Arc<Notify>) -> Outbox {
-        Outbox { tx, full }
+    pub fn new(tx: queue::Sender<Queued>) -> Outbox {
+        Outbox { tx }
     }
 
-    /// Queues a frame without waiting. A full queue means the client stopped reading: it is
-    /// told to go (its session drops it) instead of letting the queue grow.
+    /// Queues a frame without waiting. A full queue means the client stopped reading: the
+    /// bell rings and it is told to go (its session drops it) instead of letting the queue
+    /// grow.
     pub fn deliver(&self, frame: Message) -> bool {
-        match self.tx.try_send(Box::new(frame)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.full.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.tx.try_send(Box::new(frame)).is_ok()
+    }
+
+    /// What the socket's owner waits on: a full queue, or an eviction.
+    pub fn bell(&self) -> &Notify {
+        self.tx.bell()
     }
 }
 
@@ -190,12 +188,12 @@ impl Outbox {
     /// Rings the bell without a full queue: the engine took the name away (another instance
     /// holds it now), and the session must end.
     pub fn evict(&self) {
-        self.full.notify_one();
+        self.bell().notify_one();
     }
 
     /// Queues everything waiting in `held` (frames kept for a user in grace), in order.
-    pub fn take_from(&self, held: &mut mpsc::Receiver<Queued>) {
-        while let Ok(frame) = held.try_recv() {
+    pub fn take_from(&self, held: &mut queue::Receiver<Queued>) {
+        while let Some(frame) = held.try_recv() {
             self.deliver(*frame);
         }
     }
@@ -396,7 +394,7 @@ impl Connection {
     pub fn rebind(
         &mut self,
         outbox: Outbox,
-        held: Option<&mut mpsc::Receiver<Queued>>,
+        held: Option<&mut queue::Receiver<Queued>>,
         away: bool,
         welcome: impl FnOnce(Option<&str>) -> Option<String>,
     ) {
@@ -422,13 +420,12 @@ mod tests {
 
     #[test]
     fn a_full_queue_rings_the_bell_instead_of_growing() {
-        let (tx, _rx) = mpsc::channel(1);
-        let bell = Arc::new(Notify::new());
-        let outbox = Outbox::new(tx, bell.clone());
+        let (tx, _rx) = queue::channel(1);
+        let outbox = Outbox::new(tx);
         assert!(outbox.deliver(Message::text("1")));
         assert!(!outbox.deliver(Message::text("2")));
         // The stored permit makes `notified()` complete at once.
-        let rang = tokio_test_notified(&bell);
+        let rang = tokio_test_notified(outbox.bell());
         assert!(rang);
     }
 
