@@ -12,12 +12,12 @@ use common::redis::Redis;
 use dialtone::config::Config;
 use dialtone::metrics::Metrics;
 use dialtone::signaling::protocol::LoginFailure;
+use dialtone::signaling::queue;
 use dialtone::signaling::registry::cluster::Cluster;
 use dialtone::signaling::registry::{
     CallState, Connection, Outbox, Queued, Registry, Relay, RelayError, Tokens,
 };
 use serde_json::json;
-use dialtone::signaling::queue;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 

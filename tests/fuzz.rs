@@ -8,13 +8,13 @@ use std::sync::Arc;
 use dialtone::signaling::protocol::{ClientMessage, LoginFailure, ProtocolError};
 // The in-memory engine's synchronous API: the model checks every step at once. The same rules
 // run against the Redis engine in tests/engines.rs.
+use dialtone::signaling::queue;
 use dialtone::signaling::registry::memory::{Connection, Registry};
 use dialtone::signaling::registry::{CallState, Outbox, Queued, Relay, RelayError};
 use futures_util::FutureExt;
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;
 use serde_json::Value;
-use dialtone::signaling::queue;
 
 /// JSON-ish text built from the protocol's own words, so the parser's deeper paths are
 /// reached far more often than by random bytes.
