@@ -72,13 +72,16 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// The next handoff request. Never completes while none comes.
+    /// The next handoff request whose login still waits. Never completes while none comes.
+    /// (A request whose login gave up is dropped here: handing the session to it would only
+    /// fail, and the holder would then log the user out.)
     pub async fn next(&mut self) -> Handoff {
         loop {
-            if let Some(handoff) = self.mailbox.slot().take() {
-                return handoff;
+            let pending = self.mailbox.slot().take();
+            match pending {
+                Some(handoff) if !handoff.is_closed() => return handoff,
+                _ => self.mailbox.arrived.notified().await,
             }
-            self.mailbox.arrived.notified().await;
         }
     }
 }
@@ -291,6 +294,63 @@ mod tests {
         twice[0] ^= 1;
         twice[1] ^= 1;
         assert!(!same(&digest(&a), &twice));
+    }
+
+    #[tokio::test]
+    async fn a_holder_skips_a_request_whose_login_gave_up() {
+        use futures_util::FutureExt;
+        let sessions = Sessions::default();
+        let mut claim = sessions.register("alice", "t1");
+        // A login that stopped waiting (its 2 s ran out) left its request behind.
+        let (stale, gave_up) = oneshot::channel::<Held>();
+        drop(gave_up);
+        *claim.mailbox.slot() = Some(stale);
+        claim.mailbox.arrived.notify_one();
+        assert!(
+            claim.next().now_or_never().is_none(),
+            "a stale request was taken"
+        );
+        // A login that waits still gets through, and the holder's reply reaches it.
+        let (live, waiting) = oneshot::channel::<Held>();
+        *claim.mailbox.slot() = Some(live);
+        claim.mailbox.arrived.notify_one();
+        let handoff = claim
+            .next()
+            .now_or_never()
+            .expect("a live request was not taken");
+        assert!(!handoff.is_closed());
+        drop(waiting);
+        assert!(handoff.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_second_login_loses_to_one_that_waits_but_not_to_one_that_gave_up() {
+        use futures_util::FutureExt;
+        let sessions = Sessions::default();
+        let mut claim = sessions.register("alice", "t1");
+        let mut first = Box::pin(sessions.take("alice", "t1"));
+        assert!(
+            first.as_mut().now_or_never().is_none(),
+            "the first login waits"
+        );
+        // While the first still waits, a second one with the same token loses at once.
+        let second = sessions.take("alice", "t1").now_or_never();
+        assert!(
+            matches!(second, Some(None)),
+            "a second login did not lose at once"
+        );
+        // The first one gives up (its 2 s ran out): a third one is not blocked by it.
+        drop(first);
+        let mut third = std::pin::pin!(sessions.take("alice", "t1"));
+        assert!(
+            third.as_mut().now_or_never().is_none(),
+            "the third login was refused"
+        );
+        let handoff = claim
+            .next()
+            .now_or_never()
+            .expect("no request for the holder");
+        assert!(!handoff.is_closed(), "the holder got the stale request");
     }
 
     #[test]

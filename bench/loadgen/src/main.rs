@@ -1108,15 +1108,100 @@ fn met(m: Option<bool>) -> &'static str {
     }
 }
 
-/// One row of the main table: a figure, which way is better, its target.
+/// A row's target for dialtone's median, against Node's and the reference relay's.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// None: the figure is there to read the others by.
+    Context,
+    /// At most `node`× Node's median (and `reference`× the reference relay's), and below
+    /// `under` (in the row's unit).
+    AtMost {
+        node: f64,
+        reference: Option<f64>,
+        under: Option<(f64, &'static str)>,
+    },
+    /// At least `node`× Node's median.
+    AtLeast { node: f64 },
+    /// At least `factor`× another of dialtone's figures (same transport).
+    AtLeastOwn {
+        factor: f64,
+        figure: &'static str,
+        named: &'static str,
+    },
+}
+
+/// One row of the main table: a figure, how many digits it is shown with, its target.
 struct Row {
     what: String,
     figure: &'static str,
     digits: usize,
     tls: bool,
-    target: &'static str,
-    /// Whether the target holds, from (dialtone, Node, reference) medians.
-    met: fn(f64, f64, f64, &Rounds) -> Option<bool>,
+    goal: Goal,
+    /// A figure (per round) that must be 0 in every round for the target to hold.
+    none_lost: Option<&'static str>,
+}
+
+impl Row {
+    fn new(what: String, figure: &'static str, digits: usize, tls: bool, goal: Goal) -> Row {
+        Row {
+            what,
+            figure,
+            digits,
+            tls,
+            goal,
+            none_lost: None,
+        }
+    }
+
+    /// The target as the table shows it.
+    fn target(&self) -> String {
+        let mut parts = Vec::new();
+        match self.goal {
+            Goal::Context => {}
+            Goal::AtMost {
+                node,
+                reference,
+                under,
+            } => {
+                if let Some((_, shown)) = under {
+                    parts.push(format!("< {shown}"));
+                }
+                parts.push(format!("≤ {node}× Node"));
+                if let Some(r) = reference {
+                    parts.push(format!("≤ {r}× reference"));
+                }
+            }
+            Goal::AtLeast { node } => parts.push(format!("≥ {node}× Node")),
+            Goal::AtLeastOwn { factor, named, .. } => parts.push(format!("≥ {factor}× {named}")),
+        }
+        if self.none_lost.is_some() {
+            parts.push("none lost".to_owned());
+        }
+        parts.join(", ")
+    }
+
+    /// Whether the target holds for `label`'s median `d`, Node's `n` and the reference's `r`.
+    fn met(&self, d: f64, n: f64, r: f64, rounds: &Rounds, label: &str) -> Option<bool> {
+        let holds = match self.goal {
+            Goal::Context => return None,
+            Goal::AtMost {
+                node,
+                reference,
+                under,
+            } => {
+                d <= node * n
+                    && reference.is_none_or(|f| d <= f * r)
+                    && under.is_none_or(|(limit, _)| d < limit)
+            }
+            Goal::AtLeast { node } => d >= node * n,
+            Goal::AtLeastOwn { factor, figure, .. } => d >= factor * rounds.median(figure, label),
+        };
+        let none_lost = self.none_lost.is_none_or(|lost| {
+            let lost = rounds.get(lost, label).unwrap_or(&[]);
+            lost.iter().all(|&l| l == 0.0)
+        });
+        Some(holds && none_lost)
+    }
 }
 
 fn rows(plan: Plan) -> Vec<Row> {
@@ -1125,132 +1210,113 @@ fn rows(plan: Plan) -> Vec<Row> {
         rate_label(10_000.0, plan),
         rate_label(80_000.0, plan),
     );
+    let at_most = |node| Goal::AtMost {
+        node,
+        reference: None,
+        under: None,
+    };
     let mut rows = Vec::new();
     for tls in [false, true] {
         let t = if tls { "wss" } else { "ws" };
-        rows.push(Row {
-            what: format!("server CPU per message at the maximum rate, {t} (µs)"),
-            figure: "cpu_max",
-            digits: 2,
-            tls,
-            target: "≤ 0.3× Node, ≤ 1.6× reference",
-            met: |d, n, r, _| Some(d <= 0.3 * n && d <= 1.6 * r),
-        });
-        rows.push(Row {
-            what: format!("maximum relay rate, {t} (msg/s)"),
-            figure: "rate_max",
-            digits: 0,
-            tls,
-            target: "≥ 1.8× Node",
-            met: |d, n, _, _| Some(d >= 1.8 * n),
-        });
-        rows.push(Row {
-            what: format!("generator CPU per message at the maximum rate, {t} (µs)"),
-            figure: "gen_max",
-            digits: 2,
-            tls,
-            target: "",
-            met: |_, _, _, _| None,
-        });
-        rows.push(Row {
-            what: format!("server CPU per message at {k10}, {t} (µs)"),
-            figure: "cpu_10k",
-            digits: 2,
-            tls,
-            target: "≤ 0.5× Node",
-            met: |d, n, _, _| Some(d <= 0.5 * n),
-        });
-        rows.push(Row {
-            what: format!("server CPU per message at {k1}, {t} (µs)"),
-            figure: "cpu_1k",
-            digits: 2,
-            tls,
-            target: "",
-            met: |_, _, _, _| None,
-        });
-        rows.push(Row {
-            what: format!("p50 latency at {k10}, pinned, {t} (µs)"),
-            figure: "p50_10k",
-            digits: 0,
-            tls,
-            target: "",
-            met: |_, _, _, _| None,
-        });
-        rows.push(Row {
-            what: format!("p99 latency at {k10}, pinned, {t} (µs)"),
-            figure: "p99_10k",
-            digits: 0,
-            tls,
-            target: "< 1 ms, ≤ 0.7× Node",
-            met: |d, n, _, _| Some(d < 1000.0 && d <= 0.7 * n),
-        });
-        rows.push(Row {
-            what: format!("p99 latency at {k1}, pinned, {t} (µs)"),
-            figure: "p99_1k",
-            digits: 0,
-            tls,
-            target: "",
-            met: |_, _, _, _| None,
-        });
-        rows.push(Row {
-            what: format!("p99 latency at {k80}, pinned, {t} (µs)"),
-            figure: "p99_80k",
-            digits: 0,
-            tls,
-            target: "≤ 0.15× Node, none lost",
-            met: if tls {
-                |d, n, _, r: &Rounds| {
-                    let lost = r.get("lost_80k", "dialtone wss").unwrap_or(&[]);
-                    Some(d <= 0.15 * n && lost.iter().all(|&l| l == 0.0))
-                }
-            } else {
-                |d, n, _, r: &Rounds| {
-                    let lost = r.get("lost_80k", "dialtone ws").unwrap_or(&[]);
-                    Some(d <= 0.15 * n && lost.iter().all(|&l| l == 0.0))
-                }
+        let row = |what: String, figure, digits, goal| Row::new(what, figure, digits, tls, goal);
+        rows.push(row(
+            format!("server CPU per message at the maximum rate, {t} (µs)"),
+            "cpu_max",
+            2,
+            Goal::AtMost {
+                node: 0.3,
+                reference: Some(1.6),
+                under: None,
             },
-        });
+        ));
+        rows.push(row(
+            format!("maximum relay rate, {t} (msg/s)"),
+            "rate_max",
+            0,
+            Goal::AtLeast { node: 1.8 },
+        ));
+        rows.push(row(
+            format!("generator CPU per message at the maximum rate, {t} (µs)"),
+            "gen_max",
+            2,
+            Goal::Context,
+        ));
+        rows.push(row(
+            format!("server CPU per message at {k10}, {t} (µs)"),
+            "cpu_10k",
+            2,
+            at_most(0.5),
+        ));
+        rows.push(row(
+            format!("server CPU per message at {k1}, {t} (µs)"),
+            "cpu_1k",
+            2,
+            Goal::Context,
+        ));
+        rows.push(row(
+            format!("p50 latency at {k10}, pinned, {t} (µs)"),
+            "p50_10k",
+            0,
+            Goal::Context,
+        ));
+        rows.push(row(
+            format!("p99 latency at {k10}, pinned, {t} (µs)"),
+            "p99_10k",
+            0,
+            Goal::AtMost {
+                node: 0.7,
+                reference: None,
+                under: Some((1000.0, "1 ms")),
+            },
+        ));
+        rows.push(row(
+            format!("p99 latency at {k1}, pinned, {t} (µs)"),
+            "p99_1k",
+            0,
+            Goal::Context,
+        ));
         rows.push(Row {
-            what: format!("idle memory per logged-in connection, {t} (bytes)"),
-            figure: "idle",
-            digits: 0,
-            tls,
-            target: if tls {
-                "≤ 0.35× Node"
-            } else {
-                "≤ 0.6× Node"
-            },
-            met: if tls {
-                |d, n, _, _| Some(d <= 0.35 * n)
-            } else {
-                |d, n, _, _| Some(d <= 0.6 * n)
-            },
+            none_lost: Some("lost_80k"),
+            ..row(
+                format!("p99 latency at {k80}, pinned, {t} (µs)"),
+                "p99_80k",
+                0,
+                at_most(0.15),
+            )
         });
-        rows.push(Row {
-            what: if tls {
-                "WSS logins per second, full handshakes".to_owned()
-            } else {
-                "WS logins per second".to_owned()
-            },
-            figure: "logins",
-            digits: 0,
-            tls,
-            target: if tls { "≥ 3× Node" } else { "" },
-            met: if tls {
-                |d, n, _, _| Some(d >= 3.0 * n)
-            } else {
-                |_, _, _, _| None
-            },
+        rows.push(row(
+            format!("idle memory per logged-in connection, {t} (bytes)"),
+            "idle",
+            0,
+            at_most(if tls { 0.35 } else { 0.6 }),
+        ));
+        rows.push(if tls {
+            row(
+                "WSS logins per second, full handshakes".to_owned(),
+                "logins",
+                0,
+                Goal::AtLeast { node: 3.0 },
+            )
+        } else {
+            row(
+                "WS logins per second".to_owned(),
+                "logins",
+                0,
+                Goal::Context,
+            )
         });
     }
-    rows.push(Row {
-        what: "WSS logins per second, resumed handshakes".to_owned(),
-        figure: "logins_resumed",
-        digits: 0,
-        tls: true,
-        target: "≥ 2× dialtone's full",
-        met: |d, _, _, r| Some(d >= 2.0 * r.median("logins", "dialtone wss")),
-    });
+    rows.push(Row::new(
+        "WSS logins per second, resumed handshakes".to_owned(),
+        "logins_resumed",
+        0,
+        true,
+        Goal::AtLeastOwn {
+            factor: 2.0,
+            figure: "logins",
+            named: "dialtone's full",
+        },
+    ));
     rows
 }
 
@@ -1309,11 +1375,11 @@ fn table(rounds: &Rounds, plan: Plan, subject: Kind, others: &[Kind]) -> String 
                 rounds.median(row.figure, label(Kind::Reference)),
             );
             let verdict = if d.is_finite() {
-                (row.met)(d, n, r, rounds)
+                row.met(d, n, r, rounds, label(subject))
             } else {
                 None
             };
-            let _ = write!(line, " | {} | {}", row.target, met(verdict));
+            let _ = write!(line, " | {} | {}", row.target(), met(verdict));
         }
         let _ = writeln!(out, "{line} |");
     }
@@ -1723,4 +1789,96 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verdict in the main table's row for `what` (the last cell).
+    fn verdict<'a>(table: &'a str, what: &str) -> (&'a str, &'a str) {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {what}")))
+            .unwrap_or_else(|| panic!("no row {what} in\n{table}"));
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        (cells[cells.len() - 2].trim(), cells[cells.len() - 1].trim())
+    }
+
+    #[test]
+    fn the_table_checks_each_target_against_its_own_transports_figures() {
+        let plan = Plan::full();
+        let mut rounds = Rounds::default();
+        for (label, cpu, idle, lost, p99) in [
+            ("dialtone ws", 2.0, 5_000.0, 0.0, 500.0),
+            ("dialtone wss", 3.0, 12_000.0, 4.0, 900.0),
+            ("Node ws", 10.0, 10_000.0, 0.0, 5_000.0),
+            ("Node wss", 10.0, 30_000.0, 0.0, 5_000.0),
+            ("reference ws", 1.0, 4_000.0, 0.0, 400.0),
+            ("reference wss", 2.0, 8_000.0, 0.0, 400.0),
+        ] {
+            rounds.add("cpu_max", label, cpu);
+            rounds.add("idle", label, idle);
+            rounds.add("p99_80k", label, p99);
+            rounds.add("lost_80k", label, lost);
+            rounds.add("p99_10k", label, p99 * 1.5);
+        }
+        for (label, full, resumed) in [
+            ("dialtone wss", 3_000.0, 6_500.0),
+            ("Node wss", 900.0, 1_000.0),
+        ] {
+            rounds.add("logins", label, full);
+            rounds.add("logins_resumed", label, resumed);
+        }
+        let table = table(
+            &rounds,
+            plan,
+            Kind::Dialtone,
+            &[Kind::Baseline, Kind::Reference],
+        );
+        let cpu = "server CPU per message at the maximum rate";
+        // ws: 2.0 ≤ 0.3 × 10 and ≤ 1.6 × 1.0 fails the reference half.
+        assert_eq!(
+            verdict(&table, &format!("{cpu}, ws")),
+            ("≤ 0.3× Node, ≤ 1.6× reference", "**no**")
+        );
+        // wss: 3.0 ≤ 3.0 and ≤ 3.2.
+        assert_eq!(verdict(&table, &format!("{cpu}, wss")).1, "yes");
+        // 0.5 and 0.4 of Node: each transport has its own factor.
+        assert_eq!(
+            verdict(&table, "idle memory per logged-in connection, ws"),
+            ("≤ 0.6× Node", "yes")
+        );
+        assert_eq!(
+            verdict(&table, "idle memory per logged-in connection, wss"),
+            ("≤ 0.35× Node", "**no**")
+        );
+        // Losses count only for the transport that lost: wss lost 4 frames at 80k.
+        let p99 = "p99 latency at 80k msg/s, pinned";
+        assert_eq!(
+            verdict(&table, &format!("{p99}, ws")),
+            ("≤ 0.15× Node, none lost", "yes")
+        );
+        assert_eq!(
+            verdict(&table, &format!("{p99}, wss")),
+            ("≤ 0.15× Node, none lost", "**no**")
+        );
+        // wss: 1,350 µs is under 0.7× Node but not under 1 ms.
+        let p99 = "p99 latency at 10k msg/s, pinned";
+        assert_eq!(
+            verdict(&table, &format!("{p99}, ws")),
+            ("< 1 ms, ≤ 0.7× Node", "yes")
+        );
+        assert_eq!(verdict(&table, &format!("{p99}, wss")).1, "**no**");
+        assert_eq!(
+            verdict(&table, "WSS logins per second, full handshakes"),
+            ("≥ 3× Node", "yes")
+        );
+        assert_eq!(
+            verdict(&table, "WSS logins per second, resumed handshakes"),
+            ("≥ 2× dialtone's full", "yes")
+        );
+        // Rows without figures are left out.
+        assert!(!table.contains("maximum relay rate"));
+    }
 }
