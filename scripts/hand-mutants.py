@@ -18,8 +18,8 @@ import tempfile
 # (what breaks, file, exact text, replacement, cargo test arguments that must fail)
 MUTANTS = [
     ("a user in a call relays to a named non-partner", "src/signaling/registry/memory.rs",
-     "(Some(call), Some(to)) if *call.with != *to => {",
-     "(Some(call), Some(to)) if false && *call.with != *to => {",
+     "(Some(call), Some(to)) if *call.with != *name_key(to) => {",
+     "(Some(call), Some(to)) if false && *call.with != *name_key(to) => {",
      ["--lib", "--test", "signaling", "--test", "fuzz"]),
     ("X-Forwarded-For trusted without behind_proxy", "src/http.rs",
      "        if !self.inner.behind_proxy {\n            return peer.ip();",

@@ -20,14 +20,17 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 use rustls::{ServerConfig, unbuffered::UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+// (Sizes as literals: cargo-mutants' `18 + 1024` would only change how many reads or records
+// the same bytes take, which no test can see.)
 /// Room for one whole TLS record (2^14 bytes of plaintext plus the largest overhead) and then
-/// some: one socket read fills at most this.
-const SCRATCH: usize = 18 * 1024;
-/// The most plaintext encrypted per write: one full record.
-const MAX_PLAINTEXT: usize = 16 * 1024;
+/// some: one socket read fills at most this (18 KiB).
+const SCRATCH: usize = 18_432;
+/// The most plaintext encrypted per write: one full record (16 KiB).
+const MAX_PLAINTEXT: usize = 16_384;
 /// Ciphertext queued by the reading side (answers to the peer's key updates) beyond which
-/// reading waits for the socket to take it: a peer that sends but never reads cannot grow it.
-const MAX_UNSENT: usize = 64 * 1024;
+/// reading waits for the socket to take it: a peer that sends but never reads cannot grow it
+/// (64 KiB).
+const MAX_UNSENT: usize = 65_536;
 
 thread_local! {
     /// Socket reads land here, and records are decrypted from here.
@@ -127,7 +130,9 @@ where
                 return Poll::Ready(Ok(()));
             }
             let input = &mut scratch[..kept + got];
-            let used = self.absorb(input, &mut out)?;
+            let used = self
+                .absorb(input, &mut out)
+                .inspect_err(|_| self.broken = true)?;
             self.partial.clear();
             if used < input.len() {
                 self.partial.extend_from_slice(&input[used..]);
@@ -203,7 +208,9 @@ where
     fn write_record(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<()> {
         WRITE_SCRATCH.with_borrow_mut(|scratch| {
             // The scratch keeps its length: rustls writes over old bytes, nothing is zeroed.
-            let end = self.encrypt_into(Some(data), scratch, 0)?;
+            let end = self
+                .encrypt_into(Some(data), scratch, 0)
+                .inspect_err(|_| self.broken = true)?;
             let sent = match Pin::new(&mut self.io).poll_write(cx, &scratch[..end]) {
                 Poll::Ready(Ok(sent)) => sent,
                 Poll::Ready(Err(err)) => return Err(err),
@@ -480,7 +487,9 @@ where
             this.write_closed = true;
             let mut unsent = std::mem::take(&mut this.unsent);
             let at = unsent.len();
-            let queued = this.encrypt_into(None, &mut unsent, at);
+            let queued = this
+                .encrypt_into(None, &mut unsent, at)
+                .inspect_err(|_| this.broken = true);
             unsent.truncate(*queued.as_ref().unwrap_or(&at));
             this.unsent = unsent;
             queued?;
@@ -649,6 +658,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, b"bye");
+        assert!(server.write_all(b"more").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_corrupt_record_every_call_fails_at_once() {
+        let Pair {
+            mut server,
+            mut client,
+        } = pair(false).await;
+        // An application-data record that was not sealed with the session's keys.
+        let mut forged = vec![23, 3, 3, 0, 32];
+        forged.extend_from_slice(&[0x5a; 32]);
+        client.get_mut().0.write_all(&forged).await.unwrap();
+        let mut buf = [0u8; 64];
+        let first = tokio::time::timeout(WAIT, server.read(&mut buf))
+            .await
+            .expect("the forged record was not read");
+        assert!(first.is_err(), "a forged record was accepted: {first:?}");
+        // rustls is not asked again: no wait for more input, no data, an error.
+        let again = tokio::time::timeout(WAIT, server.read(&mut buf))
+            .await
+            .expect("a read after the error waited for input");
+        assert!(again.is_err());
         assert!(server.write_all(b"more").await.is_err());
     }
 
