@@ -56,7 +56,7 @@ pub struct TlsStream<IO> {
     read_closed: bool,
     /// close_notify is queued.
     write_closed: bool,
-    /// rustls reported an error: it must not be called again (but for the alert it queued).
+    /// A read or write failed: rustls must not be called again (but for the alert it queued).
     broken: bool,
 }
 
@@ -153,20 +153,10 @@ where
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut input[used..]);
-            let state = match state {
-                Ok(state) => state,
-                Err(err) => return Err(self.fail(err)),
-            };
-            let more = match state {
+            let more = match state.map_err(invalid)? {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
-                        let record = match record {
-                            Ok(record) => record,
-                            Err(err) => {
-                                self.broken = true;
-                                return Err(invalid(err));
-                            }
-                        };
+                        let record = record.map_err(invalid)?;
                         discard += record.discard;
                         deliver(record.payload, out, &mut self.plain);
                     }
@@ -235,11 +225,7 @@ where
             // What rustls sees first must be what it left unconsumed last time.
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut self.partial);
-            let state = match state {
-                Ok(state) => state,
-                Err(err) => return Err(self.fail(err)),
-            };
-            let done = match state {
+            let done = match state.map_err(invalid)? {
                 ConnectionState::WriteTraffic(mut write) => {
                     at = fill(out, at, guess, |buffer: &mut [u8]| match data {
                         Some(data) => write.encrypt(data, buffer),
@@ -258,11 +244,8 @@ where
                 ConnectionState::ReadTraffic(mut traffic) => {
                     // Records are drained as they are read; should one be left, keep it.
                     while let Some(record) = traffic.next_record() {
-                        let Ok(record) = record else {
-                            self.broken = true;
-                            return Err(invalid("a TLS record did not decrypt"));
-                        };
-                        self.plain.extend_from_slice(record.payload);
+                        self.plain
+                            .extend_from_slice(record.map_err(invalid)?.payload);
                     }
                     false
                 }
@@ -300,13 +283,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// Marks the connection unusable: after an error, rustls's view of the input may not
-    /// match ours any more, and feeding it more is not safe.
-    fn fail(&mut self, err: rustls::Error) -> io::Error {
-        self.broken = true;
-        invalid(err)
-    }
-
+    /// After an error, rustls's view of the input may not match ours any more, and feeding
+    /// it more is not safe (it can panic): every call fails instead.
     fn check(&self) -> io::Result<()> {
         if self.broken {
             return Err(invalid("the TLS connection failed earlier"));
