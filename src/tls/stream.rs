@@ -163,11 +163,7 @@ where
                     true
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let at = self.unsent.len();
-                    let end = fill(&mut self.unsent, at, 64, |buffer: &mut [u8]| {
-                        encode.encode(buffer)
-                    })?;
-                    self.unsent.truncate(end);
+                    append(&mut self.unsent, |buffer: &mut [u8]| encode.encode(buffer))?;
                     true
                 }
                 // The bytes are in `unsent`, ahead of anything encrypted later.
@@ -300,12 +296,7 @@ where
         }
         let status = self.conn.process_tls_records(&mut []);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
-            let at = self.unsent.len();
-            if let Ok(end) = fill(&mut self.unsent, at, 64, |buffer: &mut [u8]| {
-                encode.encode(buffer)
-            }) {
-                self.unsent.truncate(end);
-            }
+            let _ = append(&mut self.unsent, |buffer: &mut [u8]| encode.encode(buffer));
         }
         let waker = std::task::Waker::noop();
         let _ = self.poll_send_unsent(&mut Context::from_waker(waker));
@@ -362,6 +353,18 @@ where
             Err(Room::Failed(err)) => return Err(err),
         }
     }
+}
+
+/// Appends what `write` puts out (a handshake message) to the queue `out`; on an error, `out`
+/// is as it was.
+fn append<E>(out: &mut Vec<u8>, write: impl FnMut(&mut [u8]) -> Result<usize, E>) -> io::Result<()>
+where
+    E: Into<Room>,
+{
+    let at = out.len();
+    let end = fill(out, at, 64, write);
+    out.truncate(*end.as_ref().unwrap_or(&at));
+    end.map(drop)
 }
 
 /// Why rustls could not write into a buffer: too small (by how much), or for good.
