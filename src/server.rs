@@ -27,11 +27,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Listen;
 use crate::http::{App, ConnInfo};
-use crate::tls::{Certificates, stream};
+use crate::tls::Certificates;
 
 /// Binds every address `listen` stands for. With port 0 (tests), the first address picks a
 /// free port and the others take the same one. An address this machine does not have (IPv6
@@ -137,10 +138,10 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let app = app.clone();
-        let config = tls.as_ref().map(|tls| tls.current());
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
         let mut stop = stopping.subscribe();
         tokio::spawn(async move {
-            let Some(config) = config else {
+            let Some(acceptor) = acceptor else {
                 let info = ConnInfo { peer, tls: false };
                 let tcp = FirstBytes::new(tcp, first_bytes);
                 return serve_http(&builder, watcher, tcp, app, info).await;
@@ -164,7 +165,7 @@ pub async fn serve(
                     return debug!(%peer, "no TLS handshake within {handshake_timeout:?}");
                 }
             }
-            let handshake = tokio::time::timeout(handshake_timeout, stream::accept(tcp, config));
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(stream)) => stream,

@@ -20,8 +20,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::{TlsConfig, TlsMode};
 
-pub mod stream;
-
 /// The organization name dialtone puts in certificates it makes; only those are ever replaced.
 const ISSUER_MARK: &str = "dialtone self-signed";
 /// A generated certificate is valid this long.

@@ -134,6 +134,9 @@ pub fn turn_credentials(turn: &TurnConfig, name: &str, now: SystemTime) -> (Stri
 enum End {
     /// The client closed (with this code, if it sent one), or the connection dropped.
     Gone(Option<u16>),
+    /// The TCP connection ended without TLS's close_notify: cut (a process that died, a
+    /// network that dropped, or someone truncating the stream), not closed.
+    Truncated,
     /// Nothing heard for two ping intervals.
     Silent,
     /// Our queue to the client filled up.
@@ -154,7 +157,7 @@ enum End {
 impl End {
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            End::Gone(_) | End::SlowReader => return None,
+            End::Gone(_) | End::Truncated | End::SlowReader => return None,
             End::Silent => (CloseCode::Away, "no heartbeat"),
             End::TooBig => (CloseCode::Size, "message too big"),
             End::BadUtf8 => (CloseCode::Invalid, "text frames must be UTF-8"),
@@ -179,7 +182,7 @@ impl End {
     fn keeps_grace(self) -> bool {
         match self {
             End::Gone(code) => code != Some(1000),
-            End::Silent | End::SlowReader | End::ServerShutdown => true,
+            End::Truncated | End::Silent | End::SlowReader | End::ServerShutdown => true,
             End::TooBig
             | End::BadUtf8
             | End::Flooding
@@ -194,6 +197,28 @@ impl End {
         match self {
             End::Gone(code) => code,
             other => other.close_frame().map(|frame| frame.code.into()),
+        }
+    }
+}
+
+/// How a session ended, in the words of the log.
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Gone(None) => f.write_str("the connection closed without a WebSocket close"),
+            End::Gone(Some(code)) => write!(f, "the client closed the WebSocket (code {code})"),
+            End::Truncated => {
+                f.write_str("the connection was cut: it ended without TLS close_notify (truncated)")
+            }
+            End::Silent => f.write_str("nothing heard for two ping intervals"),
+            End::SlowReader => f.write_str("the client stopped reading and its queue filled up"),
+            End::TooBig => f.write_str("a message over max_message_bytes"),
+            End::BadUtf8 => f.write_str("a text frame that is not UTF-8"),
+            End::Flooding => f.write_str("too many messages"),
+            End::NoLogin => f.write_str("no login within login_timeout_secs"),
+            End::NameLost => f.write_str("another instance took its name while Redis was away"),
+            End::TakenOver => f.write_str("logged in again on another connection"),
+            End::ServerShutdown => f.write_str("the server is shutting down"),
         }
     }
 }
@@ -443,7 +468,7 @@ pub async fn serve(
                 && sessions.may_park(settings.limits.max_connections.get()) =>
         {
             let grace = settings.resume_grace.as_secs();
-            info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "connection lost ({end:?}): holding the name and any call for {grace} s");
+            info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "connection lost ({end}): holding the name and any call for {grace} s");
             let relay = shared.relay.clone();
             let who = name.clone();
             sessions.park(held, claim, settings.resume_grace, move || {
@@ -470,8 +495,8 @@ pub async fn serve(
     metrics.closed(end.code());
     match (end, &name) {
         (End::Gone(Some(1000)), Some(_)) => info!(%client, user = name.as_deref(), "logged out"),
-        (End::Gone(_), None) => debug!(%client, "websocket closed"),
-        _ => info!(%client, user = name.as_deref(), "closing websocket: {end:?}"),
+        (End::Gone(_) | End::Truncated, None) => debug!(%client, "websocket closed: {end}"),
+        _ => info!(%client, user = name.as_deref(), "websocket closed: {end}"),
     }
     if end == End::SlowReader {
         // Its writer is stuck on a client that does not read; there is nothing left to flush.
@@ -506,6 +531,8 @@ fn end_for(err: &WsError) -> End {
     match err {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::TooBig,
         WsError::Utf8(_) => End::BadUtf8,
+        // rustls's word for a TCP end without close_notify.
+        WsError::Io(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => End::Truncated,
         _ => End::Gone(None),
     }
 }

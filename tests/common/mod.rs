@@ -470,7 +470,7 @@ pub enum Frame {
 impl Ws {
     /// Reading and writing run in tasks of their own, as in a browser: a write blocked on a
     /// server that is not reading never stops the reading.
-    fn spawn(stream: WebSocketStream<Box<dyn Io>>) -> Ws {
+    pub fn spawn(stream: WebSocketStream<Box<dyn Io>>) -> Ws {
         // Capacity 1: `send` waits while the socket is not taking data, like a real sender.
         let (outgoing, mut to_send) = mpsc::channel::<Message>(1);
         let (deliver, incoming) = mpsc::unbounded_channel();
