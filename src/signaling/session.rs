@@ -15,6 +15,7 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -519,7 +520,13 @@ pub async fn serve(
                 }
             }
         }
-        let _ = (&mut writer).await;
+        if let Ok(Some(sink)) = (&mut writer).await
+            && let Ok(mut socket) = sink.reunite(stream)
+        {
+            // TLS close_notify before the TCP FIN (RFC 8446 §6.1): without it the client
+            // cannot tell our goodbye from someone cutting the connection.
+            let _ = socket.get_mut().shutdown().await;
+        }
     };
     if tokio::time::timeout(CLOSE_GRACE, finish).await.is_err() {
         writer.abort();
@@ -537,31 +544,26 @@ fn end_for(err: &WsError) -> End {
     }
 }
 
+type Sink = futures_util::stream::SplitSink<HyperWebsocketStream, Message>;
+
 /// Owns the socket's write half. Frames already queued are written together before one flush,
-/// so a burst of candidates costs one write, not one per frame.
-async fn write_frames(
-    mut sink: futures_util::stream::SplitSink<HyperWebsocketStream, Message>,
-    mut rx: queue::Receiver<Queued>,
-) {
+/// so a burst of candidates costs one write, not one per frame. Gives the half back after a
+/// clean close, for the TLS goodbye.
+async fn write_frames(mut sink: Sink, mut rx: queue::Receiver<Queued>) -> Option<Sink> {
     'outer: while let Some(frame) = rx.recv().await {
         let mut closing = matches!(*frame, Message::Close(_));
-        if sink.feed(*frame).await.is_err() {
-            return;
-        }
+        sink.feed(*frame).await.ok()?;
         while !closing && let Some(frame) = rx.try_recv() {
             closing = matches!(*frame, Message::Close(_));
-            if sink.feed(*frame).await.is_err() {
-                return;
-            }
+            sink.feed(*frame).await.ok()?;
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
+        sink.flush().await.ok()?;
         if closing {
             break 'outer;
         }
     }
-    let _ = sink.close().await;
+    sink.close().await.ok()?;
+    Some(sink)
 }
 
 /// Handles one text message; returns the reply for the sender, if any. With the memory
