@@ -536,6 +536,16 @@ async fn a_binary_copied_to_an_empty_folder_serves_the_page_and_a_call() {
     let dir = tempfile::tempdir().unwrap();
     let binary = dir.path().join("dialtone");
     std::fs::copy(env!("CARGO_BIN_EXE_dialtone"), &binary).unwrap();
+    // Another test's fork can hold the copy's write descriptor until its exec; running the
+    // copy meanwhile fails with ETXTBSY ("Text file busy"), so wait for that to pass.
+    for _ in 0..100 {
+        match Command::new(&binary).arg("--help").output() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
     let mut command = Command::new(&binary);
     command
         .current_dir(dir.path())
