@@ -570,7 +570,7 @@ fn log_line(running: &Running, user: &str, what: &str) -> String {
 async fn a_tcp_close_without_close_notify_mid_message_is_logged_as_truncated() {
     let (_dir, running, cert) = binary("");
     let port = running.port();
-    for (name, close_notify) in [("alice", false), ("bob", true)] {
+    for (name, close_notify) in [("alice", false), ("bob", true), ("carol", false)] {
         let mut ws = tls_ws(port, &cert, Version::Tls13).await;
         send_json(&mut ws, json!({"type": "login", "username": name})).await;
         assert_eq!(next_json(&mut ws).await["success"], true);
@@ -585,14 +585,20 @@ async fn a_tcp_close_without_close_notify_mid_message_is_logged_as_truncated() {
             tls.shutdown().await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if name == "carol" {
+            // A reset (RST) rather than a FIN: an error, not a truncated stream.
+            ws.get_ref().get_ref().0.set_zero_linger().unwrap();
+        }
         // Dropped without close_notify: the TCP FIN alone, as when a process dies or an
         // attacker cuts the stream.
         drop(ws);
     }
     let cut = log_line(&running, "alice", "websocket closed");
     assert!(cut.contains("truncated"), "{cut}");
-    let clean = log_line(&running, "bob", "websocket closed");
-    assert!(!clean.contains("truncated"), "{clean}");
+    for other in ["bob", "carol"] {
+        let line = log_line(&running, other, "websocket closed");
+        assert!(!line.contains("truncated"), "{line}");
+    }
 }
 
 /// A client renewing its keys before every message it sends, and reading nothing: rustls
