@@ -176,42 +176,17 @@ async fn closed_stdout_and_stderr_do_not_stop_the_server() {
     assert!(running.wait(Duration::from_secs(15)).success());
 }
 
-type Wss =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type Wss = common::TlsWs;
 
 /// A WebSocket over TLS to the binary, trusting only `cert`.
 async fn wss(port: u16, cert: &CertificateDer<'static>) -> Wss {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let tls = common::connector(cert, &[b"http/1.1"])
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let url = format!("wss://localhost:{port}/ws");
-    tokio_tungstenite::client_async(url, tls).await.unwrap().0
-}
-
-async fn next_text(ws: &mut Wss) -> serde_json::Value {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let frame = tokio::time::timeout(common::PATIENCE, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
+    common::wss_to(port, common::connector(cert, &[b"http/1.1"])).await
 }
 
 async fn login(ws: &mut Wss, name: &str) -> serde_json::Value {
-    use futures_util::SinkExt;
-    let message = serde_json::json!({"type": "login", "username": name}).to_string();
-    ws.send(message.into()).await.unwrap();
-    next_text(ws).await
+    let message = serde_json::json!({"type": "login", "username": name});
+    common::send_json(ws, message).await;
+    common::next_json(ws).await
 }
 
 async fn close_frame(ws: &mut Wss) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -395,17 +370,17 @@ async fn the_log_never_carries_sdp_candidates_or_secrets() {
         ))
         .await
         .unwrap();
-    assert_eq!(next_text(&mut bob).await["type"], "offer");
+    assert_eq!(common::next_json(&mut bob).await["type"], "offer");
     bob.send(send(serde_json::json!({"type": "answer",
         "answer": {"type": "answer", "sdp": "v=0\r\na=sdp-answer-51c0\r\n"}})))
         .await
         .unwrap();
-    assert_eq!(next_text(&mut alice).await["type"], "answer");
+    assert_eq!(common::next_json(&mut alice).await["type"], "answer");
     bob.send(send(serde_json::json!({"type": "candidate", "candidate": {
         "candidate": "candidate:candidate-93b1 1 udp 2122260223 203.0.113.77 54321 typ host"}})))
         .await
         .unwrap();
-    assert_eq!(next_text(&mut alice).await["type"], "candidate");
+    assert_eq!(common::next_json(&mut alice).await["type"], "candidate");
     // Refused messages carry payloads too.
     alice
         .send(send(
@@ -414,12 +389,12 @@ async fn the_log_never_carries_sdp_candidates_or_secrets() {
         ))
         .await
         .unwrap();
-    assert_eq!(next_text(&mut alice).await["code"], "unknown-user");
+    assert_eq!(common::next_json(&mut alice).await["code"], "unknown-user");
     alice
         .send(send(serde_json::json!({"type": "close"})))
         .await
         .unwrap();
-    assert_eq!(next_text(&mut bob).await["type"], "close");
+    assert_eq!(common::next_json(&mut bob).await["type"], "close");
 
     running.signal("TERM");
     assert!(running.wait(Duration::from_secs(15)).success());
@@ -637,21 +612,21 @@ async fn call_and_hang_up(alice: &mut Wss, bob: &mut Wss) {
         ))
         .await
         .unwrap();
-    assert_eq!(next_text(bob).await["type"], "offer");
+    assert_eq!(common::next_json(bob).await["type"], "offer");
     bob.send(send(
         serde_json::json!({"type": "answer", "otherUsername": "alice",
         "answer": {"type": "answer", "sdp": "v=0\r\n"}}),
     ))
     .await
     .unwrap();
-    assert_eq!(next_text(alice).await["type"], "answer");
+    assert_eq!(common::next_json(alice).await["type"], "answer");
     alice
         .send(send(
             serde_json::json!({"type": "close", "otherUsername": "bob"}),
         ))
         .await
         .unwrap();
-    assert_eq!(next_text(bob).await["type"], "close");
+    assert_eq!(common::next_json(bob).await["type"], "close");
 }
 
 #[test]

@@ -17,16 +17,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use common::process::{Running, start_in};
-use common::{PATIENCE, TestServer, Ws};
-use futures_util::{SinkExt, StreamExt};
+use common::{PATIENCE, TestServer, TlsWs, Ws, next_json, send_json};
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CipherSuite, ClientConfig, ConnectionTrafficSecrets, ProtocolVersion};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 // Content types (RFC 8446 §5.1).
 const ALERT: u8 = 21;
@@ -508,42 +506,19 @@ fn binary(extra: &str) -> (tempfile::TempDir, Running, CertificateDer<'static>) 
     (dir, running, cert)
 }
 
-type TlsWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
-
+/// TLS to the binary with only `version` offered.
 async fn tls_to(
     port: u16,
     cert: &CertificateDer<'static>,
     version: Version,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(client_config(cert, version)))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    let config = Arc::new(client_config(cert, version));
+    common::tls_to(port, tokio_rustls::TlsConnector::from(config)).await
 }
 
-/// A WebSocket over TLS that reads only when the test says so.
 async fn tls_ws(port: u16, cert: &CertificateDer<'static>, version: Version) -> TlsWs {
-    let tls = tls_to(port, cert, version).await;
-    let url = format!("wss://localhost:{port}/ws");
-    tokio_tungstenite::client_async(url, tls).await.unwrap().0
-}
-
-async fn send_json(ws: &mut TlsWs, message: Value) {
-    ws.send(Message::text(message.to_string())).await.unwrap();
-}
-
-async fn next_json(ws: &mut TlsWs) -> Value {
-    loop {
-        let frame = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("a message within the patience")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
+    let config = Arc::new(client_config(cert, version));
+    common::wss_to(port, tokio_rustls::TlsConnector::from(config)).await
 }
 
 /// The log line that mentions `user`, once it has one that also says `what`.

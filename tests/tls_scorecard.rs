@@ -128,17 +128,19 @@ impl Pki {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    stdout_of(Command::new("openssl").args(args).current_dir(dir));
+}
+
+/// Runs `command` to its end; its standard output, or a panic with both outputs if it failed.
+fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "openssl {}: {}",
-        args.join(" "),
+        "{command:?} failed:\n{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
 }
 
 fn have_openssl() -> bool {
@@ -336,23 +338,17 @@ fn curl_gets_the_page_over_http2_and_http1_on_tls_12_and_13() {
     let port = running.port();
     for http in ["--http2", "--http1.1"] {
         for tls in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"][..]] {
-            let output = Command::new("curl")
-                .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
-                .arg("--cacert")
-                .arg(pki.ca())
-                .arg("--resolve")
-                .arg(format!("localhost:{port}:127.0.0.1"))
-                .args(tls)
-                .arg(http)
-                .args(["--write-out", "\n%{http_version} %{response_code}"])
-                .arg(format!("https://localhost:{port}/"))
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "curl {http} {tls:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
+            let text = stdout_of(
+                Command::new("curl")
+                    .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
+                    .arg("--cacert")
+                    .arg(pki.ca())
+                    .arg("--resolve")
+                    .arg(format!("localhost:{port}:127.0.0.1"))
+                    .args(tls)
+                    .arg(http)
+                    .args(["--write-out", "\n%{http_version} %{response_code}"])
+                    .arg(format!("https://localhost:{port}/")),
             );
             let last = text.lines().last().unwrap_or_default();
             let version = if http == "--http2" { "2" } else { "1.1" };
@@ -371,12 +367,23 @@ struct SClient {
 }
 
 impl SClient {
+    /// s_client to the binary with only `version` offered, trusting only `ca`, once its
+    /// handshake is done.
     fn start(port: u16, ca: &Path, version: &str) -> SClient {
+        let ca = ca.as_os_str();
+        let args = ["-servername", "localhost", "-alpn", "http/1.1", version];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.extend(["-verify_return_error".as_ref(), "-CAfile".as_ref(), ca]);
+        let client = SClient::spawn(port, &args);
+        client.wait_for("Verify return code: 0 (ok)");
+        client
+    }
+
+    /// s_client to the binary with `args`.
+    fn spawn(port: u16, args: &[&std::ffi::OsStr]) -> SClient {
         let mut child = Command::new("openssl")
             .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-            .args(["-servername", "localhost", "-alpn", "http/1.1", version])
-            .args(["-verify_return_error", "-CAfile"])
-            .arg(ca)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -398,9 +405,7 @@ impl SClient {
                 }
             });
         }
-        let client = SClient { child, output };
-        client.wait_for("Verify return code: 0 (ok)");
-        client
+        SClient { child, output }
     }
 
     fn text(&self) -> String {
@@ -501,33 +506,15 @@ fn openssl_s_client_gets_the_page_and_logs_in_on_tls_12_and_13_with_key_updates(
 /// s_client with a GET that ends the connection, so that it stays until the server has sent
 /// its session tickets (after the handshake, in TLS 1.3) and closed; its output.
 fn s_client_session(port: u16, session_flag: &str, session: &Path) -> String {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-tls1_3", "-ign_eof", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(session_flag)
-        .arg(session)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    drop(stdin);
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "s_client did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    reader.join().unwrap()
+    let args = [
+        "-tls1_3".as_ref(),
+        "-ign_eof".as_ref(),
+        session_flag.as_ref(),
+        session.as_os_str(),
+    ];
+    let mut client = SClient::spawn(port, &args);
+    client.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    client.finish()
 }
 
 #[test]
@@ -540,13 +527,11 @@ fn a_tls_13_session_resumes_from_its_ticket_and_is_never_offered_early_data() {
     let session = dir.path().join("session.pem");
     let first = s_client_session(running.port(), "-sess_out", &session);
     assert!(first.contains("New, TLSv1.3"), "{first}");
-    let text = Command::new("openssl")
-        .args(["sess_id", "-noout", "-text", "-in"])
-        .arg(&session)
-        .output()
-        .unwrap()
-        .stdout;
-    let text = String::from_utf8_lossy(&text);
+    let text = stdout_of(
+        Command::new("openssl")
+            .args(["sess_id", "-noout", "-text", "-in"])
+            .arg(&session),
+    );
     // 0-RTT data could be replayed by anyone who recorded it.
     assert!(text.contains("Max Early Data: 0"), "{text}");
     let again = s_client_session(running.port(), "-sess_in", &session);
@@ -562,19 +547,13 @@ fn run_client(program: &str, script: &str) {
         .join(script);
     for version in ["1.2", "1.3"] {
         let name = format!("{program}{}", version.replace('.', ""));
-        let output = Command::new(program)
-            .arg(&script)
-            .arg(running.port().to_string())
-            .arg(pki.ca())
-            .arg(version)
-            .arg(&name)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{program} on TLS {version}:\n{text}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let text = stdout_of(
+            Command::new(program)
+                .arg(&script)
+                .arg(running.port().to_string())
+                .arg(pki.ca())
+                .arg(version)
+                .arg(&name),
         );
         assert!(text.contains("GET HTTP/1.1 200 OK"), "{text}");
         assert!(text.contains(&format!("over TLSv{version}")), "{text}");

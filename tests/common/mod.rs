@@ -412,6 +412,46 @@ pub async fn http1(
     Reply::read(response).await
 }
 
+/// A WebSocket over TLS to a binary a test started, read only when the test says so.
+pub type TlsWs = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// TLS to 127.0.0.1:`port` through `connector`, verifying the name `localhost`.
+pub async fn tls_to(
+    port: u16,
+    connector: tokio_rustls::TlsConnector,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A WebSocket on `/ws` over [`tls_to`].
+pub async fn wss_to(port: u16, connector: tokio_rustls::TlsConnector) -> TlsWs {
+    let tls = tls_to(port, connector).await;
+    let url = format!("wss://localhost:{port}/ws");
+    client_async(url, tls).await.unwrap().0
+}
+
+pub async fn send_json(ws: &mut TlsWs, message: Value) {
+    ws.send(Message::text(message.to_string())).await.unwrap();
+}
+
+/// The next text message as JSON, skipping other frames; panics after [`PATIENCE`].
+pub async fn next_json(ws: &mut TlsWs) -> Value {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message within the patience")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
 pub fn connector(cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
