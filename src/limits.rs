@@ -76,8 +76,7 @@ impl Admission {
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
-        // Never held across an await, and every update leaves the counts consistent.
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.open)
     }
 }
 

@@ -248,7 +248,7 @@ fn reachable(bound: &[SocketAddr]) -> (bool, Vec<SocketAddr>) {
     let mut lan = Vec::new();
     for addr in bound {
         let ips: Vec<IpAddr> = if addr.ip().is_unspecified() {
-            tls::reachable_lan_addresses()
+            dialtone::net::reachable_lan_addresses()
         } else {
             vec![addr.ip()]
         };

@@ -46,7 +46,7 @@ pub struct Snapshot {
     pub calls_ringing: usize,
     pub calls_active: usize,
     /// The built-in TURN relay's figures, when it runs.
-    pub relay: Option<crate::relay::RelaySnapshot>,
+    pub relay: Option<crate::turn::RelaySnapshot>,
 }
 
 impl Default for Metrics {
@@ -252,7 +252,7 @@ pub struct Backplane {
 }
 
 /// The relay's series, written out from its own atomics (they are read, not bumped here).
-fn relay_series(out: &mut String, relay: &crate::relay::RelaySnapshot) {
+fn relay_series(out: &mut String, relay: &crate::turn::RelaySnapshot) {
     use std::fmt::Write;
     let series: [(&str, &str, &str, u64); 6] = [
         (

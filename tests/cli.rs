@@ -483,7 +483,7 @@ fn at_a_terminal_the_banner_draws_a_qr_code_of_the_lan_url() {
     let banner = running.lines();
     let text = running.text();
     assert!(text.contains("Press Ctrl-C to stop."), "{text}");
-    let Some(first_lan) = dialtone::tls::reachable_lan_addresses().first().copied() else {
+    let Some(first_lan) = dialtone::net::reachable_lan_addresses().first().copied() else {
         assert!(!text.contains("scan"), "no LAN address, no code: {text}");
         return;
     };

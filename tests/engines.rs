@@ -54,10 +54,10 @@ async fn redis() -> Option<Engines> {
             .unwrap()
             .cluster
     };
-    let a = Cluster::start(&instance("a"), &Metrics::new())
+    let a = Cluster::start(&instance("a"), Duration::ZERO, &Metrics::new())
         .await
         .unwrap();
-    let b = Cluster::start(&instance("b"), &Metrics::new())
+    let b = Cluster::start(&instance("b"), Duration::ZERO, &Metrics::new())
         .await
         .unwrap();
     assert!(a.is_up() && b.is_up(), "both instances are up");

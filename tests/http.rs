@@ -296,7 +296,7 @@ async fn the_share_code_names_the_address_another_device_can_open() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("content-type"), "image/svg+xml");
     assert!(!reply.header("content-security-policy").is_empty());
-    let base = match dialtone::tls::reachable_lan_addresses().first() {
+    let base = match dialtone::net::reachable_lan_addresses().first() {
         Some(ip) => format!("https://{}", std::net::SocketAddr::new(*ip, port)),
         None => format!("https://localhost:{port}"),
     };

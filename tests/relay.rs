@@ -14,7 +14,7 @@ use common::TestServer;
 use common::coturn::{self, MESSAGES, Relayed, uclient};
 use common::netns::{self, Topology};
 use common::process::{Running, write_config};
-use dialtone::relay::Credentials;
+use dialtone::turn::Credentials;
 use serde_json::{Value, json};
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType, RawAttribute};

@@ -150,7 +150,7 @@ fn auto_mode_covers_localhost_the_host_name_and_every_lan_address() {
     for wanted in ["localhost", "127.0.0.1", "::1", host.as_str()] {
         assert!(listed.iter().any(|n| n == wanted), "{wanted} in {listed:?}");
     }
-    for ip in tls::lan_addresses() {
+    for ip in dialtone::net::lan_addresses() {
         assert!(listed.contains(&ip.to_string()), "{ip} in {listed:?}");
     }
     let validity = parsed.validity();

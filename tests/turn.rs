@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::TestServer;
 use common::coturn::{Coturn, MESSAGES, relay_between_two_clients};
 use dialtone::config::{Config, TurnConfig};
-use dialtone::signaling::session::turn_credentials;
+use dialtone::signaling::turn_credentials;
 use serde_json::Value;
 
 const SECRET: &str = "north-wind-and-sun";

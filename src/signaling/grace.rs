@@ -57,10 +57,7 @@ struct Mailbox {
 
 impl Mailbox {
     fn slot(&self) -> MutexGuard<'_, Option<Handoff>> {
-        // The slot is whole between statements: a poisoned lock holds a valid value.
-        self.request
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.request)
     }
 }
 
@@ -142,15 +139,13 @@ fn digest(token: &str) -> [u8; 32] {
 
 /// Equal digests, in time that does not depend on where they differ.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(&a[..], &b[..]).into()
 }
 
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Holder>> {
-        // Only inserts and removes happen under this lock; the map is whole between them.
-        self.holders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Only inserts and removes happen under this lock.
+        crate::sync::lock(&self.holders)
     }
 
     /// After a login (fresh, or by token): `token` is now the one that takes `name` back, and

@@ -36,10 +36,7 @@ impl Presence {
 
     /// The list as last broadcast, if one was.
     pub fn current(&self) -> Option<Message> {
-        self.last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        crate::sync::lock(&self.last).clone()
     }
 }
 
@@ -79,10 +76,7 @@ async fn run(registry: Registry, presence: Weak<Presence>) {
             continue;
         }
         let message = Message::text(frame(&online));
-        *presence
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(message.clone());
+        *crate::sync::lock(&presence.last) = Some(message.clone());
         registry.broadcast(&message);
         shown = Some(online);
         drop(presence);

@@ -42,11 +42,8 @@ struct Chan<T> {
 
 impl<T> Chan<T> {
     fn lock(&self) -> MutexGuard<'_, Slots<T>> {
-        // Every change under this lock is a single push, pop or flag: a poisoned lock still
-        // holds a whole queue.
-        self.slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every change under this lock is a single push, pop or flag.
+        crate::sync::lock(&self.slots)
     }
 }
 

@@ -10,29 +10,29 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use hyper_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::grace::{self, Claim, Handoff, Held, Sessions};
-use super::presence::Presence;
+use super::Signaling;
+use super::grace::{self, Claim, Handoff, Held};
 use super::protocol::{
     ClientMessage, CloseReason, LoginFailure, ServerMessage, same_name, validate_name,
 };
 use super::queue;
 use super::registry::{
-    CallState, Connection, LoggedIn, Outbox, Queued, Registry, Relay, RelayError, Resumed, Tokens,
+    CallState, Connection, LoggedIn, Outbox, Queued, Relay, RelayError, Resumed, Tokens,
 };
-use crate::config::{Config, IceServer, Limits, TurnConfig};
+use crate::config::Limits;
 use crate::limits::{Flood, Permit, TokenBucket, Verdict};
 use crate::metrics::Metrics;
-use crate::relay::TurnRelay;
+use crate::turn::TurnRelay;
 
 /// Frames waiting for one client. A browser's burst of ICE candidates is a few dozen; a queue
 /// this deep that is still full means the client stopped reading.
@@ -43,91 +43,15 @@ const QUEUE_FRAMES: usize = 256;
 /// and an idle socket has seen none. (0 made every frame its own write: bench/RESULTS.md.)
 // (A literal: a mutated `8 * 1024` would only change how much a burst gathers, which no test
 // can see; bench/run measures it.)
-const WRITE_BUFFER: usize = 8192;
+pub(crate) const WRITE_BUFFER: usize = 8192;
 /// How long a closing socket gets to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// What all sessions share: the registry, the settings, the metrics.
-#[derive(Debug)]
-pub struct Shared {
-    pub registry: Registry,
-    pub settings: Settings,
-    pub metrics: Metrics,
-    /// Reconnect tokens, and the users held in grace.
-    pub sessions: Arc<Sessions>,
-    /// Who's online, when `[presence] enabled`.
-    pub presence: Option<Arc<Presence>>,
-    /// The built-in TURN relay, when `[turn_server] enabled`.
-    pub relay: Option<TurnRelay>,
-}
-
-/// What every session needs from the configuration.
-#[derive(Debug)]
-pub struct Settings {
-    pub ping_interval: Duration,
-    pub max_message_bytes: usize,
-    pub ice_servers: Vec<IceServer>,
-    pub turn: Option<TurnConfig>,
-    pub limits: Limits,
-    /// How long a dropped user's name and call are held (0: not at all), and how long a
-    /// request to resume a call waits for the other side.
-    pub resume_grace: Duration,
-}
-
-impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
-        Settings {
-            ping_interval: config.websocket.ping_interval(),
-            max_message_bytes: config.websocket.max_message_bytes.0,
-            ice_servers: config.ice_servers.clone(),
-            turn: config.turn.clone(),
-            limits: config.limits.clone(),
-            resume_grace: config.websocket.resume_grace(),
-        }
-    }
-
-    /// tungstenite's settings. Its read buffer is allocated up front for every socket (the
-    /// default 128 KiB would cost 1.3 GB for 10,000 idle users), and it is also the most
-    /// one read asks for. Over TLS the reads come out of rustls's own buffer, with no system
-    /// call, so 512 bytes costs nothing; on plain TCP each read is a system call. 1 KiB there
-    /// holds four candidates a read and saves 1 KB per idle connection against 2 KiB, for
-    /// ~6 % more CPU per message at the maximum rate (bench/README.md, issue 13's note).
-    /// Frames and messages are capped at the configured maximum.
-    pub fn websocket_config(&self, over_tls: bool) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(if over_tls { 512 } else { 1024 })
-            .write_buffer_size(WRITE_BUFFER)
-            .max_message_size(Some(self.max_message_bytes))
-            .max_frame_size(Some(self.max_message_bytes))
-    }
-
-    /// The `iceServers` for one login, with TURN credentials minted for `name`.
-    fn ice_servers_for(&self, name: &str, now: SystemTime) -> Vec<IceServer> {
-        let mut servers = self.ice_servers.clone();
-        if let Some(turn) = &self.turn {
-            let (username, credential) = turn_credentials(turn, name, now);
-            servers.push(IceServer {
-                urls: turn.urls.clone(),
-                username: Some(username),
-                credential: Some(credential),
-            });
-        }
-        servers
-    }
-}
 
 /// A user left for good: their allocations on the built-in relay go too.
 fn forget_allocations(relay: Option<TurnRelay>, name: Option<String>) {
     if let (Some(relay), Some(name)) = (relay, name) {
         tokio::spawn(async move { relay.forget(&name).await });
     }
-}
-
-/// coturn's TURN REST scheme (`--use-auth-secret`): the username is `expiry:name`, the
-/// password is base64(HMAC-SHA1(secret, username)).
-pub fn turn_credentials(turn: &TurnConfig, name: &str, now: SystemTime) -> (String, String) {
-    // The built-in relay checks the same scheme: one implementation mints for both.
-    crate::relay::Credentials::new(turn.secret.0.as_bytes(), "", turn.ttl.get()).mint(name, now)
 }
 
 /// Why a session ended, which decides the Close frame it sends.
@@ -306,7 +230,7 @@ fn next_wake(next_ping: Instant, silent_at: Instant, waits: [Option<Instant>; 2]
 /// admission counts until then.
 pub async fn serve(
     websocket: HyperWebsocket,
-    shared: Arc<Shared>,
+    shared: Arc<Signaling>,
     client: IpAddr,
     permit: Permit,
     mut shutdown: watch::Receiver<bool>,
@@ -586,7 +510,7 @@ async fn handle(
     conn: &mut Connection,
     standing: &mut Standing,
     text: &str,
-    shared: &Shared,
+    shared: &Signaling,
     allowance: &mut Allowance,
     this: This<'_>,
 ) -> Option<String> {
@@ -782,7 +706,7 @@ async fn login(
     standing: &mut Standing,
     name: &str,
     token: Option<&str>,
-    shared: &Shared,
+    shared: &Signaling,
     allowance: &mut Allowance,
     this: This<'_>,
 ) -> Option<String> {
@@ -892,32 +816,8 @@ async fn login(
 
 /// A page that just logged in gets the presence list at once (after the login reply), not at
 /// the next change.
-fn send_presence(shared: &Shared, outbox: &Outbox) {
+fn send_presence(shared: &Signaling, outbox: &Outbox) {
     if let Some(frame) = shared.presence.as_ref().and_then(|p| p.current()) {
         outbox.deliver(frame);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{IceUrl, Secret, Urls};
-    use std::num::NonZeroU64;
-
-    #[test]
-    fn turn_credentials_match_an_independent_vector() {
-        // Computed with Python, independently of this code:
-        // python3 -c "import hmac,hashlib,base64; u=b'1700086400:alice';
-        //   print(base64.b64encode(hmac.new(b'north-wind', u, hashlib.sha1).digest()).decode())"
-        // -> 2cdv8ItP/4kX53j3SEoTDhjFpeM=
-        let turn = TurnConfig {
-            urls: Urls::One(IceUrl("turn:turn.example:3478".into())),
-            secret: Secret("north-wind".into()),
-            ttl: NonZeroU64::new(86_400).unwrap(),
-        };
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let (username, credential) = turn_credentials(&turn, "alice", now);
-        assert_eq!(username, "1700086400:alice");
-        assert_eq!(credential, "2cdv8ItP/4kX53j3SEoTDhjFpeM=");
     }
 }

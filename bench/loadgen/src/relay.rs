@@ -345,7 +345,7 @@ struct Client {
 impl Client {
     async fn allocate(server: SocketAddr, name: &str) -> anyhow::Result<Client> {
         let socket = UdpSocket::bind((CLIENT_IP, 0)).await?;
-        let credentials = dialtone::relay::Credentials::new(SECRET.as_bytes(), REALM, 3600);
+        let credentials = dialtone::turn::Credentials::new(SECRET.as_bytes(), REALM, 3600);
         let (username, password) = credentials.mint(name, SystemTime::now());
         let transport = || -> Box<dyn Setter> {
             Box::new(RequestedTransport {

@@ -45,6 +45,7 @@ use crate::config::ClusterConfig;
 use crate::metrics::{Backplane, Metrics};
 use crate::signaling::protocol::{LoginFailure, name_key, same_name};
 use crate::signaling::queue;
+use crate::sync::lock;
 
 /// Most commands in flight on the shared connection; beyond it a command fails at once
 /// instead of queueing in memory.
@@ -155,7 +156,7 @@ struct Inner {
     reclaim: AtomicBool,
     /// Milliseconds the partner of a user whose instance vanished waits for a resume
     /// (`[websocket] resume_grace_secs`); 0 tells the partner at once.
-    hold_ms: AtomicU64,
+    hold_ms: u64,
     next_sid: AtomicU64,
     tasks: Mutex<Vec<AbortHandle>>,
     /// Why the backplane last failed, for the log.
@@ -224,19 +225,15 @@ impl Cluster {
     /// Connects to Redis, subscribes to this instance's channel and takes the lease before
     /// returning, so no socket is accepted before messages for it can arrive. If Redis cannot
     /// be reached, the instance starts anyway, unavailable, and keeps trying.
-    pub async fn start(config: &ClusterConfig, metrics: &Metrics) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        config: &ClusterConfig,
+        resume_grace: Duration,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Cluster> {
         let url = config
             .redis_url
             .as_ref()
             .context("no Redis URL: set [cluster] redis_url or REDIS_URL")?;
-        if config.lease_ms.get() < 2 * config.heartbeat_ms.get() {
-            anyhow::bail!(
-                "[cluster] lease_ms ({}) must be at least twice heartbeat_ms ({}): one late \
-                 heartbeat must not lose the lease",
-                config.lease_ms,
-                config.heartbeat_ms
-            );
-        }
         let mut info = url
             .as_str()
             .into_connection_info()
@@ -272,11 +269,6 @@ impl Cluster {
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .context("cannot set up the Redis connection")?;
         let id = instance_id(config);
-        if id.is_empty() || id.contains(char::is_control) {
-            anyhow::bail!(
-                "[cluster] instance_id must be a non-empty name without control characters"
-            );
-        }
         let prefix = config.key_prefix.clone();
         let backplane = metrics.backplane();
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
@@ -307,7 +299,7 @@ impl Cluster {
                 probes_heard: AtomicU64::new(0),
                 resubscribe: Notify::new(),
                 reclaim: AtomicBool::new(false),
-                hold_ms: AtomicU64::new(0),
+                hold_ms: u64::try_from(resume_grace.as_millis()).unwrap_or(u64::MAX),
                 next_sid: AtomicU64::new(first_session_id()),
                 tasks: Mutex::new(Vec::new()),
                 last_error: Mutex::new(String::new()),
@@ -356,12 +348,6 @@ impl Cluster {
             name: None,
             pending: Arc::default(),
         }
-    }
-
-    /// How long the partner of a user whose instance vanished waits for them to resume.
-    pub fn set_resume_grace(&self, grace: Duration) {
-        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        self.inner.hold_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn is_up(&self) -> bool {
@@ -498,7 +484,7 @@ impl Cluster {
                 inner
                     .invoke(&inner.scripts.reap)
                     .arg("leave")
-                    .arg(inner.hold_ms.load(Ordering::Relaxed)),
+                    .arg(inner.hold_ms),
             )
             .await;
         match done {
@@ -519,7 +505,7 @@ impl Cluster {
 /// names).
 fn instance_id(config: &ClusterConfig) -> String {
     if let Some(id) = &config.instance_id {
-        return id.clone();
+        return id.as_str().to_owned();
     }
     let name = std::env::var("DYNO")
         .ok()
@@ -542,14 +528,6 @@ fn first_session_id() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
     (now.saturating_sub(EPOCH_2026_MS) << 12) | 1
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Held only for map operations and non-blocking sends; the data stays consistent
-    // between statements, so a poisoned lock is carried on with.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The call a side has after a relayed message of `kind` between it and `with` (at `at`,
@@ -665,7 +643,7 @@ impl Inner {
         invocation
             .arg(self.lease.as_millis() as u64)
             .arg(if overwrite_calls { "1" } else { "0" })
-            .arg(self.hold_ms.load(Ordering::Relaxed))
+            .arg(self.hold_ms)
             .arg(token);
         for (name, sid, call, ver) in names {
             let (peer, state) = match call {
@@ -1106,7 +1084,7 @@ impl Inner {
                 "reap",
                 self.invoke(&self.scripts.reap)
                     .arg("reap")
-                    .arg(self.hold_ms.load(Ordering::Relaxed)),
+                    .arg(self.hold_ms),
             )
             .await;
         if let Ok([reaped, live]) = reply

@@ -129,11 +129,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock would be a bug in the few lines below that take it;
-        // the map stays consistent between statements, so carrying on is safe.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 

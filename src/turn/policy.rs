@@ -5,32 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Deserialize;
-
-/// `[turn_server] peers`: what the relay may send to, beyond the addresses always denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Peers {
-    /// Only dialtone's own relay addresses. In a 1-to-1 call both browsers relay through this
-    /// server, so each side's peer is the other side's relay address: that is enough.
-    #[default]
-    RelayOnly,
-    /// Also the private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
-    Lan,
-    /// Any public unicast address, and the private ranges.
-    Public,
-}
-
-impl Peers {
-    /// As written in the config file.
-    pub fn label(self) -> &'static str {
-        match self {
-            Peers::RelayOnly => "relay-only",
-            Peers::Lan => "lan",
-            Peers::Public => "public",
-        }
-    }
-}
+pub use crate::config::Peers;
 
 /// Why a peer is refused, for the log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +205,7 @@ mod tests {
 
     #[test]
     fn labels_are_what_the_config_file_says() {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct Table {
             peers: Peers,
         }

@@ -100,7 +100,7 @@ impl Guard {
     /// there is no fresh nonce, this request goes to the crate (at most once a second) so
     /// that its answer brings one, and the others wait for it.
     fn challenge(&self, message: &Message, now: Instant) -> Verdict {
-        let mut nonce = self.nonce.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nonce = crate::sync::lock(&self.nonce);
         match &nonce.current {
             Some((text, since)) if now.saturating_duration_since(*since) < NONCE_REUSE => {
                 let text = text.clone();
@@ -139,14 +139,14 @@ impl Guard {
             return;
         }
         if let Ok(text) = TextAttribute::get_from_as(&message, ATTR_NONCE) {
-            let mut nonce = self.nonce.lock().unwrap_or_else(|p| p.into_inner());
+            let mut nonce = crate::sync::lock(&self.nonce);
             nonce.current = Some((text.text, Instant::now()));
         }
     }
 
     /// Whether `client` is within its request rate.
     fn within_rate(&self, client: IpAddr, now: Instant) -> bool {
-        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rates = crate::sync::lock(&self.rates);
         if rates.len() >= TRACKED_ADDRESSES && !rates.contains_key(&client) {
             // Forgetting an address only gives it a fresh burst.
             rates.clear();

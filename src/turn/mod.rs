@@ -121,10 +121,7 @@ pub struct RelaySnapshot {
 
 impl State {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Allocations> {
-        // Nothing panics while holding it; a poisoned lock still holds consistent counts.
-        self.allocations
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.allocations)
     }
 
     /// Whether `client` has an open allocation made with `username`: such a client may go
