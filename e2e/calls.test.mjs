@@ -198,7 +198,7 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () =
     await login(page, 'alice');
   });
 
-  test('a call through nginx, configured as the README says, with dialtone behind it in plain HTTP', { skip: noNginx ?? false, timeout: 30000 }, async () => {
+  test('a call through nginx, configured as docs/deployment.md says, with dialtone behind it in plain HTTP', { skip: noNginx ?? false, timeout: 30000 }, async () => {
     const server = await start({ tls: 'off', behindProxy: true });
     const nginx = await startNginx(server.port);
     try {

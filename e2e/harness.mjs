@@ -137,12 +137,12 @@ export function haveNginx() {
   return spawnSync('nginx', ['-v']).status === 0;
 }
 
-/** The README's nginx example, as a reader copies it, with the lines a reader edits edited. */
+/** docs/deployment.md's nginx example, as a reader copies it, with the lines a reader edits edited. */
 function readmeNginx({ port, cert, key, upstream }) {
-  const readme = readFileSync(join(repo, 'README.md'), 'utf8');
-  const section = readme.split('## Behind a reverse proxy')[1] ?? '';
+  const docs = readFileSync(join(repo, 'docs', 'deployment.md'), 'utf8');
+  const section = docs.split('## Behind a reverse proxy')[1] ?? '';
   const block = section.split('```nginx\n')[1]?.split('```')[0];
-  if (!block) throw new Error('README.md has no nginx block under "Behind a reverse proxy"');
+  if (!block) throw new Error('docs/deployment.md has no nginx block under "Behind a reverse proxy"');
   const edits = [
     ['listen 443 ssl;', `listen 127.0.0.1:${port} ssl;`],
     ['/etc/letsencrypt/live/calls.example.com/fullchain.pem', cert],
@@ -150,14 +150,14 @@ function readmeNginx({ port, cert, key, upstream }) {
     ['proxy_pass http://127.0.0.1:8080;', `proxy_pass http://127.0.0.1:${upstream};`],
   ];
   return edits.reduce((text, [from, to]) => {
-    if (!text.includes(from)) throw new Error(`the README's nginx block has no ${JSON.stringify(from)}`);
+    if (!text.includes(from)) throw new Error(`the documented nginx block has no ${JSON.stringify(from)}`);
     return text.replace(from, to);
   }, block);
 }
 
 /**
  * A real nginx terminating TLS with the suite's certificate (so the browsers trust it) in
- * front of dialtone on `upstream`, configured with the README's example; its config, log and
+ * front of dialtone on `upstream`, configured with docs/deployment.md's example; its config, log and
  * PID in a temporary folder, stopped by its PID.
  */
 export async function startNginx(upstream) {

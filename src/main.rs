@@ -17,14 +17,17 @@ use tracing::info;
 /// WebRTC video calls between two people: serves the call page over HTTPS and relays
 /// signaling between browsers over a WebSocket on the same port.
 ///
-/// Settings come from a TOML file (see the commented config.toml in the repository). With
-/// the PORT environment variable set (Heroku), dialtone listens on 0.0.0.0:$PORT in plain
-/// HTTP behind the platform's TLS router. Log detail follows RUST_LOG (default: info).
+/// Settings come from a TOML file: config.toml in the repository lists every key, commented,
+/// with its default (docs/configuration.md explains them). With the PORT environment variable
+/// set (Heroku), dialtone listens on 0.0.0.0:$PORT in plain HTTP behind the platform's TLS
+/// router. Log detail follows RUST_LOG (default: info).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// The config file. Without this flag, config.toml in the working directory is read if
-    /// it exists, and built-in defaults are used if it does not.
+    /// The config file. Without this flag, dialtone reads config.toml in the directory it is
+    /// started from (the working directory, not the binary's folder: under the systemd unit,
+    /// /var/lib/dialtone), and uses the built-in defaults if there is none there. Generated
+    /// certificates go to certs/ in that same directory.
     #[arg(long, short, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Listen here instead of the config's `listen`, e.g. 127.0.0.1:9000, localhost:8443 or

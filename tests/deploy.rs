@@ -287,6 +287,25 @@ fn the_systemd_unit_verifies() {
     ] {
         assert!(unit.lines().any(|line| line == directive), "{directive}");
     }
+    // `systemctl help dialtone` opens dialtone's own pages, which the install lines put
+    // where Documentation= says.
+    let documentation = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Documentation="))
+        .expect("the unit names its documentation");
+    let installed = "/usr/local/share/doc/dialtone";
+    assert!(unit.contains(&format!("-t {installed} README.md config.toml docs/*.md")));
+    for url in documentation.split_whitespace() {
+        let name = url
+            .strip_prefix(&format!("file:{installed}/"))
+            .unwrap_or_else(|| panic!("{url} is not one of the installed pages"));
+        let source = if name == "README.md" {
+            root.join(name)
+        } else {
+            root.join("docs").join(name)
+        };
+        assert!(source.is_file(), "{url}: no {}", source.display());
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dialtone.service");
     let unit = unit.replace("/usr/local/bin/dialtone", env!("CARGO_BIN_EXE_dialtone"));

@@ -15,7 +15,7 @@ use dialtone::signaling::protocol::LoginFailure;
 use dialtone::signaling::queue;
 use dialtone::signaling::registry::cluster::Cluster;
 use dialtone::signaling::registry::{
-    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError, Tokens,
+    CallState, Connection, Outbox, Queued, Registry, Relay, RelayError, Sent, Tokens,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -94,6 +94,7 @@ both_engines!(
     a_senders_messages_arrive_in_order,
     a_name_is_one_user_whatever_its_case,
     the_presence_list_is_sorted_bounded_and_marks_busy,
+    only_a_new_call_and_the_answer_to_its_ringing_begin_something,
 );
 
 impl Engines {
@@ -153,7 +154,7 @@ impl User {
     }
 
     async fn offer(&self, to: &str, text: &str) -> Result<Arc<str>, RelayError> {
-        self.conn.offer(to, text.to_owned()).await
+        self.sent_offer(to, text).await.map(|sent| sent.to)
     }
 
     async fn relay(
@@ -162,6 +163,14 @@ impl User {
         to: Option<&str>,
         text: &str,
     ) -> Result<Arc<str>, RelayError> {
+        self.sent(kind, to, text).await.map(|sent| sent.to)
+    }
+
+    async fn sent_offer(&self, to: &str, text: &str) -> Result<Sent, RelayError> {
+        self.conn.offer(to, text.to_owned()).await
+    }
+
+    async fn sent(&self, kind: Relay, to: Option<&str>, text: &str) -> Result<Sent, RelayError> {
         self.conn.relay(kind, to, text.to_owned()).await
     }
 }
@@ -529,6 +538,53 @@ async fn a_senders_messages_arrive_in_order(engines: Engines) {
     }
     assert_eq!(alice.next().await, "answer");
     assert!(!bob.rx.bell().notified_now(), "no queue filled up");
+}
+
+/// What sessions log calls by: the offer that starts a call and the answer that takes it
+/// from ringing to active say so; renegotiations, candidates and hang-ups do not.
+async fn only_a_new_call_and_the_answer_to_its_ringing_begin_something(engines: Engines) {
+    let mut alice = engines.user(0, "alice").await;
+    let mut bob = engines.user(1, "Bob").await;
+    let began = |to: &str, began: bool| {
+        Ok(Sent {
+            to: Arc::from(to),
+            began,
+        })
+    };
+    assert_eq!(alice.sent_offer("bob", "offer").await, began("Bob", true));
+    assert_eq!(bob.next().await, "offer");
+    assert_eq!(
+        bob.sent(Relay::Candidate, None, "c").await,
+        began("alice", false)
+    );
+    assert_eq!(
+        bob.sent(Relay::Answer, None, "answer").await,
+        began("alice", true)
+    );
+    assert_eq!(
+        alice.sent_offer("BOB", "re-offer").await,
+        began("Bob", false)
+    );
+    assert_eq!(
+        bob.sent(Relay::Answer, None, "re-answer").await,
+        began("alice", false)
+    );
+    assert_eq!(
+        alice.sent(Relay::Close, None, "bye").await,
+        began("Bob", false)
+    );
+    for expected in ["c", "answer", "re-answer"] {
+        assert_eq!(alice.next().await, expected);
+    }
+    for expected in ["re-offer", "bye"] {
+        assert_eq!(bob.next().await, expected);
+    }
+    // After the hang-up, a new offer begins a new call, and a decline ends it unbegun.
+    assert_eq!(bob.sent_offer("alice", "again").await, began("alice", true));
+    assert_eq!(
+        alice.sent(Relay::Decline, None, "no").await,
+        began("Bob", false)
+    );
 }
 
 trait NotifiedNow {

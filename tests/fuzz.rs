@@ -3,14 +3,13 @@
 //! message must parse to; who must receive which frame), not only for not panicking.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use dialtone::signaling::protocol::{ClientMessage, LoginFailure, ProtocolError};
 // The in-memory engine's synchronous API: the model checks every step at once. The same rules
 // run against the Redis engine in tests/engines.rs.
 use dialtone::signaling::queue;
 use dialtone::signaling::registry::memory::{Connection, Registry};
-use dialtone::signaling::registry::{CallState, Outbox, Queued, Relay, RelayError};
+use dialtone::signaling::registry::{CallState, Outbox, Queued, Relay, RelayError, Sent};
 use futures_util::FutureExt;
 use hyper_tungstenite::tungstenite::Message;
 use proptest::prelude::*;
@@ -295,7 +294,7 @@ impl Model {
         Ok(())
     }
 
-    fn offer(&mut self, c: usize, to: &'static str, frame: &str) -> Result<Arc<str>, RelayError> {
+    fn offer(&mut self, c: usize, to: &'static str, frame: &str) -> Result<Sent, RelayError> {
         let me = self.names[c].ok_or(RelayError::NotLoggedIn)?;
         if me == to {
             return Err(RelayError::SelfCall);
@@ -303,17 +302,21 @@ impl Model {
         if !self.users.contains_key(to) {
             return Err(RelayError::UnknownUser(to.into()));
         }
-        match self.calls.get(me) {
-            Some((with, _)) if *with == to => {}
+        let began = match self.calls.get(me) {
+            Some((with, _)) if *with == to => false,
             Some((with, _)) => return Err(RelayError::AlreadyInCall((*with).into())),
             None if self.calls.contains_key(to) => return Err(RelayError::Busy(to.into())),
             None => {
                 self.calls.insert(me, (to, CallState::Calling));
                 self.calls.insert(to, (me, CallState::Ringing));
+                true
             }
-        }
+        };
         self.deliver_to(to, frame.to_owned());
-        Ok(to.into())
+        Ok(Sent {
+            to: to.into(),
+            began,
+        })
     }
 
     fn relay(
@@ -322,8 +325,12 @@ impl Model {
         kind: Relay,
         to: Option<&'static str>,
         frame: &str,
-    ) -> Result<Arc<str>, RelayError> {
+    ) -> Result<Sent, RelayError> {
         let me = self.names[c].ok_or(RelayError::NotLoggedIn)?;
+        let ringing = self
+            .calls
+            .get(me)
+            .is_some_and(|(_, state)| *state == CallState::Ringing);
         let partner = match (self.calls.get(me), to) {
             (None, None) => return Err(RelayError::NoCall),
             (Some((with, _)), Some(to)) if *with != to => {
@@ -344,7 +351,10 @@ impl Model {
             Relay::Candidate | Relay::Media => {}
         }
         self.deliver_to(partner, frame.to_owned());
-        Ok(partner.into())
+        Ok(Sent {
+            to: partner.into(),
+            began: kind == Relay::Answer && ringing,
+        })
     }
 
     fn drop_socket(&mut self, c: usize) {

@@ -1,4 +1,4 @@
-//! dialtone behind a real nginx or Caddy that terminates TLS, configured with the README's
+//! dialtone behind a real nginx or Caddy that terminates TLS, configured with docs/deployment.md's
 //! examples: the page and the signaling socket go through it, the users' own addresses reach
 //! the log, and the two usual mistakes with nginx (`behind_proxy` left off, a proxy that
 //! drops the port from `Host`) each give a warn line that says what to change.
@@ -16,7 +16,7 @@ use serde_json::json;
 const ALICE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 const BOB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 
-/// The binary with TLS off on loopback, as the README's section says to run it.
+/// The binary with TLS off on loopback, as docs/deployment.md says to run it.
 fn dialtone(dir: &std::path::Path, behind_proxy: bool) -> Running {
     let extra = format!("behind_proxy = {behind_proxy}\n[tls]\nmode = \"off\"\n");
     start_in(dir, &extra).1

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use common::TestServer;
 use common::coturn::{self, MESSAGES, Relayed, uclient};
 use common::netns::{self, Topology};
-use common::process::{Running, write_config};
+use common::process::{Running, start_in, write_config};
 use dialtone::turn::Credentials;
 use serde_json::{Value, json};
 use stun::agent::TransactionId;
@@ -600,4 +600,25 @@ fn clients_that_cannot_reach_each_other_relay_through_dialtone() {
         );
     }
     assert!(!running.log().contains("WARN"), "{}", running.log());
+}
+
+/// A relay address that only this machine reaches is said at start, with what to set; one
+/// a browser can reach (the namespace test above) gives no warning.
+#[test]
+fn a_loopback_external_address_is_warned_about_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, running) = start_in(
+        dir.path(),
+        "[tls]\nmode = \"off\"\n[turn_server]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let log = running.wait_for_log("a loopback address");
+    let line = log
+        .lines()
+        .find(|line| line.contains("a loopback address"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("127.0.0.1") && line.contains("external_ip"),
+        "{line}"
+    );
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod values;
+pub mod values;
 
 pub use values::{
     IceUrl, InstanceId, Listen, MessageLimit, Origin, Peers, PortRange, RedisUrl, Secret, Urls,

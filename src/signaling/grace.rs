@@ -47,7 +47,7 @@ pub type Handoff = oneshot::Sender<Held>;
 
 /// Where a reconnecting login leaves its request for the holder: one slot, since a second
 /// request while one is pending loses anyway. (A tokio mpsc channel here cost every logged-in
-/// user ~750 bytes, idle or not: issue 13's note.)
+/// user ~750 bytes, idle or not, in bench/run's idle-memory figure.)
 #[derive(Default)]
 struct Mailbox {
     request: Mutex<Option<Handoff>>,

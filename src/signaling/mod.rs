@@ -75,7 +75,7 @@ impl Settings {
     /// one read asks for. Over TLS the reads come out of rustls's own buffer, with no system
     /// call, so 512 bytes costs nothing; on plain TCP each read is a system call. 1 KiB there
     /// holds four candidates a read and saves 1 KB per idle connection against 2 KiB, for
-    /// ~6 % more CPU per message at the maximum rate (bench/README.md, issue 13's note).
+    /// ~6 % more CPU per message at the maximum rate (measured with bench/run, see bench/README.md).
     /// Frames and messages are capped at the configured maximum.
     pub fn websocket_config(&self, over_tls: bool) -> WebSocketConfig {
         WebSocketConfig::default()

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::Notify;
 
 /// Why a frame was not queued.
@@ -171,6 +172,49 @@ impl<T> Receiver<T> {
     }
 }
 
+/// What a socket's queue holds. Boxed so that a queue's slots, which stay allocated at the
+/// most it ever held, are 8 bytes each rather than a `Message`'s 56.
+pub type Queued = Box<Message>;
+
+/// The way into one socket: its bounded queue, whose bell rings when that queue is full.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: Sender<Queued>,
+}
+
+impl Outbox {
+    pub fn new(tx: Sender<Queued>) -> Outbox {
+        Outbox { tx }
+    }
+
+    /// Queues a frame without waiting. A full queue means the client stopped reading: the
+    /// bell rings and it is told to go (its session drops it) instead of letting the queue
+    /// grow.
+    pub fn deliver(&self, frame: Message) -> bool {
+        self.tx.try_send(Box::new(frame)).is_ok()
+    }
+
+    /// What the socket's owner waits on: a full queue, or an eviction.
+    pub fn bell(&self) -> &Notify {
+        self.tx.bell()
+    }
+}
+
+impl Outbox {
+    /// Rings the bell without a full queue: the engine took the name away (another instance
+    /// holds it now), and the session must end.
+    pub fn evict(&self) {
+        self.bell().notify_one();
+    }
+
+    /// Queues everything waiting in `held` (frames kept for a user in grace), in order.
+    pub fn take_from(&self, held: &mut Receiver<Queued>) {
+        while let Some(frame) = held.try_recv() {
+            self.deliver(*frame);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +281,28 @@ mod tests {
         drop(rx);
         assert_eq!(Arc::strong_count(&item), 1, "the queued item was dropped");
         assert!(matches!(tx.try_send(item), Err(TrySendError::Closed(_))));
+    }
+
+    #[test]
+    fn a_full_queue_rings_the_bell_instead_of_growing() {
+        let (tx, _rx) = channel(1);
+        let outbox = Outbox::new(tx);
+        assert!(outbox.deliver(Message::text("1")));
+        assert!(!outbox.deliver(Message::text("2")));
+        // The stored permit makes `notified()` complete at once.
+        let rang = tokio_test_notified(outbox.bell());
+        assert!(rang);
+    }
+
+    fn tokio_test_notified(bell: &Notify) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(100), bell.notified())
+                .await
+                .is_ok()
+        })
     }
 }

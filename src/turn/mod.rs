@@ -378,6 +378,33 @@ pub fn external_ip(
     }
 }
 
+/// Why browsers cannot relay through `external`, when that is plain from the address alone:
+/// loopback (only this machine reaches it) or a range reserved for documentation (an
+/// address copied from an example).
+pub fn unreachable_external_ip(external: IpAddr) -> Option<String> {
+    if external.is_loopback() {
+        return Some(format!(
+            "the TURN relay tells browsers to relay through {external}, a loopback address: \
+             only browsers on this machine can reach it there; set [turn_server] external_ip \
+             (or listen) to an address the other devices reach"
+        ));
+    }
+    let documentation = match external {
+        IpAddr::V4(v4) => matches!(
+            v4.octets(),
+            [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _]
+        ),
+        IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0x0db8],
+    };
+    documentation.then(|| {
+        format!(
+            "the TURN relay tells browsers to relay through {external}, an address reserved \
+             for documentation and examples (RFC 5737, RFC 3849) that no browser can reach: \
+             set [turn_server] external_ip to this machine's public address"
+        )
+    })
+}
+
 /// Where the relay's socket binds. A socket on the wildcard answers from whichever address
 /// the route picks: on a machine with several, that is not always the one the client sent
 /// to, and the client drops the answer. So a wildcard listen address becomes the external
@@ -479,6 +506,9 @@ impl TurnRelay {
             config.relay_ports.max,
             config.peers.label()
         );
+        if let Some(why) = unreachable_external_ip(external) {
+            warn!("{why}");
+        }
         if config.secret.is_none() {
             info!(
                 "TURN credentials use a secret generated at start: set [turn_server] secret to \
@@ -673,6 +703,33 @@ mod tests {
         // coturn's rule too: refused once the clock is past the expiry, not at it.
         assert!(key_for(&state, "2000000:alice", "dialtone", client, now).is_some());
         assert!(key_for(&state, "1999999:alice", "dialtone", client, now).is_none());
+    }
+
+    #[test]
+    fn an_external_address_nobody_can_reach_is_named_with_the_reason() {
+        for (ip, says) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("192.0.2.2", "documentation"),
+            ("198.51.100.7", "documentation"),
+            ("203.0.113.255", "documentation"),
+            ("2001:db8::5", "documentation"),
+        ] {
+            let why = unreachable_external_ip(ip.parse().unwrap())
+                .unwrap_or_else(|| panic!("{ip} passed"));
+            assert!(why.contains(says) && why.contains(ip), "{ip}: {why}");
+            assert!(why.contains("external_ip"), "{why}");
+        }
+        for ip in [
+            "10.0.0.5",
+            "192.0.3.1",
+            "203.0.114.1",
+            "8.8.8.8",
+            "2001:db9::1",
+            "fd00::2",
+        ] {
+            assert_eq!(unreachable_external_ip(ip.parse().unwrap()), None, "{ip}");
+        }
     }
 
     #[test]

@@ -49,13 +49,34 @@ pub fn have(program: &str, probe: &str, package: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{program} is missing: CI must install it (apt-get install {package})"
-        );
-        eprintln!("skipped: {program} is not installed (apt-get install {package})");
+        skip(&format!(
+            "{program} is not installed (apt-get install {package})"
+        ));
     }
     found
+}
+
+/// Says that the running test is skipped, and why, where a person sees it: on the terminal
+/// even when the test passes (libtest captures only `print!`), and in
+/// `target/skipped-tests.txt`, which `scripts/test` lists at the end. Under `CI=true` a
+/// missing tool is a failure instead: CI installs everything.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} cannot run under CI: {why}"
+    );
+    let line = format!("SKIPPED {}: {test}: {why}\n", env!("CARGO_CRATE_NAME"));
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let list = concat!(env!("CARGO_MANIFEST_DIR"), "/target/skipped-tests.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(list)
+    {
+        let _ = file.write_all(line.as_bytes());
+    }
 }
 
 /// How long a test waits for something that should happen at once.

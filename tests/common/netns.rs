@@ -50,11 +50,9 @@ pub fn available() -> bool {
         let _ = ip(&["netns", "del", &probe]);
         return true;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "network namespaces are needed (run as root, with iproute2: apt-get install iproute2)"
+    super::skip(
+        "cannot create network namespaces (run as root, with iproute2: apt-get install iproute2)",
     );
-    eprintln!("skipped: cannot create network namespaces (needs root and iproute2)");
     false
 }
 

@@ -1,5 +1,5 @@
-//! A real reverse proxy terminating TLS in front of a dialtone, configured with the README's
-//! own example for it: nginx or Caddy (Debian's packages), on a free loopback port, its
+//! A real reverse proxy terminating TLS in front of a dialtone, configured with the
+//! example in docs/deployment.md: nginx or Caddy (Debian's packages), on a free loopback port, its
 //! config, log and PID in a temporary folder, stopped by its PID. Without the binary the test
 //! is skipped, except under `CI=true`, where that is a failure.
 
@@ -26,13 +26,14 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
-/// The README's example for `language` (`nginx`, `caddyfile`), exactly as a reader copies it.
+/// The example for `language` (`nginx`, `caddyfile`) in docs/deployment.md, exactly as a
+/// reader copies it.
 pub fn readme_block(language: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deployment.md"))
+        .expect("docs/deployment.md");
+    let section = docs
         .split_once("## Behind a reverse proxy")
-        .expect("the README has a Behind a reverse proxy section")
+        .expect("docs/deployment.md has a Behind a reverse proxy section")
         .1;
     let block = section
         .split_once(&format!("```{language}\n"))
@@ -45,12 +46,12 @@ pub fn readme_block(language: &str) -> String {
         .to_owned()
 }
 
-/// Replaces `from` with `to` in `text`, and fails when `from` is not there: the README's
+/// Replaces `from` with `to` in `text`, and fails when `from` is not there: the documented
 /// example must keep the lines a reader changes.
 pub fn edit(text: &str, from: &str, to: &str) -> String {
     assert!(
         text.contains(from),
-        "the README's example has no {from:?}:\n{text}"
+        "the documented example has no {from:?}:\n{text}"
     );
     text.replace(from, to)
 }
@@ -68,7 +69,7 @@ fn certificate(dir: &Path) -> CertificateDer<'static> {
 }
 
 impl Proxy {
-    /// nginx with the README's example, edited only where a reader edits it (the port, the
+    /// nginx with docs/deployment.md's example, edited only where a reader edits it (the port, the
     /// certificate, dialtone's address), then `tweak`ed; `None` (test skipped) without nginx.
     pub fn nginx(upstream: u16, tweak: impl Fn(String) -> String) -> Option<Proxy> {
         if !super::have("nginx", "-v", "nginx") {
@@ -117,7 +118,7 @@ impl Proxy {
         })
     }
 
-    /// Caddy with the README's Caddyfile: the site address becomes `https://localhost:PORT`
+    /// Caddy with docs/deployment.md's Caddyfile: the site address becomes `https://localhost:PORT`
     /// with a test certificate (there is no ACME here), dialtone's address its own; what
     /// Caddy does with Host, the upgrade and the forwarded headers is left to Caddy.
     pub fn caddy(upstream: u16) -> Option<Proxy> {

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::Notify;
 
-use super::{CallState, Online, Outbox, Queued, Relay, RelayError, Resumed};
+use super::local::{self, Seat};
+use super::{CallState, Online, Outbox, Queued, Relay, RelayError, Resumed, Sent};
 use crate::signaling::protocol::{LoginFailure, name_key};
 use crate::signaling::queue;
 
@@ -31,10 +32,8 @@ struct Call {
 struct User {
     /// As its owner typed it.
     name: Arc<str>,
-    outbox: Outbox,
+    seat: Seat,
     call: Option<Call>,
-    /// In grace: nobody reads the queue now, so it gets only what the partner sends.
-    away: bool,
 }
 
 #[derive(Debug, Default)]
@@ -116,9 +115,7 @@ impl Registry {
     /// Queues `frame` for every user who is here to read it (not those in grace).
     pub fn broadcast(&self, frame: &Message) {
         let state = self.lock();
-        for user in state.users.values().filter(|user| !user.away) {
-            user.outbox.deliver(frame.clone());
-        }
+        local::broadcast(state.users.values().map(|user| &user.seat), frame);
     }
 
     /// The call state of `name`, for tests and diagnostics.
@@ -173,9 +170,8 @@ impl Connection {
             key.clone(),
             User {
                 name: name.clone(),
-                outbox: self.outbox.clone(),
+                seat: Seat::new(self.outbox.clone()),
                 call: None,
-                away: false,
             },
         );
         state.changes.notify_one();
@@ -185,7 +181,7 @@ impl Connection {
     }
 
     /// Sends an offer to `to`: starts a call, or renegotiates the current one with `to`.
-    pub fn offer(&self, to: &str, frame: Message) -> Result<Arc<str>, RelayError> {
+    pub fn offer(&self, to: &str, frame: Message) -> Result<Sent, RelayError> {
         let me = self.me()?;
         let to_key = name_key(to);
         if *me.key == *to_key {
@@ -206,27 +202,26 @@ impl Connection {
             None => return Err(RelayError::UnknownUser(to.to_owned())),
         };
         let my_call = current_call(&state, &me.key)?;
-        match my_call {
-            Some(call) if call.with == callee.key => {}
+        let began = match my_call {
+            Some(call) if call.with == callee.key => false,
             Some(call) => return Err(RelayError::AlreadyInCall(call.shown.clone())),
             None if callee_busy => return Err(RelayError::Busy(callee.name)),
             None => {
                 set_call(&mut state, me, &callee, CallState::Calling);
                 set_call(&mut state, &callee, me, CallState::Ringing);
+                true
             }
-        }
-        deliver(&state, &callee.key, frame);
-        Ok(callee.name)
+        };
+        deliver(&mut state, &callee.key, frame);
+        Ok(Sent {
+            to: callee.name,
+            began,
+        })
     }
 
     /// Relays an answer, candidate, decline or close to the current partner. `to`, when the
     /// client names someone, must be that partner: nobody can reach into another call.
-    pub fn relay(
-        &self,
-        kind: Relay,
-        to: Option<&str>,
-        frame: Message,
-    ) -> Result<Arc<str>, RelayError> {
+    pub fn relay(&self, kind: Relay, to: Option<&str>, frame: Message) -> Result<Sent, RelayError> {
         let me = self.me()?;
         let mut state = self.registry.lock();
         if matches!(kind, Relay::Decline | Relay::Close)
@@ -241,6 +236,7 @@ impl Connection {
             state.changes.notify_one();
         }
         let my_call = current_call(&state, &me.key)?;
+        let ringing = my_call.is_some_and(|call| call.state == CallState::Ringing);
         let partner = match (my_call, to) {
             (None, None) => return Err(RelayError::NoCall),
             (None, Some(to)) => return Err(RelayError::NotInCallWith(to.to_owned())),
@@ -263,8 +259,11 @@ impl Connection {
             }
             Relay::Candidate | Relay::Media => {}
         }
-        deliver(&state, &partner.key, frame);
-        Ok(partner.name)
+        deliver(&mut state, &partner.key, frame);
+        Ok(Sent {
+            to: partner.name,
+            began: kind == Relay::Answer && ringing,
+        })
     }
 
     /// Asks to resume my call with `to` after a restart. The call is active again once both
@@ -295,7 +294,7 @@ impl Connection {
             Some(partner) => {
                 set_call(&mut state, me, &partner, CallState::Active);
                 set_call(&mut state, &partner, me, CallState::Active);
-                deliver(&state, &partner.key, frame);
+                deliver(&mut state, &partner.key, frame);
                 Ok(Resumed::Paired(partner.name))
             }
             None => {
@@ -349,14 +348,8 @@ impl Connection {
         };
         let mut state = self.registry.lock();
         if let Some(user) = state.users.get_mut(&me.key) {
-            if let Some(frame) = welcome(user.call.as_ref().map(|call| &*call.shown)) {
-                outbox.deliver(frame);
-            }
-            if let Some(held) = held {
-                outbox.take_from(held);
-            }
-            user.outbox = outbox.clone();
-            user.away = away;
+            let welcome = welcome(user.call.as_ref().map(|call| &*call.shown));
+            user.seat.rebind(outbox.clone(), held, away, welcome);
         }
         self.outbox = outbox;
     }
@@ -379,9 +372,7 @@ impl Drop for Connection {
                 .is_some_and(|theirs| theirs.with == me.key)
         {
             partner.call = None;
-            partner
-                .outbox
-                .deliver(Message::text(super::disconnected(&me.name)));
+            partner.seat.tell_gone(&me.name);
         }
     }
 }
@@ -400,9 +391,9 @@ fn current_call<'s>(state: &'s State, me: &str) -> Result<Option<&'s Call>, Rela
         .filter(|call| call.state != CallState::Resuming))
 }
 
-fn deliver(state: &State, to: &str, frame: Message) {
-    if let Some(user) = state.users.get(to) {
-        user.outbox.deliver(frame);
+fn deliver(state: &mut State, to: &str, frame: Message) {
+    if let Some(user) = state.users.get_mut(to) {
+        user.seat.push(frame);
     }
 }
 

@@ -11,43 +11,18 @@
 //! (`tests/engines.rs`) runs against both.
 
 pub mod cluster;
+mod local;
 pub mod memory;
+
+pub use super::queue::{Outbox, Queued};
 
 use std::sync::Arc;
 
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::Notify;
 
-use super::protocol::{CloseReason, LoginFailure, ServerMessage};
+use super::protocol::{LoginFailure, ServerMessage};
 use super::queue;
-
-/// What a socket's queue holds. Boxed so that a queue's slots, which stay allocated at the
-/// most it ever held, are 8 bytes each rather than a `Message`'s 56.
-pub type Queued = Box<Message>;
-
-/// The way into one socket: its bounded queue, whose bell rings when that queue is full.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    tx: queue::Sender<Queued>,
-}
-
-impl Outbox {
-    pub fn new(tx: queue::Sender<Queued>) -> Outbox {
-        Outbox { tx }
-    }
-
-    /// Queues a frame without waiting. A full queue means the client stopped reading: the
-    /// bell rings and it is told to go (its session drops it) instead of letting the queue
-    /// grow.
-    pub fn deliver(&self, frame: Message) -> bool {
-        self.tx.try_send(Box::new(frame)).is_ok()
-    }
-
-    /// What the socket's owner waits on: a full queue, or an eviction.
-    pub fn bell(&self) -> &Notify {
-        self.tx.bell()
-    }
-}
 
 /// Where a call stands, seen from one side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +37,40 @@ pub enum CallState {
     /// who has not asked for me yet. Others calling me get `busy`; my own messages are not
     /// relayed until the other side asks too.
     Resuming,
+}
+
+impl CallState {
+    /// Its name in Redis records and scripts (`lua/`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Calling => "calling",
+            CallState::Ringing => "ringing",
+            CallState::Active => "active",
+            CallState::Resuming => "resuming",
+        }
+    }
+
+    /// The state [`CallState::as_str`] names; `None` for anything else.
+    pub fn parse(name: &str) -> Option<CallState> {
+        [
+            CallState::Calling,
+            CallState::Ringing,
+            CallState::Active,
+            CallState::Resuming,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+}
+
+/// Where a relayed message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The receiver, named as they typed their name.
+    pub to: Arc<str>,
+    /// It began something: an offer that started a call (not one that renegotiates it), or
+    /// an answer to a ringing call (not to a renegotiation). Sessions log calls by it.
+    pub began: bool,
 }
 
 /// A login's reconnect tokens, as digests (see `signaling::grace`): the one the client
@@ -132,15 +141,6 @@ impl Relay {
     }
 }
 
-/// What a partner is told when the other side's socket went: `close`, reason `disconnected`.
-fn disconnected(from: &str) -> String {
-    ServerMessage::Close {
-        username: from,
-        reason: CloseReason::Disconnected,
-    }
-    .to_json()
-}
-
 /// Why a message was not relayed; answered to its sender, whose socket stays open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
@@ -180,21 +180,6 @@ impl RelayError {
         match self {
             RelayError::Busy(name) => ServerMessage::Busy { username: name }.to_json(),
             other => ServerMessage::error(other.code(), &other.to_string()),
-        }
-    }
-}
-
-impl Outbox {
-    /// Rings the bell without a full queue: the engine took the name away (another instance
-    /// holds it now), and the session must end.
-    pub fn evict(&self) {
-        self.bell().notify_one();
-    }
-
-    /// Queues everything waiting in `held` (frames kept for a user in grace), in order.
-    pub fn take_from(&self, held: &mut queue::Receiver<Queued>) {
-        while let Some(frame) = held.try_recv() {
-            self.deliver(*frame);
         }
     }
 }
@@ -244,7 +229,8 @@ impl Registry {
         }
     }
 
-    /// The call state of `name` (a user of this instance), for tests and diagnostics.
+    /// The call state of `name` (a user of this instance): the partner and where the call
+    /// stands, for the session's last log line and for tests.
     pub fn call_of(&self, name: &str) -> Option<(String, CallState)> {
         match self {
             Registry::Memory(registry) => registry.call_of(name),
@@ -349,7 +335,7 @@ impl Connection {
     }
 
     /// Sends an offer to `to`: starts a call, or renegotiates the current one with `to`.
-    pub async fn offer(&self, to: &str, frame: String) -> Result<Arc<str>, RelayError> {
+    pub async fn offer(&self, to: &str, frame: String) -> Result<Sent, RelayError> {
         match self {
             Connection::Memory(conn) => conn.offer(to, Message::text(frame)),
             Connection::Cluster(conn) => Box::pin(conn.offer(to, frame)).await,
@@ -363,7 +349,7 @@ impl Connection {
         kind: Relay,
         to: Option<&str>,
         frame: String,
-    ) -> Result<Arc<str>, RelayError> {
+    ) -> Result<Sent, RelayError> {
         match self {
             Connection::Memory(conn) => conn.relay(kind, to, Message::text(frame)),
             Connection::Cluster(conn) => Box::pin(conn.relay(kind, to, frame)).await,
@@ -411,33 +397,5 @@ impl Connection {
             Connection::Memory(_) => false,
             Connection::Cluster(conn) => conn.evicted(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_queue_rings_the_bell_instead_of_growing() {
-        let (tx, _rx) = queue::channel(1);
-        let outbox = Outbox::new(tx);
-        assert!(outbox.deliver(Message::text("1")));
-        assert!(!outbox.deliver(Message::text("2")));
-        // The stored permit makes `notified()` complete at once.
-        let rang = tokio_test_notified(outbox.bell());
-        assert!(rang);
-    }
-
-    fn tokio_test_notified(bell: &Notify) -> bool {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_millis(100), bell.notified())
-                .await
-                .is_ok()
-        })
     }
 }

@@ -1,0 +1,358 @@
+//! What one socket's messages do: login, offer, answer, candidate, decline, close, media and
+//! resume, each turned into a call on the engine seam and a reply for the sender.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::{Allowance, CallSince, Standing};
+use crate::metrics::Metrics;
+use crate::signaling::Signaling;
+use crate::signaling::grace;
+use crate::signaling::protocol::{
+    ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name,
+};
+use crate::signaling::registry::{
+    Connection, LoggedIn, Outbox, Relay, RelayError, Resumed, Sent, Tokens,
+};
+
+/// The socket a message came on: its client's address and its queue.
+#[derive(Clone, Copy)]
+pub(super) struct This<'a> {
+    pub(super) client: IpAddr,
+    pub(super) outbox: &'a Outbox,
+}
+
+/// Handles one text message; returns the reply for the sender, if any. With the memory
+/// engine nothing in here waits; with Redis each step is one round trip under a timeout.
+pub(super) async fn handle(
+    conn: &mut Connection,
+    standing: &mut Standing,
+    text: &str,
+    shared: &Signaling,
+    allowance: &mut Allowance,
+    this: This<'_>,
+) -> Option<String> {
+    let metrics = &shared.metrics;
+    let message = match ClientMessage::parse(text) {
+        Ok(message) => message,
+        Err(err) => {
+            metrics.error(err.code());
+            return Some(ServerMessage::error(err.code(), &err.to_string()));
+        }
+    };
+    match message {
+        ClientMessage::Login { username, token } => {
+            login(
+                conn,
+                standing,
+                &username,
+                token.as_deref(),
+                shared,
+                allowance,
+                this,
+            )
+            .await
+        }
+        ClientMessage::Resume { to } => {
+            let result = match conn.name() {
+                None => Err(RelayError::NotLoggedIn),
+                Some(me) => {
+                    let frame = ServerMessage::Resume { username: me }.to_json();
+                    conn.resume(&to, frame).await
+                }
+            };
+            match result {
+                Ok(Resumed::Paired(with)) => {
+                    standing.resume = None;
+                    metrics.relayed("resume");
+                    info!(user = conn.name(), with = &*with, "call resumed");
+                    Some(ServerMessage::Resume { username: &with }.to_json())
+                }
+                Ok(Resumed::Waiting) => {
+                    let until = Instant::now() + shared.settings.resume_grace;
+                    standing.resume = Some((Arc::from(&*to), until));
+                    None
+                }
+                Err(err) => relayed(conn, metrics, "resume", Err(err)),
+            }
+        }
+        ClientMessage::Offer { offer, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Offer {
+                    offer,
+                    username: me,
+                }
+                .to_json()
+            };
+            let result = match conn.name() {
+                None => Err(RelayError::NotLoggedIn),
+                Some(me) => conn.offer(&to, frame(me)).await,
+            };
+            // A new offer within a call renegotiates it; only the first one starts a call.
+            if let Ok(Sent {
+                to: callee,
+                began: true,
+            }) = &result
+            {
+                info!(client = %this.client, caller = conn.name(), callee = &**callee, "call started");
+                standing.call = Some(CallSince {
+                    with: callee.clone(),
+                    since: Instant::now(),
+                    answered: false,
+                });
+            }
+            relayed(conn, metrics, "offer", result)
+        }
+        ClientMessage::Answer { answer, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Answer {
+                    answer,
+                    username: me,
+                }
+                .to_json()
+            };
+            let result = relay_to(conn, Relay::Answer, to.as_deref(), frame).await;
+            if let Ok(Sent {
+                to: caller,
+                began: true,
+            }) = &result
+            {
+                info!(client = %this.client, caller = &**caller, callee = conn.name(), "call answered");
+                standing.call = Some(CallSince {
+                    with: caller.clone(),
+                    since: Instant::now(),
+                    answered: true,
+                });
+            }
+            relayed(conn, metrics, Relay::Answer.as_str(), result)
+        }
+        ClientMessage::Candidate { candidate, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Candidate {
+                    candidate,
+                    username: me,
+                }
+                .to_json()
+            };
+            relay(conn, metrics, Relay::Candidate, to.as_deref(), frame).await
+        }
+        ClientMessage::Decline { to } => {
+            let frame = |me: &str| ServerMessage::Decline { username: me }.to_json();
+            let result = relay_to(conn, Relay::Decline, to.as_deref(), frame).await;
+            if let Ok(Sent { to: caller, .. }) = &result {
+                standing.call = None;
+                info!(client = %this.client, user = conn.name(), with = &**caller, reason = "declined", "call ended");
+            }
+            relayed(conn, metrics, Relay::Decline.as_str(), result)
+        }
+        ClientMessage::Close { to } => {
+            let frame = |me: &str| {
+                ServerMessage::Close {
+                    username: me,
+                    reason: CloseReason::HungUp,
+                }
+                .to_json()
+            };
+            let result = relay_to(conn, Relay::Close, to.as_deref(), frame).await;
+            if let Ok(Sent { to: with, .. }) = &result {
+                let duration = standing.end_call(with);
+                info!(client = %this.client, user = conn.name(), with = &**with, reason = "hung up", duration, "call ended");
+            }
+            relayed(conn, metrics, Relay::Close.as_str(), result)
+        }
+        ClientMessage::Media { audio, video, to } => {
+            let frame = |me: &str| {
+                ServerMessage::Media {
+                    audio,
+                    video,
+                    username: me,
+                }
+                .to_json()
+            };
+            relay(conn, metrics, Relay::Media, to.as_deref(), frame).await
+        }
+    }
+}
+
+/// Relays an answer, candidate, decline or close; `frame` builds it from the sender's name as
+/// the registry knows it.
+async fn relay(
+    conn: &Connection,
+    metrics: &Metrics,
+    kind: Relay,
+    to: Option<&str>,
+    frame: impl FnOnce(&str) -> String,
+) -> Option<String> {
+    let result = relay_to(conn, kind, to, frame).await;
+    relayed(conn, metrics, kind.as_str(), result)
+}
+
+/// [`relay`] without the reply: to whom it went, or why not.
+async fn relay_to(
+    conn: &Connection,
+    kind: Relay,
+    to: Option<&str>,
+    frame: impl FnOnce(&str) -> String,
+) -> Result<Sent, RelayError> {
+    match conn.name() {
+        None => Err(RelayError::NotLoggedIn),
+        Some(me) => conn.relay(kind, to, frame(me)).await,
+    }
+}
+
+/// Turns a relay's outcome into the metrics, the log, and the reply for the sender.
+fn relayed(
+    conn: &Connection,
+    metrics: &Metrics,
+    kind: &str,
+    result: Result<Sent, RelayError>,
+) -> Option<String> {
+    match result {
+        Ok(Sent { to, .. }) => {
+            metrics.relayed(kind);
+            debug!(from = conn.name(), to = &*to, "{kind} relayed");
+            None
+        }
+        Err(err) => {
+            metrics.error(err.code());
+            debug!(from = conn.name(), "{kind} refused: {err}");
+            Some(err.reply())
+        }
+    }
+}
+
+async fn login(
+    conn: &mut Connection,
+    standing: &mut Standing,
+    name: &str,
+    token: Option<&str>,
+    shared: &Signaling,
+    allowance: &mut Allowance,
+    this: This<'_>,
+) -> Option<String> {
+    let client = this.client;
+    let refuse = |code: LoginFailure, message: &str| {
+        shared.metrics.error(code.as_str());
+        info!(%client, user = shown(name), code = code.as_str(), "login refused");
+        Some(
+            ServerMessage::Login {
+                success: false,
+                username: None,
+                ice_servers: None,
+                code: Some(code),
+                message: Some(message),
+                token: None,
+                resumed: None,
+                other_username: None,
+            }
+            .to_json(),
+        )
+    };
+    if !allowance.logins.take(std::time::Instant::now()) {
+        return refuse(
+            LoginFailure::RateLimited,
+            "too many login attempts on this connection: wait a minute",
+        );
+    }
+    if let Some(current) = conn.name() {
+        let message = format!("this connection is already logged in as {current}");
+        return refuse(LoginFailure::AlreadyLoggedIn, &message);
+    }
+    if let Err(why) = validate_name(name) {
+        return refuse(LoginFailure::InvalidName, why);
+    }
+    let now = SystemTime::now();
+    let mut ice_servers = shared.settings.ice_servers_for(name, now);
+    if let Some(relay) = &shared.relay {
+        ice_servers.push(relay.ice_server_for(name, now));
+    }
+    let new_token = grace::new_token();
+    let welcome = |resumed: bool, with: Option<&str>| {
+        ServerMessage::Login {
+            success: true,
+            username: Some(name),
+            ice_servers: Some(&ice_servers),
+            code: None,
+            message: None,
+            token: Some(&new_token),
+            resumed: resumed.then_some(true),
+            other_username: with,
+        }
+        .to_json()
+    };
+    // The token of the user's last login takes the session back from whoever holds it here:
+    // the parked task of a dropped socket, or a socket that still looks open.
+    if let Some(token) = token
+        && let Some(mut held) = shared.sessions.take(name, token).await
+    {
+        standing.claim = Some(shared.sessions.register(name, &new_token));
+        standing.resume = held.resume.take();
+        held.conn
+            .rebind(this.outbox.clone(), held.queue.as_mut(), false, |with| {
+                Some(welcome(true, with))
+            });
+        // The fresh membership this socket started with was never logged in: dropping it
+        // changes nothing.
+        *conn = held.conn;
+        conn.set_token(&grace::digest_hex(&new_token)).await;
+        info!(%client, user = name, "came back with its token");
+        send_presence(shared, this.outbox);
+        return None;
+    }
+    // With several instances the token may belong to a session held on another one.
+    let new_digest = grace::digest_hex(&new_token);
+    let presented = token.map(grace::digest_hex);
+    let tokens = Tokens {
+        presented: presented.as_deref(),
+        new: &new_digest,
+    };
+    let welcome = |how: &LoggedIn| match how {
+        LoggedIn::Fresh => welcome(false, None),
+        LoggedIn::TakenOver(with) => welcome(true, with.as_deref()),
+    };
+    match conn.login(name, tokens, welcome).await {
+        Ok(how) => {
+            standing.claim = Some(shared.sessions.register(name, &new_token));
+            send_presence(shared, this.outbox);
+            match how {
+                LoggedIn::Fresh => info!(%client, user = name, "logged in"),
+                LoggedIn::TakenOver(_) => {
+                    info!(%client, user = name, "came back with its token from another instance")
+                }
+            }
+            None
+        }
+        Err(LoginFailure::NameTaken) => refuse(
+            LoginFailure::NameTaken,
+            &format!("the name {name} is taken: choose another"),
+        ),
+        Err(LoginFailure::Unavailable) => refuse(
+            LoginFailure::Unavailable,
+            "the service cannot reach its backplane right now: try again in a moment",
+        ),
+        Err(other) => refuse(other, "login refused"),
+    }
+}
+
+/// A page that just logged in gets the presence list at once (after the login reply), not at
+/// the next change.
+fn send_presence(shared: &Signaling, outbox: &Outbox) {
+    if let Some(frame) = shared.presence.as_ref().and_then(|p| p.current()) {
+        outbox.deliver(frame);
+    }
+}
+
+/// A refused name as a log shows it: cut short, since it can be anything. It is logged as a
+/// field, never with `%`, so the log writer escapes control characters in it (a name cannot
+/// forge a log line).
+fn shown(name: &str) -> String {
+    let mut cut: String = name.chars().take(40).collect();
+    if cut.len() < name.len() {
+        cut.push('…');
+    }
+    cut
+}
