@@ -404,3 +404,21 @@ impl Peers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_what_the_config_file_says() {
+        #[derive(Deserialize)]
+        struct Table {
+            peers: Peers,
+        }
+        for policy in [Peers::RelayOnly, Peers::Lan, Peers::Public] {
+            let text = format!("peers = \"{}\"", policy.label());
+            let table: Table = toml::from_str(&text).unwrap();
+            assert_eq!(table.peers, policy, "{text}");
+        }
+    }
+}

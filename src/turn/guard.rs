@@ -19,20 +19,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use stun::attributes::{
-    ATTR_CHANNEL_NUMBER, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_EVEN_PORT, ATTR_LIFETIME,
-    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY,
-    ATTR_REQUESTED_TRANSPORT, ATTR_RESERVATION_TOKEN, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
-    AttrType,
+    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS, AttrType,
 };
 use stun::error_code::{
     CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY,
-    CODE_UNAUTHORIZED, CODE_UNKNOWN_ATTRIBUTE, ErrorCode, ErrorCodeAttribute,
+    CODE_UNAUTHORIZED, CODE_UNKNOWN_ATTRIBUTE, ErrorCodeAttribute,
 };
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
-    MessageType, Setter,
+    CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -41,11 +37,10 @@ use tracing::warn;
 use webrtc_util::Conn;
 
 use super::policy::{self, Denied};
+use super::stun::{answer, decode, unknown_attributes, xor_address};
 use super::{State, key_for, user_of};
 use crate::limits::{Sometimes, TokenBucket};
 
-/// STUN's magic cookie, in every message since RFC 5389.
-const MAGIC_COOKIE: u32 = 0x2112_A442;
 /// Requests one address may send: enough for many browsers behind one NAT (a call costs a
 /// few dozen), far below what would let one address keep the relay busy.
 const REQUESTS_PER_SECOND: f64 = 100.0;
@@ -325,108 +320,6 @@ impl Guard {
     }
 }
 
-/// Decodes a STUN message, or `None` for anything that is not one: short, wrong cookie,
-/// wrong length, or attributes that do not parse.
-fn decode(data: &[u8]) -> Option<Message> {
-    if data.len() < 20 || data[0] & 0xC0 != 0 {
-        return None;
-    }
-    if u32::from_be_bytes([data[4], data[5], data[6], data[7]]) != MAGIC_COOKIE {
-        return None;
-    }
-    let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
-    if length + 20 != data.len() || length % 4 != 0 {
-        return None;
-    }
-    let mut message = Message {
-        raw: data.to_vec(),
-        ..Default::default()
-    };
-    message.decode().ok()?;
-    Some(message)
-}
-
-/// Comprehension-required attributes (below 0x8000) that no TURN request of ours carries.
-fn unknown_attributes(message: &Message) -> Vec<AttrType> {
-    const KNOWN: [AttrType; 13] = [
-        ATTR_USERNAME,
-        ATTR_MESSAGE_INTEGRITY,
-        ATTR_REALM,
-        ATTR_NONCE,
-        ATTR_LIFETIME,
-        ATTR_XOR_PEER_ADDRESS,
-        ATTR_DATA,
-        ATTR_CHANNEL_NUMBER,
-        ATTR_EVEN_PORT,
-        ATTR_REQUESTED_TRANSPORT,
-        ATTR_DONT_FRAGMENT,
-        ATTR_RESERVATION_TOKEN,
-        ATTR_REQUESTED_ADDRESS_FAMILY,
-    ];
-    let mut unknown: Vec<AttrType> = message
-        .attributes
-        .0
-        .iter()
-        .map(|attr| attr.typ)
-        .filter(|typ| typ.0 < 0x8000 && !KNOWN.contains(typ))
-        .collect();
-    unknown.dedup();
-    unknown
-}
-
-/// An XOR-PEER-ADDRESS value (RFC 8489 §14.2).
-fn xor_address(value: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
-    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ 0x2112;
-    let cookie = MAGIC_COOKIE.to_be_bytes();
-    match (value.get(1)?, value.len()) {
-        (0x01, 8) => {
-            let mut ip = [0u8; 4];
-            for (i, byte) in ip.iter_mut().enumerate() {
-                *byte = value[4 + i] ^ cookie[i];
-            }
-            Some(SocketAddr::new(IpAddr::from(ip), port))
-        }
-        (0x02, 20) => {
-            let mut ip = [0u8; 16];
-            for (i, byte) in ip.iter_mut().enumerate() {
-                let pad = if i < 4 { cookie[i] } else { transaction[i - 4] };
-                *byte = value[4 + i] ^ pad;
-            }
-            Some(SocketAddr::new(IpAddr::from(ip), port))
-        }
-        _ => None,
-    }
-}
-
-/// An error response to `request`, signed with `key` when the request was authenticated.
-fn answer(
-    request: &Message,
-    code: ErrorCode,
-    key: Option<&[u8]>,
-    mut attributes: Vec<Box<dyn Setter>>,
-) -> Verdict {
-    let mut setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(Message {
-            transaction_id: request.transaction_id,
-            ..Default::default()
-        }),
-        Box::new(MessageType::new(request.typ.method, CLASS_ERROR_RESPONSE)),
-        Box::new(ErrorCodeAttribute {
-            code,
-            reason: Vec::new(),
-        }),
-    ];
-    setters.append(&mut attributes);
-    if let Some(key) = key {
-        setters.push(Box::new(MessageIntegrity(key.to_vec())));
-    }
-    let mut response = Message::new();
-    match response.build(&setters) {
-        Ok(()) => Verdict::Answer(response.raw),
-        Err(_) => Verdict::Drop,
-    }
-}
-
 #[async_trait]
 impl Conn for Guard {
     async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
@@ -506,111 +399,12 @@ impl Conn for Guard {
     }
 }
 
-/// One allocation's relay socket.
-pub struct RelaySocket {
-    socket: UdpSocket,
-    state: Arc<State>,
-}
-
-impl RelaySocket {
-    pub(crate) fn new(socket: UdpSocket, state: Arc<State>) -> RelaySocket {
-        RelaySocket { socket, state }
-    }
-
-    fn count(&self, bytes: usize) {
-        let counters = &self.state.counters;
-        counters.packets_relayed.fetch_add(1, Ordering::Relaxed);
-        counters
-            .bytes_relayed
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Conn for RelaySocket {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        Ok(self.socket.connect(addr).await?)
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let n = self.socket.recv(buf).await?;
-        self.count(n);
-        Ok(n)
-    }
-
-    /// From a peer, on its way to the client (the crate checks the permission).
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let (n, peer) = self.socket.recv_from(buf).await?;
-        self.count(n);
-        Ok((n, peer))
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.socket.send(buf).await?)
-    }
-
-    /// To a peer: only where the policy allows, whatever permission the crate holds.
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if policy::check(self.state.peers, target.ip(), &self.state.own).is_err() {
-            self.state
-                .counters
-                .peers_denied
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(webrtc_util::Error::Other(format!("peer {target} denied")));
-        }
-        let n = self.socket.send_to(buf, target).await?;
-        self.count(n);
-        Ok(n)
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xor_peer_addresses_decode_in_both_families() {
-        // 192.0.2.1:32853 from RFC 5769's sample (XOR-MAPPED-ADDRESS, same encoding).
-        let v4 = [0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43];
-        assert_eq!(
-            xor_address(&v4, &[0; 12]),
-            Some("192.0.2.1:32853".parse().unwrap())
-        );
-        assert_eq!(xor_address(&v4[..7], &[0; 12]), None);
-        assert_eq!(xor_address(&[0, 3, 0, 0, 0, 0, 0, 0], &[0; 12]), None);
-        let transaction = [
-            0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
-        ];
-        // 2001:db8:1234:5678:11:2233:4455:6677 port 32853, RFC 5769 §2.3.
-        let v6 = [
-            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
-            0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9,
-        ];
-        assert_eq!(
-            xor_address(&v6, &transaction),
-            Some(
-                "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-                    .parse()
-                    .unwrap()
-            )
-        );
-    }
+    use crate::turn::stun::MAGIC_COOKIE;
+    use stun::error_code::ErrorCode;
+    use stun::message::MessageType;
 
     async fn guard() -> Guard {
         guard_with(10, 5).await
@@ -837,41 +631,5 @@ mod tests {
             }
             let _ = decode(&body);
         }
-    }
-
-    #[test]
-    fn anything_that_is_not_stun_decodes_to_nothing() {
-        assert!(decode(&[]).is_none());
-        assert!(decode(&[0; 19]).is_none());
-        let mut header = [0u8; 20];
-        header[1] = 0x01; // Binding request, but no magic cookie
-        assert!(decode(&header).is_none());
-        header[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        assert!(decode(&header).is_some());
-        // Comprehension-optional attributes (0x8000 and up) are never "unknown".
-        let mut optional = Message::new();
-        optional
-            .build(&[
-                Box::new(stun::agent::TransactionId::new()),
-                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-                Box::new(stun::attributes::RawAttribute {
-                    typ: AttrType(0x8000),
-                    length: 4,
-                    value: vec![0; 4],
-                }),
-                Box::new(stun::attributes::RawAttribute {
-                    typ: AttrType(0x7fff),
-                    length: 4,
-                    value: vec![0; 4],
-                }),
-            ])
-            .unwrap();
-        assert_eq!(unknown_attributes(&optional), vec![AttrType(0x7fff)]);
-        // Bytes after the message its length announces: not one datagram's message.
-        let mut trailing = header.to_vec();
-        trailing.extend_from_slice(&[0; 4]);
-        assert!(decode(&trailing).is_none());
-        header[3] = 4; // says one attribute follows, none does
-        assert!(decode(&header).is_none());
     }
 }

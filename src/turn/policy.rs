@@ -204,19 +204,6 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_what_the_config_file_says() {
-        #[derive(serde::Deserialize)]
-        struct Table {
-            peers: Peers,
-        }
-        for policy in [Peers::RelayOnly, Peers::Lan, Peers::Public] {
-            let text = format!("peers = \"{}\"", policy.label());
-            let table: Table = toml::from_str(&text).unwrap();
-            assert_eq!(table.peers, policy, "{text}");
-        }
-    }
-
-    #[test]
     fn canonical_unwraps_only_the_ipv4_forms() {
         assert_eq!(canonical(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
         assert_eq!(canonical(ip("::1.2.3.4")), ip("1.2.3.4"));
