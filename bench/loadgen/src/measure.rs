@@ -199,16 +199,31 @@ mod tests {
         assert!(median_spread(vec![]).0.is_nan());
     }
 
+    /// This thread's own CPU time, from the kernel's per-thread file (not the per-process
+    /// sum `cpu_of` reads), in nanoseconds.
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+        Duration::from_nanos(ns)
+    }
+
     #[test]
     fn own_cpu_is_counted_in_nanoseconds() {
+        // Spins until this thread has used 30 ms of CPU, however long that takes on a busy
+        // machine: no wall-clock bound.
         let window = Window::open(&[]);
-        let start = Instant::now();
+        let start = thread_cpu();
         let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(30) {
-            x = x.wrapping_mul(31).wrapping_add(1);
+        while thread_cpu() - start < Duration::from_millis(30) {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(31).wrapping_add(1);
+            }
         }
         std::hint::black_box(x);
         let spent = window.close();
-        assert!(spent.generator >= Duration::from_millis(20), "{spent:?}");
+        // The process's CPU includes this thread's 30 ms; read in any other unit it would be
+        // off by a factor of a thousand or more.
+        assert!(spent.generator >= Duration::from_millis(30), "{spent:?}");
+        assert!(spent.generator < Duration::from_secs(30), "{spent:?}");
     }
 }
