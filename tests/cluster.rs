@@ -603,6 +603,10 @@ async fn rediss_with_a_self_signed_certificate_needs_tls_insecure() {
         log.contains("backplane (Redis at rediss://localhost"),
         "{log}"
     );
+    // The wait is announced when it begins, not only when it is given up.
+    let waiting = log.find("waiting for Redis at rediss://localhost");
+    let gave_up = log.find("backplane (Redis at rediss://localhost");
+    assert!(waiting.is_some() && waiting < gave_up, "{log}");
     assert!(log.to_lowercase().contains("certificate"), "{log}");
     assert!(log.contains("tls_insecure"), "{log}");
     let mut ws = strict.ws().await;

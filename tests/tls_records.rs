@@ -574,6 +574,15 @@ async fn a_tcp_close_without_close_notify_mid_message_is_logged_as_truncated() {
         let line = log_line(&running, other, "websocket closed");
         assert!(!line.contains("truncated"), "{line}");
     }
+    // One line for one event: the grace period's line says how the socket ended, and no
+    // second line repeats it (both are written together, before the later sockets' lines).
+    let log = running.log();
+    let alice: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("user=\"alice\"") && line.contains("websocket closed"))
+        .collect();
+    assert_eq!(alice.len(), 1, "{alice:#?}");
+    assert!(alice[0].contains("holding the name"), "{}", alice[0]);
 }
 
 /// A client renewing its keys before every message it sends, and reading nothing: rustls

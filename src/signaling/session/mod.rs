@@ -361,9 +361,11 @@ pub async fn serve(
     };
 
     let name = conn.name().map(str::to_owned);
-    after_end(end, handoff, conn, &mut standing, &shared, client);
+    let parked = after_end(end, handoff, conn, &mut standing, &shared, client);
     metrics.closed(end.code());
     match (end, &name) {
+        // The grace line said it already: one line per event.
+        _ if parked => {}
         (End::Gone(Some(1000)), Some(_)) => info!(%client, user = name.as_deref(), "logged out"),
         (End::Gone(_) | End::Truncated, None) => debug!(%client, "websocket closed: {end}"),
         _ => info!(%client, user = name.as_deref(), "websocket closed: {end}"),
@@ -403,7 +405,8 @@ pub async fn serve(
 
 /// What becomes of the user once their socket ended: handed to the socket that took the
 /// session over, held for `resume_grace` (a connection that was lost, not closed, with a
-/// place to park it), or logged out, which ends their call and tells the partner.
+/// place to park it), or logged out, which ends their call and tells the partner. Returns
+/// whether the user was held, which the log line that says so has told.
 fn after_end(
     end: End,
     handoff: Option<Handoff>,
@@ -411,7 +414,7 @@ fn after_end(
     standing: &mut Standing,
     shared: &Signaling,
     client: IpAddr,
-) {
+) -> bool {
     let settings = &shared.settings;
     let name = conn.name().map(str::to_owned);
     let in_call = name.as_deref().and_then(|me| shared.registry.call_of(me));
@@ -438,12 +441,13 @@ fn after_end(
                 && sessions.may_park(settings.limits.max_connections.get()) =>
         {
             let grace = settings.resume_grace.as_secs();
-            info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "connection lost ({end}): holding the name and any call for {grace} s");
+            info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "websocket closed: {end}; holding the name and any call for {grace} s");
             let relay = shared.relay.clone();
             let who = name.clone();
             sessions.park(held, claim, settings.resume_grace, move || {
                 forget_allocations(relay, who);
             });
+            return true;
         }
         (None, claim) => {
             if let Some(claim) = &claim {
@@ -462,6 +466,7 @@ fn after_end(
             }
         }
     }
+    false
 }
 
 fn end_for(err: &WsError) -> End {

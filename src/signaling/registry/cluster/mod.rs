@@ -187,8 +187,14 @@ impl Cluster {
             if tokio::time::timeout(quiet, &mut ready).await.is_err() {
                 // Say so now rather than after the whole wait: a Redis that is not there yet
                 // would otherwise look like a server that hangs.
+                let so_far = lock(&inner.last_error).clone();
+                let so_far = if so_far.is_empty() {
+                    String::new()
+                } else {
+                    format!("; so far: {so_far}")
+                };
                 info!(
-                    "waiting for Redis at {url} to answer (at most {} s more) before serving",
+                    "waiting for Redis at {url} to answer (at most {} s more) before serving{so_far}",
                     (patience - quiet).as_secs_f64().ceil()
                 );
                 if tokio::time::timeout(patience - quiet, ready).await.is_err() {
