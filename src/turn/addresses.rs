@@ -12,7 +12,7 @@ use webrtc_util::Conn;
 
 use super::policy::{self, Peers};
 use super::socket::RelaySocket;
-use super::{RelayError, State, rand_u32};
+use super::{StartError, State, rand_u32};
 use crate::config::{PortRange, TurnServerConfig};
 
 /// The address browsers are told to relay through, and how it was decided: the setting, the
@@ -20,7 +20,7 @@ use crate::config::{PortRange, TurnServerConfig};
 pub fn external_ip(
     config: &TurnServerConfig,
     machine: &[IpAddr],
-) -> Result<(IpAddr, String), RelayError> {
+) -> Result<(IpAddr, String), StartError> {
     if let Some(ip) = config.external_ip {
         return Ok((ip, "[turn_server] external_ip".into()));
     }
@@ -51,14 +51,14 @@ pub fn external_ip(
              reach it only if it is the address they see (behind NAT, set external_ip)"
                 .into(),
         )),
-        ([], []) => Err(RelayError::ExternalIp(
+        ([], []) => Err(StartError::ExternalIp(
             "this machine has no address but loopback".into(),
         )),
-        ([], several) => Err(RelayError::ExternalIp(format!(
+        ([], several) => Err(StartError::ExternalIp(format!(
             "this machine has several addresses ({}) and no public one",
             list(several)
         ))),
-        (several, _) => Err(RelayError::ExternalIp(format!(
+        (several, _) => Err(StartError::ExternalIp(format!(
             "this machine has several public addresses ({})",
             list(several)
         ))),

@@ -44,7 +44,7 @@ pub(crate) use credentials::{key_for, user_of};
 
 /// Why the relay could not start, with what to change.
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub enum StartError {
     #[error(
         "[turn_server] external_ip must be set: {0}. It is the address browsers relay through \
          (the public one behind NAT or in a container)"
@@ -203,16 +203,16 @@ impl TurnRelay {
     pub async fn start(
         config: &TurnServerConfig,
         machine: &[IpAddr],
-    ) -> Result<TurnRelay, RelayError> {
+    ) -> Result<TurnRelay, StartError> {
         let (external, how) = external_ip(config, machine)?;
         let listen = listen_address(config.listen, external, machine);
         let socket = UdpSocket::bind(listen)
             .await
-            .map_err(|reason| RelayError::Bind {
+            .map_err(|reason| StartError::Bind {
                 addr: listen,
                 reason,
             })?;
-        let local = socket.local_addr().map_err(|reason| RelayError::Bind {
+        let local = socket.local_addr().map_err(|reason| StartError::Bind {
             addr: listen,
             reason,
         })?;
@@ -250,7 +250,7 @@ impl TurnRelay {
             alloc_close_notify: Some(closes),
         })
         .await
-        .map_err(|err| RelayError::Start(err.to_string()))?;
+        .map_err(|err| StartError::Start(err.to_string()))?;
         let tracked = Arc::clone(&state);
         tokio::spawn(async move {
             while let Some(info) = closed.recv().await {
