@@ -133,3 +133,83 @@ pub(super) fn disconnected(from: &str) -> String {
     }
     .to_json()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::queue::channel;
+    use super::*;
+
+    fn texts(rx: &mut Receiver<Queued>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|frame| frame.into_text().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_claiming_seat_holds_frames_until_the_login_reply_has_gone() {
+        let (tx, mut rx) = channel(8);
+        let mut seat = Seat::claiming(Outbox::new(tx));
+        assert!(seat.is_claiming() && !seat.is_present() && !seat.reads_now());
+        seat.push(Message::text("early offer"));
+        seat.tell_gone("bob");
+        assert!(texts(&mut rx).is_empty(), "nothing before the login reply");
+        seat.seated(Message::text("welcome"));
+        let got = texts(&mut rx);
+        assert_eq!(got[..2], ["welcome", "early offer"]);
+        assert!(
+            got[2].contains("\"disconnected\"") && got[2].contains("bob"),
+            "{got:?}"
+        );
+        assert!(!seat.is_claiming() && seat.is_present() && seat.reads_now());
+        seat.push(Message::text("later"));
+        assert_eq!(texts(&mut rx), ["later"]);
+    }
+
+    #[test]
+    fn broadcasts_reach_only_seats_that_read_now() {
+        let (tx, mut reading) = channel(8);
+        let (claiming_tx, mut claiming) = channel(8);
+        let (away_tx, mut away) = channel(8);
+        let (evicted_tx, mut evicted) = channel(8);
+        let mut in_grace = Seat::new(Outbox::new(away_tx));
+        in_grace.rebind(in_grace.outbox.clone(), None, true, None);
+        let mut gone = Seat::new(Outbox::new(evicted_tx));
+        gone.evict();
+        assert!(gone.is_evicted() && !gone.is_present());
+        assert!(in_grace.is_away() && in_grace.is_present() && !in_grace.reads_now());
+        let seats = [
+            Seat::new(Outbox::new(tx)),
+            Seat::claiming(Outbox::new(claiming_tx)),
+            in_grace,
+            gone,
+        ];
+        broadcast(seats.iter(), &Message::text("online"));
+        assert_eq!(texts(&mut reading), ["online"]);
+        for (queue, who) in [
+            (&mut claiming, "claiming"),
+            (&mut away, "away"),
+            (&mut evicted, "evicted"),
+        ] {
+            assert!(texts(queue).is_empty(), "{who} got the broadcast");
+        }
+    }
+
+    #[test]
+    fn a_rebound_seat_gets_the_welcome_then_what_was_held_then_the_rest() {
+        let (old_tx, _old_rx) = channel(8);
+        let (held_tx, mut held) = channel(8);
+        let (new_tx, mut new) = channel(8);
+        Outbox::new(held_tx.clone()).deliver(Message::text("held 1"));
+        Outbox::new(held_tx).deliver(Message::text("held 2"));
+        let mut seat = Seat::new(Outbox::new(old_tx));
+        seat.rebind(
+            Outbox::new(new_tx),
+            Some(&mut held),
+            false,
+            Some(Message::text("welcome back")),
+        );
+        seat.push(Message::text("new"));
+        assert_eq!(texts(&mut new), ["welcome back", "held 1", "held 2", "new"]);
+        assert!(!seat.is_away());
+    }
+}

@@ -399,3 +399,30 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_states_read_back_from_their_names_and_nothing_else_does() {
+        let states = [
+            CallState::Calling,
+            CallState::Ringing,
+            CallState::Active,
+            CallState::Resuming,
+        ];
+        for state in states {
+            assert_eq!(CallState::parse(state.as_str()), Some(state));
+        }
+        let names: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+        assert_eq!(
+            names,
+            ["calling", "ringing", "active", "resuming"],
+            "the Lua scripts' words"
+        );
+        for other in ["", "Active", "idle", "calling "] {
+            assert_eq!(CallState::parse(other), None, "{other:?}");
+        }
+    }
+}
