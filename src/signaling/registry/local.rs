@@ -161,6 +161,7 @@ mod tests {
             "{got:?}"
         );
         assert!(!seat.is_claiming() && seat.is_present() && seat.reads_now());
+        assert!(!seat.is_evicted() && !seat.is_away());
         seat.push(Message::text("later"));
         assert_eq!(texts(&mut rx), ["later"]);
     }
