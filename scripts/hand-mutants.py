@@ -164,7 +164,10 @@ def main():
         for name in filter(None, files):
             if os.path.isfile(os.path.join(repo, name)):
                 os.makedirs(os.path.dirname(os.path.join(tree, name)) or tree, exist_ok=True)
-                shutil.copy2(os.path.join(repo, name), os.path.join(tree, name))
+                # A plain copy, so every file is newer than what the shared target directory
+                # holds: cargo keys the build by the package, not the folder, and with the
+                # repository's older times it took the previous run's last mutant as fresh.
+                shutil.copy(os.path.join(repo, name), os.path.join(tree, name))
         # The unmutated tree must pass every selection, or "caught" would mean nothing.
         for _, _, _, _, args in mutants:
             run = cargo_test(tree, target, args)
