@@ -49,7 +49,7 @@ async fn with_relay(extra: &str) -> TestServer {
 fn relay_port(server: &TestServer) -> u16 {
     server
         .app
-        .relay()
+        .turn_relay()
         .expect("the relay runs")
         .local_addr()
         .port()
@@ -144,7 +144,7 @@ async fn the_login_hands_out_a_credential_the_relay_accepts_and_others_open_noth
     let mut tampered = credential.to_owned();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let credentials = server.app.relay().unwrap().credentials();
+    let credentials = server.app.turn_relay().unwrap().credentials();
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
     let (old_user, old_password) = credentials.mint("alice", two_days_ago);
     let foreign = Credentials::new(b"another secret", "dialtone", 600);

@@ -102,8 +102,8 @@ impl App {
     }
 
     /// The built-in TURN relay, when it runs.
-    pub fn relay(&self) -> Option<&TurnRelay> {
-        self.inner.shared.relay.as_ref()
+    pub fn turn_relay(&self) -> Option<&TurnRelay> {
+        self.inner.shared.turn.as_ref()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -386,7 +386,7 @@ impl App {
             users_in_grace: self.inner.shared.sessions.parked(),
             calls_ringing,
             calls_active,
-            relay: self.inner.shared.relay.as_ref().map(TurnRelay::snapshot),
+            relay: self.inner.shared.turn.as_ref().map(TurnRelay::snapshot),
         });
         uncached(&body, Metrics::content_type())
     }

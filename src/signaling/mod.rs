@@ -42,7 +42,7 @@ pub struct Signaling {
     /// Who's online, when `[presence] enabled`.
     pub presence: Option<Arc<Presence>>,
     /// The built-in TURN relay, when `[turn_server] enabled`.
-    pub relay: Option<TurnRelay>,
+    pub turn: Option<TurnRelay>,
 }
 
 /// What every session needs from the configuration.
@@ -136,7 +136,7 @@ impl Signaling {
             metrics,
             sessions: Arc::default(),
             presence,
-            relay,
+            turn: relay,
         })
     }
 }

@@ -267,7 +267,7 @@ async fn login(
     }
     let now = SystemTime::now();
     let mut ice_servers = shared.settings.ice_servers_for(name, now);
-    if let Some(relay) = &shared.relay {
+    if let Some(relay) = &shared.turn {
         ice_servers.push(relay.ice_server_for(name, now));
     }
     let new_token = grace::new_token();

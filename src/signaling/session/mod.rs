@@ -432,7 +432,7 @@ fn after_end(
                     sessions.forget(claim);
                 }
                 drop(held);
-                forget_allocations(shared.relay.clone(), name.clone());
+                forget_allocations(shared.turn.clone(), name.clone());
             }
         }
         (None, Some(claim))
@@ -442,7 +442,7 @@ fn after_end(
         {
             let grace = settings.resume_grace.as_secs();
             info!(%client, user = name.as_deref(), with = in_call.as_ref().map(|(with, _)| with.as_str()), "websocket closed: {end}; holding the name and any call for {grace} s");
-            let relay = shared.relay.clone();
+            let relay = shared.turn.clone();
             let who = name.clone();
             sessions.park(held, claim, settings.resume_grace, move || {
                 forget_allocations(relay, who);
@@ -454,7 +454,7 @@ fn after_end(
                 sessions.forget(claim);
             }
             drop(held);
-            forget_allocations(shared.relay.clone(), name.clone());
+            forget_allocations(shared.turn.clone(), name.clone());
             if let Some((with, _)) = &in_call {
                 let duration = standing.end_call(with);
                 let reason = if end == End::Gone(Some(1000)) {
