@@ -1,7 +1,6 @@
-//! The relay's sockets as the `turn` crate sees them. [`Guard`] wraps the listening socket
-//! and reads every datagram first: what the crate must not see is answered or dropped here.
-//! [`RelaySocket`] wraps each allocation's socket: it sends only where the peer policy allows,
-//! and counts what it relays.
+//! The relay's listening socket as the `turn` crate sees it. [`Guard`] wraps it and reads
+//! every datagram first: what the crate must not see is answered or dropped here. (Each
+//! allocation's own socket is `socket.rs`'s.)
 //!
 //! Why the guard answers the first, unauthenticated request itself: the crate keeps every
 //! nonce it hands out in a map that is pruned only when a client comes back with that nonce
