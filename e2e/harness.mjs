@@ -354,7 +354,18 @@ export async function openPage(browser, server, { viewport = { width: 1000, heig
   const page = await context.newPage();
   page.errors = [];
   page.on('pageerror', (err) => page.errors.push(String(err)));
-  await page.goto(server.url);
+  // Chromium aborts a load with ERR_NETWORK_CHANGED when its interfaces change under it: in a
+  // network namespace made a moment ago, the new veth's IPv6 address can still be settling.
+  // That is the test machine's network starting, not dialtone: load again, a few times.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.goto(server.url);
+      break;
+    } catch (err) {
+      if (attempt >= 5 || !String(err).includes('ERR_NETWORK_CHANGED')) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
   return page;
 }
 
