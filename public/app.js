@@ -8,6 +8,11 @@
 // found, never before the offer or answer it belongs to, and remote ones that arrive early
 // wait for the remote description.
 //
+// Who may log in is the server's choice (GET /access): a name alone, a name and the site
+// password, or an invite link whose token names the user. A token from `#token=` in the
+// address is kept in localStorage and removed from the address bar at once; a password is
+// kept only when the person ticks "Remember on this device". "Forget this device" clears both.
+//
 // Around the call: who's online (when the server sends the list), call links (/?call=bob),
 // names compared without regard to case, errors as alerts, the other side's camera and
 // microphone state (the relayed `media` notice), a ringtone made with WebAudio, a hint when
@@ -48,7 +53,15 @@ const ui = {
   pip: $('button#pip'),
   fullscreen: $('button#fullscreen'),
   controls: $('#controls'),
+  password: $('input#password'),
+  passwordFields: document.querySelectorAll('.password-field'),
+  remember: $('input#remember'),
+  accessNote: $('#access-note'),
+  forget: $('button#forget-device'),
 };
+
+/** Where this browser keeps what logs it in (per origin). */
+const STORED = { token: 'dialtone.accessToken', name: 'dialtone.name', password: 'dialtone.password' };
 
 /** How long a restarted ICE connection gets before the call is given up. */
 const ICE_RESTART_GRACE_MS = 10000;
@@ -72,6 +85,16 @@ let mediaNote = '';
 let call = null; // { peer, role, pc, offer, remoteQueue, localQueue, described, restarted, timer }
 let pendingCall = new URLSearchParams(location.search).get('call'); // a call link's name
 let onlineList = null; // the last presence list, when the server sends one
+let access = { mode: 'open' }; // what the server asks for at login (GET /access)
+let accessToken = null; // token mode: the signed token from an invite link or the operator's site
+let password = null; // password mode: the site password, for logins after a lost connection
+
+/** localStorage, or nothing when the browser refuses it (private modes, some embeds). */
+const storage = {
+  get(key) { try { return localStorage.getItem(key); } catch { return null; } },
+  set(key, value) { try { localStorage.setItem(key, value); } catch { /* not kept */ } },
+  remove(key) { try { localStorage.removeItem(key); } catch { /* nothing kept */ } },
+};
 
 /** Names as the server compares them: case-folded (near enough: ß is ss) and composed. */
 function fold(name) {
@@ -117,7 +140,11 @@ function show(state, sentence, tone = 'info') {
   updateStage();
   updateTimer();
   renderOnline();
-  ui.loginForm.hidden = !(state === 'logged-out' || state === 'connecting');
+  ui.loginForm.hidden = !(state === 'logged-out' || state === 'connecting')
+    || (access.mode === 'token' && !accessToken);
+  ui.accessNote.hidden = !(access.mode === 'token' && !accessToken) || loggedIn;
+  ui.forget.hidden = !['logged-out', 'connecting', 'idle'].includes(state)
+    || !(storage.get(STORED.token) || storage.get(STORED.password));
   ui.callForm.hidden = !['idle', 'calling', 'ringing', 'in-call'].includes(state);
   ui.callButton.disabled = state !== 'idle';
   ui.hangUp.disabled = !(state === 'calling' || state === 'in-call' || state === 'ringing'
@@ -148,8 +175,101 @@ function send(message) {
   return false;
 }
 
+/** A login message: the name, the reconnect token if any, and what the server's mode asks for. */
+function loginMessage(name) {
+  const message = { type: 'login' };
+  if (name) message.username = name;
+  if (token) message.token = token;
+  if (access.mode === 'password' && password !== null) message.password = password;
+  if (access.mode === 'token' && accessToken) message.accessToken = accessToken;
+  return message;
+}
+
 function logIn(name) {
-  return send(token ? { type: 'login', username: name, token } : { type: 'login', username: name });
+  return send(loginMessage(name));
+}
+
+// ---------------------------------------------------------------- access
+
+/** The claims of a JWT, read without checking (the server checks): for the name it holds. */
+function claimsOf(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return {};
+  }
+}
+
+/** Takes `#token=…` out of the address (so it is not bookmarked, shared or shown) and keeps it. */
+function takeTokenFromAddress() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const fresh = fragment.get('token');
+  if (!fresh) return;
+  storage.set(STORED.token, fresh);
+  fragment.delete('token');
+  const rest = fragment.toString();
+  history.replaceState(history.state, '', `${location.pathname}${location.search}${rest ? `#${rest}` : ''}`);
+}
+
+/** Asks the server which credential it wants; an older server (no /access) is open. */
+async function loadAccess() {
+  try {
+    const response = await fetch('/access', { cache: 'no-store' });
+    if (response.ok) access = await response.json();
+  } catch {
+    // Open, as before access control existed.
+  }
+  accessToken = storage.get(STORED.token);
+  password = storage.get(STORED.password);
+  if (access.mode === 'token' && accessToken) {
+    const name = claimsOf(accessToken)[access.nameClaim || 'sub'];
+    // The invite names the user: log in at once, as that name.
+    wantedName = typeof name === 'string' ? name : '';
+  } else if (access.mode === 'password' && password !== null && storage.get(STORED.name)) {
+    wantedName = storage.get(STORED.name);
+  }
+  renderAccess();
+  show('connecting', 'Connecting to the server…');
+}
+
+/** Shows only what the server's mode needs on the login form. */
+function renderAccess() {
+  const mode = access.mode;
+  for (const field of ui.passwordFields) field.hidden = mode !== 'password';
+  ui.password.required = mode === 'password';
+  const tokenName = mode === 'token' && accessToken ? claimsOf(accessToken)[access.nameClaim || 'sub'] : null;
+  ui.username.readOnly = mode === 'token';
+  if (mode === 'token') ui.username.value = typeof tokenName === 'string' ? tokenName : '';
+  else if (!ui.username.value && storage.get(STORED.name)) ui.username.value = storage.get(STORED.name);
+  if (mode === 'password' && password !== null) {
+    ui.password.value = password;
+    ui.remember.checked = true;
+  }
+  ui.accessNote.textContent = mode === 'token' && !accessToken
+    ? 'You need an invite link to use this server. Ask whoever runs it for one.' : '';
+}
+
+/** What the logged-out page asks for, in the server's mode. */
+function loginPrompt() {
+  if (access.mode === 'password') return 'Connected. Enter your name and the password.';
+  if (access.mode === 'token' && !accessToken) return 'Connected.';
+  if (access.mode === 'token') return 'Connected. Log in with your invite.';
+  return 'Connected. Choose a name and log in.';
+}
+
+/** Clears what this browser keeps, and logs out. */
+function forgetDevice() {
+  for (const key of Object.values(STORED)) storage.remove(key);
+  accessToken = null;
+  password = null;
+  ui.password.value = '';
+  ui.remember.checked = false;
+  if (access.mode === 'token') ui.username.value = '';
+  if (me || wantedName) logOut();
+  renderAccess();
+  show('logged-out', 'This device no longer keeps your login.');
 }
 
 /** The status of the call in progress, as it stands on this page. */
@@ -166,8 +286,8 @@ function connect() {
   socket.onopen = () => {
     reconnectDelay = 500;
     lostBecause = null;
-    if (wantedName) logIn(wantedName);
-    else show('logged-out', 'Connected. Choose a name and log in.');
+    if (wantedName !== null) logIn(wantedName);
+    else show('logged-out', loginPrompt());
   };
   socket.onmessage = (event) => {
     let message;
@@ -236,7 +356,15 @@ const handlers = {
       }
       wantedName = null;
       show('logged-out', `Login failed: ${sentence(message.message)}`, 'error');
-      ui.username.focus();
+      if (message.code === 'auth-failed' && access.mode === 'password') {
+        // A remembered password that no longer works is not kept.
+        storage.remove(STORED.password);
+        password = null;
+        ui.password.value = '';
+        ui.password.focus();
+      } else {
+        ui.username.focus();
+      }
       return;
     }
     me = message.username;
@@ -733,7 +861,7 @@ function logOut() {
 ui.loginForm.addEventListener('submit', (event) => {
   event.preventDefault();
   const name = ui.username.value.trim();
-  if (!name) {
+  if (!name && !(access.mode === 'token' && accessToken)) {
     show('logged-out', 'Please enter a name.', 'error');
     return;
   }
@@ -742,9 +870,25 @@ ui.loginForm.addEventListener('submit', (event) => {
     show('logged-out', `That name has ${length} characters: use at most ${MAX_NAME_CHARS}.`, 'error');
     return;
   }
+  if (access.mode === 'token' && !accessToken) return;
+  if (access.mode === 'password') {
+    if (!ui.password.value) {
+      show('logged-out', 'Please enter the password.', 'error');
+      ui.password.focus();
+      return;
+    }
+    password = ui.password.value;
+    if (ui.remember.checked) {
+      storage.set(STORED.password, password);
+      storage.set(STORED.name, name);
+    } else {
+      storage.remove(STORED.password);
+    }
+  }
   ringtone.unlock();
   wantedName = name;
-  if (!send({ type: 'login', username: name })) show('connecting', 'Not connected yet: logging in as soon as the server answers…');
+  token = null;
+  if (!logIn(name)) show('connecting', 'Not connected yet: logging in as soon as the server answers…');
 });
 
 ui.callForm.addEventListener('submit', (event) => {
@@ -774,6 +918,7 @@ ui.hangUp.addEventListener('click', () => {
 ui.mic.addEventListener('click', () => toggle(localStream?.getAudioTracks() ?? []));
 ui.camera.addEventListener('click', () => toggle(localStream?.getVideoTracks() ?? []));
 ui.logout.addEventListener('click', logOut);
+ui.forget.addEventListener('click', forgetDevice);
 
 ui.silence.addEventListener('click', () => {
   ringtone.stop();
@@ -819,7 +964,8 @@ ui.pip.addEventListener('click', () => {
 });
 
 updateToggles();
+takeTokenFromAddress();
 show('connecting', 'Connecting to the server…');
 // The preview shows as soon as the camera is allowed, before logging in.
 mediaReady = startMedia();
-connect();
+loadAccess().finally(connect);

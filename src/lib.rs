@@ -7,6 +7,7 @@
 //! Layout (one module per concern; docs/layout.md has the same as a tree):
 //! - [`config`]: `config.toml`'s tables and the `PORT` override; [`config::values`] holds
 //!   the validated value types.
+//! - [`access`]: who may log in (`[access]`): the site password, invite links and tokens.
 //! - [`net`]: this machine's addresses, for the certificate, the banner and the TURN relay.
 //! - [`tls`]: PEM files, or a self-signed certificate made with rcgen for LAN use.
 //! - [`server`]: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
@@ -23,6 +24,7 @@
 //! `main.rs` is a thin wrapper: it parses the command line, loads the config, binds, and
 //! calls [`server::run`], which tests call directly on port 0.
 
+pub mod access;
 pub mod config;
 pub mod http;
 pub mod limits;

@@ -28,12 +28,62 @@ struct Cli {
     /// started from (the working directory, not the binary's folder: under the systemd unit,
     /// /var/lib/dialtone), and uses the built-in defaults if there is none there. Generated
     /// certificates go to certs/ in that same directory.
-    #[arg(long, short, value_name = "PATH")]
+    #[arg(long, short, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Listen here instead of the config's `listen`, e.g. 127.0.0.1:9000, localhost:8443 or
     /// [::]:443. TLS stays as configured; a PORT variable is then ignored.
     #[arg(long, short, value_name = "HOST:PORT")]
     listen: Option<Listen>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Tools for `[access]`; without a command, dialtone serves.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Reads a password from standard input (without echo at a terminal) and prints its
+    /// Argon2id hash, for `[access] password_hash`.
+    HashPassword,
+    /// Prints a link that logs NAME in, signed with `[access] secret` (for mode = "token").
+    /// Send it to that person alone: whoever opens it is NAME.
+    Invite {
+        /// The user name the link logs in as.
+        name: String,
+        /// How long the link works: a number with s, m, h or d (seconds, minutes, hours,
+        /// days).
+        #[arg(long, default_value = "30d", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The address people open, e.g. https://calls.example.com. Default: the first of
+        /// allowed_origins, else the first LAN address the start-up banner would print.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `3600s` (or a bare number of seconds) in seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 60 * 60,
+        'd' => 24 * 60 * 60,
+        _ => return Err(format!("{text:?}: end it with s, m, h or d, as in 30d")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30d, 12h or 90m"))?;
+    match number.checked_mul(scale) {
+        Some(0) => Err("a link that is never valid is no use: give a duration above 0".into()),
+        Some(secs) if secs <= 10 * 365 * 24 * 60 * 60 => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is longer than ten years: give a shorter duration"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -81,6 +131,14 @@ fn init_logging(format: LogFormat) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from("config.toml"));
+    match cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Invite { name, ttl, url }) => {
+            let config = Config::load(&path, explicit)?;
+            return invite(&config, &name, ttl, url).await;
+        }
+        None => {}
+    }
     let mut config = Config::load(&path, explicit)?;
     init_logging(config.log_format);
     let port = std::env::var("PORT").ok();
@@ -142,7 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certificates.clone(),
         ));
     }
-    print_banner(&bound, tls.as_ref(), &mode, &config);
+    let public =
+        matches!(mode, Mode::Platform { .. }) || bound.iter().any(|addr| !addr.ip().is_loopback());
+    let access = app.access().describe(public);
+    print_banner(&bound, tls.as_ref(), &mode, &config, &access);
     server::serve(listeners, certificates, app, shutdown).await;
     info!("stopped");
     Ok(())
@@ -165,11 +226,18 @@ fn tls_error(err: TlsError, config: &Config) -> anyhow::Error {
 
 /// What a person needs to start a call: where to point a browser, and how to recognise the
 /// certificate the browser will warn about.
-fn print_banner(bound: &[SocketAddr], tls: Option<&tls::Tls>, mode: &Mode, config: &Config) {
+fn print_banner(
+    bound: &[SocketAddr],
+    tls: Option<&tls::Tls>,
+    mode: &Mode,
+    config: &Config,
+    access: &str,
+) {
     let mut lines = vec![format!(
         "dialtone {} is running.",
         env!("CARGO_PKG_VERSION")
     )];
+    lines.push(format!("  access: {access}"));
     match (tls, mode) {
         (Some(tls), _) => {
             lines.push(format!("  mode: HTTPS with a {}", tls.origin));
@@ -263,6 +331,90 @@ fn reachable(bound: &[SocketAddr]) -> (bool, Vec<SocketAddr>) {
         }
     }
     (local, lan)
+}
+
+/// `dialtone hash-password`: the hash goes to stdout, prompts to the terminal.
+fn hash_password() -> anyhow::Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ: run it again");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    let hash = dialtone::access::password::hash(&password).map_err(anyhow::Error::msg)?;
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{hash}")?;
+    Ok(())
+}
+
+/// `dialtone invite NAME`: the link to stdout; what it is, and until when, to stderr.
+async fn invite(config: &Config, name: &str, ttl: u64, url: Option<String>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let now = std::time::SystemTime::now();
+    let now_secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let token = dialtone::access::Access::invite(&config.access, name, now_secs, ttl)
+        .map_err(anyhow::Error::msg)?;
+    let base = match url {
+        Some(url) => url,
+        None => default_invite_url(config).await?,
+    };
+    let link = format!("{}/#token={token}", base.trim_end_matches('/'));
+    let until = httpdate::fmt_http_date(now + std::time::Duration::from_secs(ttl));
+    let mut err = std::io::stderr();
+    if config.access.mode != dialtone::config::AccessMode::Token {
+        let _ = writeln!(
+            err,
+            "note: {} has [access] mode = \"{}\": this link only logs in once mode = \"token\"",
+            config.file_name(),
+            config.access.mode.as_str()
+        );
+    }
+    let _ = writeln!(
+        err,
+        "{name}'s link, valid until {until}; whoever opens it is {name}:"
+    );
+    writeln!(std::io::stdout(), "{link}")?;
+    Ok(())
+}
+
+/// The address an invite points at when `--url` is not given: the first allowed origin
+/// (the operator's own public name), else the first LAN address the banner would print,
+/// else localhost.
+async fn default_invite_url(config: &Config) -> anyhow::Result<String> {
+    if let Some(origin) = config.allowed_origins.first() {
+        return Ok(origin.as_str().to_owned());
+    }
+    if config.tls.mode == dialtone::config::TlsMode::Off {
+        anyhow::bail!(
+            "TLS is off in {}, so the address people open is the proxy's: pass it with --url \
+             https://your.name",
+            config.file_name()
+        );
+    }
+    let bound = config.listen.resolve().await.unwrap_or_default();
+    let (_, lan) = reachable(&bound);
+    let url = match lan.iter().find(|addr| !addr.ip().is_loopback()) {
+        Some(addr) => format!("https://{addr}"),
+        None => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: this link opens on this machine only; pass --url with the address others use"
+            );
+            format!("https://localhost:{}", config.listen.port())
+        }
+    };
+    Ok(url)
 }
 
 /// Reads the certificate files again on each SIGHUP, so a renewed certificate applies to new

@@ -34,6 +34,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     tls_handshake_failures: IntCounter,
     closes: IntCounterVec,
+    auth_failures: IntCounterVec,
 }
 
 /// What the gauges show, read at scrape time.
@@ -107,8 +108,14 @@ impl Metrics {
                 "WebSocket connections ended, by close code (\"none\": no Close frame).",
                 "code",
             ),
+            auth_failures: counters(
+                "dialtone_auth_failures_total",
+                "Logins refused by [access], by reason (missing, password, signature, \
+                 expired, claims, rate-limited).",
+                "reason",
+            ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
             Box::new(metrics.connections.clone()),
             Box::new(metrics.users.clone()),
             Box::new(metrics.users_in_grace.clone()),
@@ -118,7 +125,12 @@ impl Metrics {
             Box::new(metrics.refused.clone()),
             Box::new(metrics.tls_handshake_failures.clone()),
             Box::new(metrics.closes.clone()),
+            Box::new(metrics.auth_failures.clone()),
         ];
+        // Every reason shows from the first scrape, at 0: an alert on a rate needs the series.
+        for reason in crate::access::Reason::ALL {
+            metrics.auth_failures.with_label_values(&[reason.as_str()]);
+        }
         for collector in collectors {
             metrics
                 .registry
@@ -141,6 +153,11 @@ impl Metrics {
 
     pub fn refused(&self, reason: &str) {
         self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// A login refused by `[access]`; `reason` is one of [`crate::access::Reason`]'s labels.
+    pub fn auth_failed(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     pub fn tls_handshake_failed(&self) {

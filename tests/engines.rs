@@ -179,6 +179,7 @@ impl User {
 const NO_TOKEN: Tokens = Tokens {
     presented: None,
     new: "0000",
+    take_back_only: false,
 };
 
 /// Retries a login until the name is free (a release is one round trip in a cluster).

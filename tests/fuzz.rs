@@ -72,7 +72,13 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
 #[derive(Debug, PartialEq)]
 enum Expected {
     Refused(&'static str),
-    Login(String, Option<String>),
+    /// username, reconnect token, password, access token.
+    Login(
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
     Resume(String),
     Offer(Value, String),
     Answer(Value, Option<String>),
@@ -83,9 +89,11 @@ enum Expected {
 }
 
 /// The fields a message may define; a second copy of one of them makes the message ambiguous.
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 11] = [
     "type",
     "token",
+    "password",
+    "accessToken",
     "username",
     "otherUsername",
     "offer",
@@ -118,13 +126,28 @@ fn expected(text: &str, duplicate_known_key: bool) -> Expected {
     };
     let bad = Refused("bad-message");
     match kind {
-        "login" => match (fields.get("username"), fields.get("token")) {
-            (Some(Value::String(name)), None | Some(Value::Null)) => Login(name.clone(), None),
-            (Some(Value::String(name)), Some(Value::String(token))) => {
-                Login(name.clone(), Some(token.clone()))
+        "login" => {
+            let optional = |field: &str| match fields.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(value)) => Ok(Some(value.clone())),
+                Some(_) => Err(()),
+            };
+            let (Ok(token), Ok(password), Ok(access_token)) = (
+                optional("token"),
+                optional("password"),
+                optional("accessToken"),
+            ) else {
+                return bad;
+            };
+            // The name may be left out only when an access token names the user.
+            match (fields.get("username"), &access_token) {
+                (Some(Value::String(name)), _) => {
+                    Login(Some(name.clone()), token, password, access_token)
+                }
+                (None | Some(Value::Null), Some(_)) => Login(None, token, password, access_token),
+                _ => bad,
             }
-            _ => bad,
-        },
+        }
         "resume" => match to {
             Ok(Some(to)) => Resume(to),
             _ => bad,
@@ -168,9 +191,17 @@ fn actual(text: &str) -> Expected {
             }
             Refused(err.code())
         }
-        Ok(ClientMessage::Login { username, token }) => {
-            Login(username.into_owned(), token.map(|t| t.into_owned()))
-        }
+        Ok(ClientMessage::Login {
+            username,
+            token,
+            password,
+            access_token,
+        }) => Login(
+            name(username),
+            name(token),
+            name(password),
+            name(access_token),
+        ),
         Ok(ClientMessage::Resume { to }) => Resume(to.into_owned()),
         Ok(ClientMessage::Offer { offer, to }) => Offer(tree(offer), to.into_owned()),
         Ok(ClientMessage::Answer { answer, to }) => Answer(tree(answer), name(to)),
@@ -187,6 +218,8 @@ fn message() -> impl Strategy<Value = (String, bool)> {
         3 => Just("type"),
         1 => Just("username"),
         1 => Just("token"),
+        1 => Just("password"),
+        1 => Just("accessToken"),
         2 => Just("otherUsername"),
         1 => Just("offer"),
         1 => Just("answer"),

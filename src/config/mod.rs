@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod access;
 pub mod values;
+
+pub use access::{AccessConfig, AccessMode};
 
 pub use values::{
     IceUrl, InstanceId, Listen, MessageLimit, Origin, Peers, PortRange, RedisUrl, Secret, Urls,
@@ -65,6 +68,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The built-in STUN/TURN relay (UDP), off by default.
     pub turn_server: TurnServerConfig,
+    /// Who may log in: anyone, with the site password, or with a signed token.
+    #[serde(deserialize_with = "AccessConfig::checked")]
+    pub access: AccessConfig,
     /// The file these settings came from (`None`: built-in defaults), for messages.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -321,6 +327,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             metrics: MetricsConfig::default(),
             turn_server: TurnServerConfig::default(),
+            access: AccessConfig::default(),
             file: None,
         }
     }
@@ -503,6 +510,7 @@ impl Config {
         }
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
+        self.access.resolve(base);
         self
     }
 

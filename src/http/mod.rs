@@ -1,6 +1,6 @@
 //! Routing one HTTP request: WebSocket upgrades to the signaling relay (after the origin
-//! check and admission), `/healthz`, `/metrics`, `/qr.svg` and the page's files; and the
-//! security headers every response carries.
+//! check and admission), `/healthz`, `/metrics`, `/access`, `/qr.svg` and the page's files;
+//! and the security headers every response carries.
 //!
 //! - [`files`]: the page, built in or from `public_dir`;
 //! - [`headers`]: the security headers and what a request says about its origin;
@@ -179,6 +179,7 @@ impl App {
         }
         match path {
             "/healthz" => return self.health(),
+            "/access" => return self.access_page(),
             "/metrics" if self.inner.metrics_enabled => return self.metrics_page(&req),
             "/qr.svg" => return qr::share_qr(&req, https),
             _ => {}
@@ -389,6 +390,22 @@ impl App {
             relay: self.inner.shared.turn.as_ref().map(TurnRelay::snapshot),
         });
         uncached(&body, Metrics::content_type())
+    }
+
+    /// What the page needs before its first login: which credential to ask for, and (token
+    /// mode) which claim of its token holds the name. Nothing secret.
+    fn access_page(&self) -> Response<Body> {
+        let access = &self.inner.shared.access;
+        let mut body = serde_json::json!({ "mode": access.mode().as_str() });
+        if access.mode() == crate::config::AccessMode::Token {
+            body["nameClaim"] = access.name_claim().into();
+        }
+        uncached(&body.to_string(), "application/json")
+    }
+
+    /// The access rules.
+    pub fn access(&self) -> &crate::access::Access {
+        &self.inner.shared.access
     }
 
     /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.

@@ -1,7 +1,8 @@
 //! The signaling relay: users log in by name and exchange offers, answers and ICE candidates.
 //!
 //! - [`Signaling::start`]: the composition root: it reads the config and starts the parts
-//!   (the engine, the built-in TURN relay, presence) that every session shares.
+//!   (access control, the engine, the built-in TURN relay, presence) that every session
+//!   shares.
 //! - [`protocol`]: the JSON messages, one enum per direction.
 //! - [`registry`]: who is logged in and who is calling whom: the engine seam, in memory or
 //!   on Redis.
@@ -22,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::access::Access;
 use crate::config::{Config, IceServer, Limits, TurnConfig};
 use crate::metrics::Metrics;
 use crate::turn::TurnRelay;
@@ -31,9 +33,11 @@ use registry::Registry;
 use registry::cluster::Cluster;
 
 /// What all sessions share: the engine, the settings, the metrics, the users in grace,
-/// presence and the TURN relay.
+/// presence, the TURN relay and the access rules.
 #[derive(Debug)]
 pub struct Signaling {
+    /// Who may log in (`[access]`).
+    pub access: Access,
     pub registry: Registry,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -101,10 +105,12 @@ impl Settings {
 }
 
 impl Signaling {
-    /// Starts what the config asks for: the Redis engine when `[cluster]` names a Redis
+    /// Starts what the config asks for: the access rules (keys read, the JWKS fetched), the
+    /// Redis engine when `[cluster]` names a Redis
     /// (connected and subscribed before this returns), memory otherwise; the built-in TURN
     /// relay with `[turn_server] enabled`; presence with `[presence] enabled`.
     pub async fn start(config: &Config, metrics: Metrics) -> anyhow::Result<Arc<Signaling>> {
+        let access = Access::start(&config.access).await?;
         let registry = match &config.cluster.redis_url {
             None => Registry::new(),
             Some(_) => Registry::Cluster(
@@ -116,7 +122,7 @@ impl Signaling {
         } else {
             None
         };
-        Ok(Signaling::with(config, registry, metrics, relay))
+        Ok(Signaling::with(config, registry, metrics, relay, access))
     }
 
     /// The parts already made; presence starts here when the config asks for it.
@@ -125,12 +131,14 @@ impl Signaling {
         registry: Registry,
         metrics: Metrics,
         relay: Option<TurnRelay>,
+        access: Access,
     ) -> Arc<Signaling> {
         let presence = config
             .presence
             .enabled
             .then(|| Presence::start(registry.clone()));
         Arc::new(Signaling {
+            access,
             registry,
             settings: Settings::from_config(config),
             metrics,

@@ -17,10 +17,15 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// A message from a browser, checked and typed. Borrows from the frame it was parsed from.
 #[derive(Debug, Clone)]
 pub enum ClientMessage<'a> {
+    /// `username` may be left out only when `accessToken` names the user.
     Login {
-        username: Cow<'a, str>,
+        username: Option<Cow<'a, str>>,
         /// The reconnect token of an earlier login under this name, to take it back.
         token: Option<Cow<'a, str>>,
+        /// The site password (`[access] mode = "password"`).
+        password: Option<Cow<'a, str>>,
+        /// A signed JWT (`[access] mode = "token"`).
+        access_token: Option<Cow<'a, str>>,
     },
     Offer {
         offer: &'a RawValue,
@@ -76,6 +81,10 @@ struct Envelope<'a> {
     #[serde(borrow)]
     token: Option<&'a RawValue>,
     #[serde(borrow)]
+    password: Option<&'a RawValue>,
+    #[serde(rename = "accessToken", borrow)]
+    access_token: Option<&'a RawValue>,
+    #[serde(borrow)]
     audio: Option<&'a RawValue>,
     #[serde(borrow)]
     video: Option<&'a RawValue>,
@@ -124,18 +133,22 @@ impl<'a> ClientMessage<'a> {
         };
         let to = || optional_name(envelope.other_username);
         Ok(match &*kind {
-            "login" => ClientMessage::Login {
-                username: envelope
-                    .username
-                    .and_then(string)
-                    .ok_or_else(|| bad("login needs \"username\", a string"))?,
-                token: match envelope.token {
-                    None => None,
-                    Some(raw) => {
-                        Some(string(raw).ok_or_else(|| bad("\"token\" must be a string"))?)
-                    }
-                },
-            },
+            "login" => {
+                let access_token = optional_string(envelope.access_token, "accessToken")?;
+                let username = match envelope.username {
+                    None if access_token.is_some() => None,
+                    raw => Some(
+                        raw.and_then(string)
+                            .ok_or_else(|| bad("login needs \"username\", a string"))?,
+                    ),
+                };
+                ClientMessage::Login {
+                    username,
+                    token: optional_string(envelope.token, "token")?,
+                    password: optional_string(envelope.password, "password")?,
+                    access_token,
+                }
+            }
             "resume" => ClientMessage::Resume {
                 to: to()?.ok_or_else(|| {
                     bad("resume needs \"otherUsername\": the user whose call to resume")
@@ -180,6 +193,19 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
             .map(Cow::Owned)
     } else {
         Some(Cow::Borrowed(inner))
+    }
+}
+
+/// An optional string field; present with another type, it is refused.
+fn optional_string<'a>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+) -> Result<Option<Cow<'a, str>>, ProtocolError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => string(raw)
+            .map(Some)
+            .ok_or_else(|| bad(&format!("\"{field}\" must be a string"))),
     }
 }
 
@@ -263,6 +289,10 @@ pub enum LoginFailure {
     RateLimited,
     /// The shared backplane (Redis) cannot be reached: nobody can be logged in safely.
     Unavailable,
+    /// `[access]` asks for a password or token and none came.
+    AuthRequired,
+    /// The password or token was wrong, expired or not for this name.
+    AuthFailed,
 }
 
 impl LoginFailure {
@@ -273,6 +303,8 @@ impl LoginFailure {
             LoginFailure::AlreadyLoggedIn => "already-logged-in",
             LoginFailure::RateLimited => "rate-limited",
             LoginFailure::Unavailable => "unavailable",
+            LoginFailure::AuthRequired => "auth-required",
+            LoginFailure::AuthFailed => "auth-failed",
         }
     }
 }
@@ -411,7 +443,15 @@ mod tests {
     fn parses_the_tutorial_client_messages() {
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"login","username":"alice"}"#),
-            Ok(ClientMessage::Login { username, token: None }) if username == "alice"
+            Ok(ClientMessage::Login { username: Some(username), token: None, password: None, access_token: None }) if username == "alice"
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"login","accessToken":"a.b.c"}"#),
+            Ok(ClientMessage::Login { username: None, access_token: Some(t), .. }) if t == "a.b.c"
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"login","username":"al","password":"pw"}"#),
+            Ok(ClientMessage::Login { password: Some(p), .. }) if p == "pw"
         ));
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"login","username":"alice","token":"s3cret"}"#),
@@ -431,7 +471,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match ClientMessage::parse(r#"{"type":"login","username":"\u00f1and\u00fa"}"#).unwrap() {
-            ClientMessage::Login { username, .. } => assert_eq!(username, "ñandú"),
+            ClientMessage::Login { username, .. } => assert_eq!(username.as_deref(), Some("ñandú")),
             other => panic!("{other:?}"),
         }
         // The seed's client sends answers and candidates without otherUsername.
@@ -492,6 +532,20 @@ mod tests {
             "bad-message"
         );
         assert_eq!(code(r#"{"type":"resume"}"#), "bad-message");
+        // Only an access token lets the name be left out; credentials must be strings.
+        assert_eq!(code(r#"{"type":"login","password":"pw"}"#), "bad-message");
+        assert_eq!(
+            code(r#"{"type":"login","username":"a","password":1}"#),
+            "bad-message"
+        );
+        assert_eq!(
+            code(r#"{"type":"login","accessToken":null}"#),
+            "bad-message"
+        );
+        assert_eq!(
+            code(r#"{"type":"login","accessToken":"t","username":5}"#),
+            "bad-message"
+        );
         // Nesting is skipped without recursion: no stack overflow, whatever the depth (the
         // message size limit bounds it). A deep array where an object belongs is refused.
         let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));

@@ -328,6 +328,11 @@ impl Service {
         self.next().user(name).await
     }
 
+    /// A socket on `/ws` with extra request headers (`X-Forwarded-For` behind a proxy).
+    pub async fn ws_with(&self, headers: &[(&str, &str)]) -> Ws {
+        self.next().ws_with("/ws", headers).await
+    }
+
     /// Ringing and active calls in the whole service (each counted by its caller's instance).
     pub fn calls(&self) -> (usize, usize) {
         self.servers.iter().fold((0, 0), |(r, a), server| {

@@ -79,6 +79,10 @@ pub struct Sent {
 pub struct Tokens<'a> {
     pub presented: Option<&'a str>,
     pub new: &'a str,
+    /// The presented token is the login's only credential (`[access]` is on and no valid
+    /// password or access token came): it may take a held session back, never claim a free
+    /// name. Without a session to take, the login fails with `AuthFailed`.
+    pub take_back_only: bool,
 }
 
 /// How a login went.
@@ -318,6 +322,7 @@ impl Connection {
     ) -> Result<LoggedIn, LoginFailure> {
         match self {
             // One process: a token is checked by the session layer, which holds them all.
+            Connection::Memory(_) if tokens.take_back_only => Err(LoginFailure::AuthFailed),
             Connection::Memory(conn) => conn
                 .login(name, Message::text(welcome(&LoggedIn::Fresh)))
                 .map(|()| LoggedIn::Fresh),

@@ -9,6 +9,8 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{Allowance, CallSince, Standing};
+use crate::access::{Code as AccessCode, Credentials};
+use crate::config::{AccessMode, IceServer};
 use crate::metrics::Metrics;
 use crate::signaling::Signaling;
 use crate::signaling::grace;
@@ -45,11 +47,21 @@ pub(super) async fn handle(
         }
     };
     match message {
-        ClientMessage::Login { username, token } => {
+        ClientMessage::Login {
+            username,
+            token,
+            password,
+            access_token,
+        } => {
+            let offered = Credentials {
+                username: username.as_deref(),
+                password: password.as_deref(),
+                access_token: access_token.as_deref(),
+            };
             login(
                 conn,
                 standing,
-                &username,
+                offered,
                 token.as_deref(),
                 shared,
                 allowance,
@@ -225,19 +237,23 @@ fn relayed(
     }
 }
 
+/// A login: the rate and name checks; then a reconnect token takes back a session held here
+/// (or, with `[access]` on, held on another instance) without a new credential check; else
+/// `[access]` decides, and the name is claimed.
 async fn login(
     conn: &mut Connection,
     standing: &mut Standing,
-    name: &str,
+    offered: Credentials<'_>,
     token: Option<&str>,
     shared: &Signaling,
     allowance: &mut Allowance,
     this: This<'_>,
 ) -> Option<String> {
     let client = this.client;
+    let asked = offered.username.unwrap_or_default();
     let refuse = |code: LoginFailure, message: &str| {
         shared.metrics.error(code.as_str());
-        info!(%client, user = shown(name), code = code.as_str(), "login refused");
+        info!(%client, user = shown(asked), code = code.as_str(), "login refused");
         Some(
             ServerMessage::Login {
                 success: false,
@@ -262,33 +278,32 @@ async fn login(
         let message = format!("this connection is already logged in as {current}");
         return refuse(LoginFailure::AlreadyLoggedIn, &message);
     }
-    if let Err(why) = validate_name(name) {
-        return refuse(LoginFailure::InvalidName, why);
-    }
-    let now = SystemTime::now();
-    let mut ice_servers = shared.settings.ice_servers_for(name, now);
-    if let Some(relay) = &shared.turn {
-        ice_servers.push(relay.ice_server_for(name, now));
+    match offered.username {
+        Some(name) => {
+            if let Err(why) = validate_name(name) {
+                return refuse(LoginFailure::InvalidName, why);
+            }
+        }
+        // Only a token carries a name; anywhere else the name must be typed.
+        None if shared.access.mode() != AccessMode::Token => {
+            return refuse(
+                LoginFailure::InvalidName,
+                "login needs \"username\": this server does not take names from tokens",
+            );
+        }
+        None => {}
     }
     let new_token = grace::new_token();
-    let welcome = |resumed: bool, with: Option<&str>| {
-        ServerMessage::Login {
-            success: true,
-            username: Some(name),
-            ice_servers: Some(&ice_servers),
-            code: None,
-            message: None,
-            token: Some(&new_token),
-            resumed: resumed.then_some(true),
-            other_username: with,
-        }
-        .to_json()
-    };
+    let new_digest = grace::digest_hex(&new_token);
+    let presented = token.map(grace::digest_hex);
+    let restricted = shared.access.mode() != AccessMode::Open;
     // The token of the user's last login takes the session back from whoever holds it here:
     // the parked task of a dropped socket, or a socket that still looks open.
-    if let Some(token) = token
+    if let (Some(name), Some(token)) = (offered.username, token)
         && let Some(mut held) = shared.sessions.take(name, token).await
     {
+        let ice_servers = ice_servers(shared, name);
+        let welcome = welcome(name, &ice_servers, &new_token);
         standing.claim = Some(shared.sessions.register(name, &new_token));
         standing.resume = held.resume.take();
         held.conn
@@ -298,43 +313,130 @@ async fn login(
         // The fresh membership this socket started with was never logged in: dropping it
         // changes nothing.
         *conn = held.conn;
-        conn.set_token(&grace::digest_hex(&new_token)).await;
+        conn.set_token(&new_digest).await;
         info!(%client, user = name, "came back with its token");
         send_presence(shared, this.outbox);
         return None;
     }
+    // With [access] on, a token for a session held on another instance also needs no new
+    // check (the access token may have expired since): try that before checking anything.
+    if restricted && let (Some(name), Some(presented)) = (offered.username, presented.as_deref()) {
+        let tokens = Tokens {
+            presented: Some(presented),
+            new: &new_digest,
+            take_back_only: true,
+        };
+        match claim(conn, standing, name, tokens, &new_token, shared, this).await {
+            Ok(()) => return None,
+            Err(LoginFailure::Unavailable) => {
+                return refuse_for(LoginFailure::Unavailable, name, &refuse);
+            }
+            // Nothing to take back (or the name is in use here): the credential decides.
+            Err(_) => {}
+        }
+    }
+    let name = match shared.access.admit(offered, client).await {
+        Ok(name) => name,
+        Err(denied) => {
+            shared.metrics.auth_failed(denied.reason.as_str());
+            debug!(%client, reason = denied.reason.as_str(), "access denied");
+            let code = match denied.code {
+                AccessCode::Required => LoginFailure::AuthRequired,
+                AccessCode::Failed => LoginFailure::AuthFailed,
+            };
+            return refuse(code, &denied.message);
+        }
+    };
     // With several instances the token may belong to a session held on another one.
-    let new_digest = grace::digest_hex(&new_token);
-    let presented = token.map(grace::digest_hex);
     let tokens = Tokens {
         presented: presented.as_deref(),
         new: &new_digest,
+        take_back_only: false,
     };
+    match claim(conn, standing, &name, tokens, &new_token, shared, this).await {
+        Ok(()) => None,
+        Err(failure) => refuse_for(failure, &name, &refuse),
+    }
+}
+
+/// The sentence for a refused claim.
+fn refuse_for(
+    failure: LoginFailure,
+    name: &str,
+    refuse: &impl Fn(LoginFailure, &str) -> Option<String>,
+) -> Option<String> {
+    match failure {
+        LoginFailure::NameTaken => refuse(
+            LoginFailure::NameTaken,
+            &format!("the name {name} is taken: choose another"),
+        ),
+        LoginFailure::Unavailable => refuse(
+            LoginFailure::Unavailable,
+            "the service cannot reach its backplane right now: try again in a moment",
+        ),
+        other => refuse(other, "login refused"),
+    }
+}
+
+/// Claims `name` on the engine (or takes a session back on another instance) and welcomes
+/// the socket.
+async fn claim(
+    conn: &mut Connection,
+    standing: &mut Standing,
+    name: &str,
+    tokens: Tokens<'_>,
+    new_token: &str,
+    shared: &Signaling,
+    this: This<'_>,
+) -> Result<(), LoginFailure> {
+    let client = this.client;
+    let ice_servers = ice_servers(shared, name);
+    let welcome = welcome(name, &ice_servers, new_token);
     let welcome = |how: &LoggedIn| match how {
         LoggedIn::Fresh => welcome(false, None),
         LoggedIn::TakenOver(with) => welcome(true, with.as_deref()),
     };
-    match conn.login(name, tokens, welcome).await {
-        Ok(how) => {
-            standing.claim = Some(shared.sessions.register(name, &new_token));
-            send_presence(shared, this.outbox);
-            match how {
-                LoggedIn::Fresh => info!(%client, user = name, "logged in"),
-                LoggedIn::TakenOver(_) => {
-                    info!(%client, user = name, "came back with its token from another instance")
-                }
-            }
-            None
+    let how = conn.login(name, tokens, welcome).await?;
+    standing.claim = Some(shared.sessions.register(name, new_token));
+    send_presence(shared, this.outbox);
+    match how {
+        LoggedIn::Fresh => info!(%client, user = name, "logged in"),
+        LoggedIn::TakenOver(_) => {
+            info!(%client, user = name, "came back with its token from another instance")
         }
-        Err(LoginFailure::NameTaken) => refuse(
-            LoginFailure::NameTaken,
-            &format!("the name {name} is taken: choose another"),
-        ),
-        Err(LoginFailure::Unavailable) => refuse(
-            LoginFailure::Unavailable,
-            "the service cannot reach its backplane right now: try again in a moment",
-        ),
-        Err(other) => refuse(other, "login refused"),
+    }
+    Ok(())
+}
+
+/// The `iceServers` of a login: the configured ones with TURN credentials minted for `name`,
+/// and the built-in relay's.
+fn ice_servers(shared: &Signaling, name: &str) -> Vec<IceServer> {
+    let now = SystemTime::now();
+    let mut ice_servers = shared.settings.ice_servers_for(name, now);
+    if let Some(relay) = &shared.turn {
+        ice_servers.push(relay.ice_server_for(name, now));
+    }
+    ice_servers
+}
+
+/// The successful login reply, given whether a session was taken back and its call.
+fn welcome<'a>(
+    name: &'a str,
+    ice_servers: &'a [IceServer],
+    new_token: &'a str,
+) -> impl Fn(bool, Option<&str>) -> String + 'a {
+    move |resumed, with| {
+        ServerMessage::Login {
+            success: true,
+            username: Some(name),
+            ice_servers: Some(ice_servers),
+            code: None,
+            message: None,
+            token: Some(new_token),
+            resumed: resumed.then_some(true),
+            other_username: with,
+        }
+        .to_json()
     }
 }
 

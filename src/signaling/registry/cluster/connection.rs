@@ -72,6 +72,9 @@ impl Connection {
         if !inner.is_up() {
             return Err(LoginFailure::Unavailable);
         }
+        if tokens.take_back_only && tokens.presented.is_none() {
+            return Err(LoginFailure::AuthFailed);
+        }
         let name: Arc<str> = Arc::from(name);
         {
             let mut local = inner.lock();
@@ -103,6 +106,11 @@ impl Connection {
                     self.name = Some(name);
                     inner.changes.notify_one();
                     return Ok(LoggedIn::TakenOver(taken));
+                }
+                // The token was all this login had: without a session to take, no name.
+                Ok(None) if tokens.take_back_only => {
+                    inner.lock().members.remove(&name);
+                    return Err(LoginFailure::AuthFailed);
                 }
                 // Nobody holds the name, or the token is not its current one: an ordinary
                 // claim, which then succeeds or says the name is taken.

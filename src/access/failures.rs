@@ -1,0 +1,130 @@
+//! Failed logins per client address: more than [`MAX_FAILURES`] in a minute, and that address
+//! gets `auth-failed` without a check for the next minute. Keyed by the whole address, so one
+//! address's guessing never locks out anyone else. Per instance: each instance of a cluster
+//! keeps its own count.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Failures one address may have in a [`WINDOW`] before it is blocked.
+pub const MAX_FAILURES: u32 = 10;
+/// How long failures are counted for, and how long a block lasts.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most; past this, expired entries are dropped, and if none have
+/// expired the oldest window goes (a flood of addresses cannot grow the map without bound).
+const MAX_ADDRESSES: usize = 50_000;
+
+#[derive(Debug, Default)]
+pub struct Failures {
+    by_address: Mutex<HashMap<IpAddr, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    count: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl Failures {
+    /// Whether `address` is blocked at `now`.
+    pub fn blocked(&self, address: IpAddr, now: Instant) -> bool {
+        crate::sync::lock(&self.by_address)
+            .get(&address)
+            .and_then(|window| window.blocked_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Counts one failure; returns whether `address` is now blocked.
+    pub fn failed(&self, address: IpAddr, now: Instant) -> bool {
+        let mut map = crate::sync::lock(&self.by_address);
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&address) {
+            map.retain(|_, window| !window.expired(now));
+            if map.len() >= MAX_ADDRESSES
+                && let Some(oldest) = map.iter().min_by_key(|(_, w)| w.started).map(|(a, _)| *a)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let window = map.entry(address).or_insert(Window {
+            started: now,
+            count: 0,
+            blocked_until: None,
+        });
+        if window.expired(now) {
+            *window = Window {
+                started: now,
+                count: 0,
+                blocked_until: None,
+            };
+        }
+        window.count += 1;
+        if window.count > MAX_FAILURES && window.blocked_until.is_none() {
+            window.blocked_until = Some(now + WINDOW);
+        }
+        window.blocked_until.is_some_and(|until| now < until)
+    }
+
+    /// Addresses with a failure on record (for tests and the curious).
+    pub fn addresses(&self) -> usize {
+        crate::sync::lock(&self.by_address).len()
+    }
+}
+
+impl Window {
+    /// Nothing left to remember: the counting window is over and no block is running.
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.started) >= WINDOW
+            && self.blocked_until.is_none_or(|until| now >= until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eleven_failures_in_a_minute_block_that_address_alone_for_a_minute() {
+        let failures = Failures::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES {
+            assert!(!failures.failed(a, t0 + Duration::from_secs(u64::from(i))));
+        }
+        assert!(!failures.blocked(a, t0 + Duration::from_secs(10)));
+        assert!(failures.failed(a, t0 + Duration::from_secs(10)));
+        assert!(failures.blocked(a, t0 + Duration::from_secs(11)));
+        assert!(!failures.blocked(b, t0 + Duration::from_secs(11)));
+        assert!(!failures.failed(b, t0 + Duration::from_secs(11)));
+        // The block lasts a minute from the failure that set it, then all is forgotten.
+        assert!(failures.blocked(a, t0 + Duration::from_secs(69)));
+        assert!(!failures.blocked(a, t0 + Duration::from_secs(70)));
+        assert!(!failures.failed(a, t0 + Duration::from_secs(71)));
+    }
+
+    #[test]
+    fn failures_spread_over_more_than_a_minute_never_block() {
+        let failures = Failures::default();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            assert!(
+                !failures.failed(a, t0 + Duration::from_secs(i * 7)),
+                "failure {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let failures = Failures::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_ADDRESSES as u32 + 10) {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(i));
+            failures.failed(address, t0);
+        }
+        assert_eq!(failures.addresses(), MAX_ADDRESSES);
+    }
+}

@@ -1,0 +1,334 @@
+//! Token mode: JWTs verified by jsonwebtoken, never by hand. Each key carries the one algorithm
+//! it accepts (an HS256 secret only HS256, a P-256 key only ES256, …), so `alg: none`, a public
+//! key used as an HMAC secret, or an algorithm the key was not made for all fail. `exp` is
+//! required and `nbf` honoured, with 60 s of leeway; `iss` and `aud` when configured.
+
+use std::path::Path;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::config::AccessConfig;
+
+/// The longest token looked at; anything longer fails before it is parsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 60;
+
+/// One key that may have signed a token, with the one algorithm it accepts.
+#[derive(Clone)]
+pub struct Key {
+    /// A JWKS key's id; static keys (the secret, PEM files) have none.
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?}, kid {:?})", self.algorithm, self.kid)
+    }
+}
+
+/// Why a token was refused. Only the person's sentence and a metrics label leave the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is not a well-formed JWT, or is over 8 KiB")]
+    Malformed,
+    #[error("no configured key has the token's kid and algorithm")]
+    UnknownKey,
+    #[error("the signature does not match any key")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token's iss or aud is not the configured one")]
+    WrongIssuerOrAudience,
+    #[error("the token lacks a required claim ({0})")]
+    MissingClaim(String),
+    #[error("the token's name claim is missing, not a string, or not a valid name")]
+    NoName,
+}
+
+/// What checks tokens: the claims rules and the static keys (the JWKS keys come separately).
+#[derive(Debug)]
+pub struct Rules {
+    issuer: Option<String>,
+    audience: Option<String>,
+    name_claim: String,
+}
+
+impl Rules {
+    pub fn from_config(config: &AccessConfig) -> Rules {
+        Rules {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            name_claim: config.name_claim.clone(),
+        }
+    }
+
+    pub fn name_claim(&self) -> &str {
+        &self.name_claim
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &self.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Without a configured audience, a token's `aud` is not dialtone's business.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
+    /// Checks `token` against `keys`: the candidates are the keys with the token's `kid`, or,
+    /// when no key has it (or the token names none), the keys without one; then only those
+    /// made for the token's `alg`. Returns the user's name from the configured claim.
+    pub fn verify(&self, token: &str, keys: &[Key]) -> Result<String, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let candidates: Vec<&Key> = candidates(keys, header.kid.as_deref())
+            .filter(|key| key.algorithm == header.alg)
+            .collect();
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey);
+        }
+        let mut last = TokenError::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(
+                token,
+                &key.key,
+                &self.validation(key.algorithm),
+            ) {
+                Ok(data) => return self.name_in(&data.claims),
+                Err(err) => {
+                    last = classify(err.kind());
+                    // Only a signature that did not match this key lets another key try;
+                    // past the signature, the claims are what they are.
+                    if last != TokenError::BadSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn name_in(&self, claims: &Map<String, Value>) -> Result<String, TokenError> {
+        let name = claims
+            .get(&self.name_claim)
+            .and_then(Value::as_str)
+            .ok_or(TokenError::NoName)?;
+        crate::signaling::protocol::validate_name(name).map_err(|_| TokenError::NoName)?;
+        Ok(name.to_owned())
+    }
+
+    /// An invite: an HS256 token for `name`, valid for `ttl_secs` from `now_secs`, with the
+    /// configured `iss` and `aud` so this server accepts it.
+    pub fn invite(
+        &self,
+        secret: &[u8],
+        name: &str,
+        now_secs: u64,
+        ttl_secs: u64,
+    ) -> Result<String, String> {
+        let mut claims = Map::new();
+        claims.insert(self.name_claim.clone(), Value::from(name));
+        claims.insert("iat".into(), Value::from(now_secs));
+        claims.insert("exp".into(), Value::from(now_secs.saturating_add(ttl_secs)));
+        if let Some(issuer) = &self.issuer {
+            claims.insert("iss".into(), Value::from(issuer.as_str()));
+        }
+        if let Some(audience) = &self.audience {
+            claims.insert("aud".into(), Value::from(audience.as_str()));
+        }
+        let key =
+            EncodingKey::from_secret(secret).map_err(|err| format!("unusable secret: {err}"))?;
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+            .map_err(|err| format!("cannot sign the invite: {err}"))
+    }
+}
+
+fn candidates<'k>(keys: &'k [Key], kid: Option<&str>) -> impl Iterator<Item = &'k Key> {
+    let named = kid.is_some_and(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+    keys.iter().filter(move |key| match (kid, named) {
+        (Some(kid), true) => key.kid.as_deref() == Some(kid),
+        (Some(_), false) => key.kid.is_none(),
+        (None, _) => true,
+    })
+}
+
+fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as E;
+    match kind {
+        E::InvalidSignature | E::InvalidAlgorithm | E::InvalidKeyFormat => TokenError::BadSignature,
+        E::ExpiredSignature => TokenError::Expired,
+        E::ImmatureSignature => TokenError::NotYetValid,
+        E::InvalidIssuer | E::InvalidAudience | E::InvalidSubject => {
+            TokenError::WrongIssuerOrAudience
+        }
+        E::MissingRequiredClaim(claim) | E::InvalidClaimFormat(claim) => {
+            TokenError::MissingClaim(claim.clone())
+        }
+        _ => TokenError::Malformed,
+    }
+}
+
+/// The HS256 key of `[access] secret`.
+pub fn secret_key(secret: &[u8]) -> Result<Key, String> {
+    Ok(Key {
+        kid: None,
+        algorithm: Algorithm::HS256,
+        key: DecodingKey::from_secret(secret).map_err(|err| format!("unusable secret: {err}"))?,
+    })
+}
+
+/// A PEM public key file: its type (RSA, P-256, P-384 or Ed25519) decides its one algorithm.
+pub fn pem_key(path: &Path) -> Result<Key, String> {
+    let shown = path.display();
+    let text = std::fs::read(path)
+        .map_err(|err| format!("cannot read [access] public_keys entry {shown}: {err}"))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|_| {
+        format!("[access] public_keys entry {shown} is not a PEM file (-----BEGIN PUBLIC KEY-----)")
+    })?;
+    let wrong = |what: &str| {
+        format!(
+            "[access] public_keys entry {shown} holds {what}: give dialtone the public key \
+             alone, e.g. `openssl pkey -in key.pem -pubout`"
+        )
+    };
+    let (algorithm, key) = match pem.label.as_str() {
+        "RSA PUBLIC KEY" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&text)),
+        "PUBLIC KEY" => {
+            let (_, spki) = SubjectPublicKeyInfo::from_der(&pem.contents)
+                .map_err(|_| format!("[access] public_keys entry {shown}: unreadable key"))?;
+            let oid = &spki.algorithm.algorithm;
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            if *oid == OID_PKCS1_RSAENCRYPTION {
+                (Algorithm::RS256, DecodingKey::from_rsa_pem(&text))
+            } else if *oid == OID_SIG_ED25519 {
+                (Algorithm::EdDSA, DecodingKey::from_ed_pem(&text))
+            } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_EC_P256) {
+                (Algorithm::ES256, DecodingKey::from_ec_pem(&text))
+            } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_NIST_EC_P384) {
+                (Algorithm::ES384, DecodingKey::from_ec_pem(&text))
+            } else {
+                return Err(format!(
+                    "[access] public_keys entry {shown} is a key type dialtone does not take: \
+                     use an RSA (RS256), P-256 (ES256), P-384 (ES384) or Ed25519 (EdDSA) key"
+                ));
+            }
+        }
+        label if label.contains("PRIVATE KEY") => return Err(wrong("a private key")),
+        "CERTIFICATE" => return Err(wrong("a certificate")),
+        other => return Err(wrong(&format!("a {other}"))),
+    };
+    let key = key.map_err(|err| format!("[access] public_keys entry {shown}: {err}"))?;
+    Ok(Key {
+        kid: None,
+        algorithm,
+        key,
+    })
+}
+
+/// A key from a JWKS, or why it is left out: encryption keys, symmetric keys (a published
+/// HMAC key would let anyone sign), and algorithms the key type cannot have.
+pub fn jwk_key(jwk: &Jwk) -> Result<Key, String> {
+    let kid = jwk.common.key_id.clone();
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(format!("key {kid:?} is for encryption (use: enc)"));
+    }
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Algorithm::ES256,
+            EllipticCurve::P384 => Algorithm::ES384,
+            _ => return Err(format!("key {kid:?} is on a curve dialtone does not take")),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(format!(
+                "key {kid:?} is a symmetric (oct) key, which must never be published: it is \
+                 ignored"
+            ));
+        }
+        _ => return Err(format!("key {kid:?} is of a type dialtone does not take")),
+    };
+    let algorithm = match jwk.common.key_algorithm {
+        None => by_type,
+        Some(stated) => {
+            let algorithm = signing_algorithm(stated)
+                .ok_or_else(|| format!("key {kid:?} names {stated:?}, not a signing algorithm"))?;
+            let fits = match by_type {
+                Algorithm::RS256 => matches!(
+                    algorithm,
+                    Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::PS256
+                        | Algorithm::PS384
+                        | Algorithm::PS512
+                ),
+                other => algorithm == other,
+            };
+            if !fits {
+                return Err(format!(
+                    "key {kid:?} names {stated:?}, which its type cannot do"
+                ));
+            }
+            algorithm
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|err| format!("key {kid:?}: {err}"))?;
+    Ok(Key {
+        kid,
+        algorithm,
+        key,
+    })
+}
+
+fn signing_algorithm(stated: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match stated {
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
