@@ -35,6 +35,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  */
 export async function startServer({
   port = 0, dir, certs = suiteCerts, cluster, grace, presence, tls = 'auto', behindProxy, host = '127.0.0.1', netns, turnServer,
+  access,
 } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
@@ -52,6 +53,7 @@ export async function startServer({
     ...(presence ? ['[presence]', 'enabled = true'] : []),
     ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
     ...(turnServer ? ['[turn_server]', ...Object.entries(turnServer).map(([k, v]) => `${k} = ${JSON.stringify(v)}`)] : []),
+    ...(access ? ['[access]', ...Object.entries(access).map(([k, v]) => `${k} = ${JSON.stringify(v)}`)] : []),
     '',
   ].join('\n'));
   // `ip netns exec` execs the binary after entering the namespace: the child is dialtone itself.
@@ -79,6 +81,7 @@ export async function startServer({
   return {
     port: bound,
     dir: home,
+    config,
     certs,
     url: `${tls === 'off' ? 'http' : 'https'}://${host === '127.0.0.1' ? 'localhost' : host}:${bound}/`,
     log,
@@ -326,7 +329,7 @@ export function createTopology() {
  * Opens the page for one person. Every RTCPeerConnection the page makes is recorded in
  * `window.__pcs`, so tests can read its state and stats without the page exposing anything.
  */
-export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc } = {}) {
+export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc, path = '' } = {}) {
   const context = await browser.newContext({
     permissions: ['camera', 'microphone'],
     viewport,
@@ -359,7 +362,7 @@ export async function openPage(browser, server, { viewport = { width: 1000, heig
   // That is the test machine's network starting, not dialtone: load again, a few times.
   for (let attempt = 1; ; attempt++) {
     try {
-      await page.goto(server.url);
+      await page.goto(server.url + path);
       break;
     } catch (err) {
       if (attempt >= 5 || !String(err).includes('ERR_NETWORK_CHANGED')) throw err;
@@ -395,6 +398,13 @@ export async function login(page, name) {
   await page.fill('input#username', name);
   await page.click('button#login');
   await waitFor(page, 'idle', `Logged in as ${name}.`);
+}
+
+/** Runs the dialtone binary with `args` (and `input` on stdin); its stdout, or it throws. */
+export function runDialtone(args, input) {
+  const run = spawnSync(binary, args, { input, encoding: 'utf8', timeout: 20000 });
+  if (run.status !== 0) throw new Error(`dialtone ${args.join(' ')} failed: ${run.stderr}`);
+  return run.stdout.trim();
 }
 
 export async function call(page, name) {
