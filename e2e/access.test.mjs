@@ -4,6 +4,10 @@
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { after, afterEach, before, describe, test } from 'node:test';
 import {
   browserSuite, call, expectMediaFlowing, missing, runDialtone, screenshot, statusText, waitFor,
@@ -79,6 +83,22 @@ describe('access control in the page', { skip: why ?? false, timeout: 300000 }, 
     await stranger.waitForSelector('#access-note', { state: 'visible' });
     assert.equal(await stranger.isVisible('#login-form'), false);
     await screenshot(stranger, 'access-no-invite-phone');
+  });
+
+  test("a link minted by docs/access.md's Node example logs its person in", { timeout: 60000 }, async () => {
+    // The example as a reader copies it from the page.
+    const docs = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'access.md'), 'utf8');
+    const example = docs.match(/```js\n([\s\S]*?)```/)?.[1];
+    assert.ok(example?.includes('export function dialtoneLink'), 'the Node example in docs/access.md');
+    const module = join(mkdtempSync(join(tmpdir(), 'dialtone-docs-')), 'mint.mjs');
+    writeFileSync(module, example);
+    const { dialtoneLink } = await import(pathToFileURL(module));
+    const server = await suite.start({ grace: 0, access: { mode: 'token', secret: SECRET } });
+    const base = server.url.replace(/\/$/, '');
+    const link = dialtoneLink(base, 'nurse', SECRET);
+    assert.ok(link.startsWith(`${base}/#token=`), link);
+    const page = await open(0, server, { path: link.slice(base.length + 1) });
+    await waitFor(page, 'idle', 'Logged in as nurse.');
   });
 
   test('password mode asks for the password, refuses a wrong one, lets the right one in and remembers it when asked', { timeout: 60000 }, async () => {

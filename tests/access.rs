@@ -606,3 +606,35 @@ async fn issuer_and_audience_are_checked_when_configured() {
     assert_eq!(reply["success"], true, "{reply}");
     server.stop().await;
 }
+
+async fn csp(server: &TestServer) -> String {
+    server
+        .get("/")
+        .await
+        .header("content-security-policy")
+        .to_owned()
+}
+
+/// Embedding: framing is off unless `frame_ancestors` names the sites that may frame the page.
+#[tokio::test]
+async fn only_the_configured_sites_may_frame_the_page() {
+    let plain = TestServer::start().await;
+    assert!(csp(&plain).await.contains("frame-ancestors 'none'"));
+    plain.stop().await;
+    let config = "frame_ancestors = [\"https://clinic.example\", \"https://school.example:8443\"]\n";
+    let framed = TestServer::start_with(config, &common::repo_public()).await;
+    let policy = csp(&framed).await;
+    assert!(
+        policy.ends_with("frame-ancestors https://clinic.example https://school.example:8443"),
+        "{policy}"
+    );
+    framed.stop().await;
+    // Nothing but an origin gets into the header.
+    for bad in ["https://a.example; script-src *", "https://a;b", "*"] {
+        let text = format!("frame_ancestors = [{bad:?}]\n");
+        let err = dialtone::config::Config::parse(&text, std::path::Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not an origin"), "{bad}: {err}");
+    }
+}

@@ -60,6 +60,9 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may open the WebSocket. Empty: only pages
     /// served by dialtone itself, judged from the request's Host.
     pub allowed_origins: Vec<Origin>,
+    /// Origins whose pages may show dialtone in a frame (an iframe on the operator's own
+    /// site). Empty: no framing at all.
+    pub frame_ancestors: Vec<Origin>,
     pub log_format: LogFormat,
     /// Several instances as one service, through Redis. Without a URL: one process, in memory.
     #[serde(deserialize_with = "ClusterConfig::checked")]
@@ -322,6 +325,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             limits: Limits::default(),
             allowed_origins: Vec::new(),
+            frame_ancestors: Vec::new(),
             log_format: LogFormat::default(),
             cluster: ClusterConfig::default(),
             presence: PresenceConfig::default(),
@@ -661,6 +665,13 @@ mod tests {
         assert_eq!(a.header_read_timeout_secs, b.header_read_timeout_secs);
         assert_eq!(a.drain_timeout_secs, b.drain_timeout_secs);
         assert_eq!(shipped.allowed_origins, defaults.allowed_origins);
+        assert_eq!(shipped.frame_ancestors, defaults.frame_ancestors);
+        let (x, y) = (&shipped.access, &defaults.access);
+        assert_eq!(y.mode, AccessMode::Open, "open by default: nothing to set up on a LAN");
+        assert_eq!(x.mode, y.mode);
+        assert_eq!(x.jwks_refresh_secs, y.jwks_refresh_secs);
+        assert_eq!(x.name_claim, y.name_claim);
+        assert!(x.password_hash.is_none() && x.secret.is_none() && x.jwks_url.is_none());
         assert_eq!(shipped.log_format, defaults.log_format);
         assert_eq!(shipped.metrics.enabled, defaults.metrics.enabled);
         assert!(shipped.metrics.token.is_none());

@@ -246,8 +246,12 @@ impl TryFrom<String> for Origin {
         let trimmed = origin.trim_end_matches('/');
         let parsed = ["https", "http"].iter().find_map(|scheme| {
             let authority = trimmed.strip_prefix(scheme)?.strip_prefix("://")?;
+            // Browsers send host names in ASCII (punycode), so nothing else belongs here; an
+            // origin also goes into the CSP header, where a `;` would start a new directive.
             let valid = !authority.is_empty()
-                && !authority.contains(['/', '?', '#', '@', ' '])
+                && authority
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
                 && authority.parse::<hyper::http::uri::Authority>().is_ok();
             valid.then(|| Origin::normalise(scheme, authority))
         });

@@ -13,10 +13,15 @@ pub fn authority<B>(req: &Request<B>) -> Option<hyper::http::uri::Authority> {
     }
 }
 
-/// The page's policy: everything from this origin only; the socket to this host; no plugins,
-/// no framing. The WebSocket URL is named explicitly because older browsers do not count
-/// ws:/wss: as 'self'.
-pub fn content_security_policy<B>(req: &Request<B>, https: bool) -> HeaderValue {
+/// The page's policy: everything from this origin only; the socket to this host; no plugins;
+/// no framing, except by the origins in `frame_ancestors` (`'none'` when there are none).
+/// The WebSocket URL is named explicitly because older browsers do not count ws:/wss: as
+/// 'self'.
+pub fn content_security_policy<B>(
+    req: &Request<B>,
+    https: bool,
+    frame_ancestors: &str,
+) -> HeaderValue {
     let host = authority(req);
     let socket = match host {
         Some(host) => format!(" {}://{host}", if https { "wss" } else { "ws" }),
@@ -24,7 +29,7 @@ pub fn content_security_policy<B>(req: &Request<B>, https: bool) -> HeaderValue 
     };
     let policy = format!(
         "default-src 'self'; connect-src 'self'{socket}; img-src 'self' data:; \
-         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors {frame_ancestors}"
     );
     HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'self'"))
 }

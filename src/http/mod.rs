@@ -56,6 +56,8 @@ struct Inner {
     /// Whether dialtone terminates TLS itself (`tls.mode` other than "off").
     own_tls: bool,
     allowed_origins: Vec<Origin>,
+    /// The CSP `frame-ancestors` value: `'none'`, or the origins allowed to frame the page.
+    frame_ancestors: String,
     metrics_enabled: bool,
     metrics_token: Option<Secret>,
     /// Log lines an attacker could repeat at will: at most one a second each.
@@ -91,6 +93,13 @@ impl App {
                 behind_proxy: config.behind_proxy,
                 own_tls: config.tls.mode != crate::config::TlsMode::Off,
                 allowed_origins: config.allowed_origins.clone(),
+                frame_ancestors: if config.frame_ancestors.is_empty() {
+                    "'none'".to_owned()
+                } else {
+                    let origins: Vec<&str> =
+                        config.frame_ancestors.iter().map(Origin::as_str).collect();
+                    origins.join(" ")
+                },
                 metrics_enabled: config.metrics.enabled,
                 metrics_token: config.metrics.token.clone(),
                 refused_origin_log: Sometimes::new(),
@@ -144,7 +153,7 @@ impl App {
         let mut response = redirect_to_https(req);
         security_headers(
             response.headers_mut(),
-            content_security_policy(req, false),
+            content_security_policy(req, false, &self.inner.frame_ancestors),
             false,
         );
         response
@@ -153,7 +162,7 @@ impl App {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         self.notice_forwarding(&req, conn);
         let https = self.is_https(&req, conn);
-        let csp = content_security_policy(&req, https);
+        let csp = content_security_policy(&req, https, &self.inner.frame_ancestors);
         let mut response = self.route(req, conn, https).await;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             security_headers(response.headers_mut(), csp, https);
