@@ -621,7 +621,8 @@ async fn only_the_configured_sites_may_frame_the_page() {
     let plain = TestServer::start().await;
     assert!(csp(&plain).await.contains("frame-ancestors 'none'"));
     plain.stop().await;
-    let config = "frame_ancestors = [\"https://clinic.example\", \"https://school.example:8443\"]\n";
+    let config =
+        "frame_ancestors = [\"https://clinic.example\", \"https://school.example:8443\"]\n";
     let framed = TestServer::start_with(config, &common::repo_public()).await;
     let policy = csp(&framed).await;
     assert!(

@@ -467,3 +467,78 @@ async fn the_banner_says_the_access_mode_and_warns_when_open_to_the_network() {
         "{public}"
     );
 }
+
+/// At a terminal (`script` gives the binary one) the password is asked twice and never
+/// echoed.
+#[test]
+fn at_a_terminal_hash_password_asks_twice_without_echo() {
+    use std::io::Read;
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        common::skip("script (util-linux) is not installed");
+        return;
+    }
+    let inner = format!(
+        "exec timeout -s TERM 20 {} hash-password",
+        env!("CARGO_BIN_EXE_dialtone")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buffer[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut until = |wanted: &str, seen: &mut String| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !seen.contains(wanted) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(text) => seen.push_str(&text),
+                Err(_) => panic!("no {wanted:?} in {seen:?}"),
+            }
+        }
+    };
+    // Typed only once the prompt is there, as a person would: echo is off by then.
+    until("Password: ", &mut seen);
+    stdin.write_all(b"tea for two\n").unwrap();
+    until("Again: ", &mut seen);
+    stdin.write_all(b"tea for two\n").unwrap();
+    until("$argon2id$", &mut seen);
+    let status = child.wait().unwrap();
+    while let Ok(text) = rx.recv_timeout(Duration::from_millis(200)) {
+        seen.push_str(&text);
+    }
+    assert!(status.success(), "{seen}");
+    assert!(
+        !seen.contains("tea for two"),
+        "the password was echoed: {seen:?}"
+    );
+    let hash = seen
+        .lines()
+        .find(|line| line.starts_with("$argon2id$"))
+        .unwrap()
+        .trim();
+    assert!(
+        dialtone::access::password::verify(hash, "tea for two"),
+        "{hash}"
+    );
+}

@@ -667,7 +667,11 @@ mod tests {
         assert_eq!(shipped.allowed_origins, defaults.allowed_origins);
         assert_eq!(shipped.frame_ancestors, defaults.frame_ancestors);
         let (x, y) = (&shipped.access, &defaults.access);
-        assert_eq!(y.mode, AccessMode::Open, "open by default: nothing to set up on a LAN");
+        assert_eq!(
+            y.mode,
+            AccessMode::Open,
+            "open by default: nothing to set up on a LAN"
+        );
         assert_eq!(x.mode, y.mode);
         assert_eq!(x.jwks_refresh_secs, y.jwks_refresh_secs);
         assert_eq!(x.name_claim, y.name_claim);
