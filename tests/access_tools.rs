@@ -507,7 +507,7 @@ fn at_a_terminal_hash_password_asks_twice_without_echo() {
         }
     });
     let mut seen = String::new();
-    let mut until = |wanted: &str, seen: &mut String| {
+    let until = |wanted: &str, seen: &mut String| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !seen.contains(wanted) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
