@@ -88,6 +88,7 @@ let onlineList = null; // the last presence list, when the server sends one
 let access = { mode: 'open' }; // what the server asks for at login (GET /access)
 let accessToken = null; // token mode: the signed token from an invite link or the operator's site
 let password = null; // password mode: the site password, for logins after a lost connection
+let authRetries = 0; // refused logins after a lost connection, retried a few times
 
 /** localStorage, or nothing when the browser refuses it (private modes, some embeds). */
 const storage = {
@@ -348,6 +349,15 @@ const handlers = {
         retry(() => logIn(wantedName));
         return;
       }
+      if (reconnecting && token && ['auth-failed', 'auth-required'].includes(message.code) && authRetries < 3) {
+        // Our reconnect token takes the name back without the password or access token, but
+        // an instance that just let our old socket go may not know it yet: try again shortly
+        // before saying the login failed.
+        authRetries += 1;
+        show('reconnecting', 'Reconnecting…');
+        retry(() => logIn(wantedName));
+        return;
+      }
       if (reconnecting && message.code === 'unavailable') {
         // Several instances share state through a backplane that is away for a moment.
         show('reconnecting', `${sentence(message.message)} Retrying…`);
@@ -369,6 +379,7 @@ const handlers = {
     }
     me = message.username;
     wantedName = me;
+    authRetries = 0;
     // A call link is used once, by the first login.
     const linked = pendingCall;
     pendingCall = null;

@@ -440,6 +440,10 @@ async fn a_reconnect_token_outlives_the_access_token_but_never_claims_a_free_nam
     // And once more with the new reconnect token and no access token at all.
     let reconnect = reply["token"].as_str().unwrap().to_owned();
     drop(alice);
+    // Split: the first instance lets go of its copy of alice when the second tells it she
+    // moved, a moment after the move; until then it still counts her as its own (a page's
+    // reconnect back-off, 500 ms at least, is far longer).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut alice = service.servers[0].ws().await;
     let reply = login(
         &mut alice,

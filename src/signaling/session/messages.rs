@@ -335,7 +335,9 @@ async fn login(
             Err(_) => {}
         }
     }
-    let name = match shared.access.admit(offered, client).await {
+    // Boxed: a token check may fetch the JWKS (a TLS client's future), and every session's
+    // task would otherwise carry that future's size for its whole life.
+    let name = match Box::pin(shared.access.admit(offered, client)).await {
         Ok(name) => name,
         Err(denied) => {
             shared.metrics.auth_failed(denied.reason.as_str());
