@@ -1,10 +1,11 @@
 //! Failed logins per client address: more than [`MAX_FAILURES`] in a minute, and that address
-//! gets `auth-failed` without a check for the next minute. Keyed by the whole address, so one
-//! address's guessing never locks out anyone else. Per instance: each instance of a cluster
-//! keeps its own count.
+//! gets `auth-failed` without a check for the next minute, so one address's guessing never
+//! locks out anyone else. An IPv4 address counts alone; IPv6 addresses count by their /64,
+//! the block one subscriber gets (one host can pick any address in it at will). Per instance:
+//! each instance of a cluster keeps its own count.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,13 +33,14 @@ impl Failures {
     /// Whether `address` is blocked at `now`.
     pub fn blocked(&self, address: IpAddr, now: Instant) -> bool {
         crate::sync::lock(&self.by_address)
-            .get(&address)
+            .get(&counted_as(address))
             .and_then(|window| window.blocked_until)
             .is_some_and(|until| now < until)
     }
 
     /// Counts one failure; returns whether `address` is now blocked.
     pub fn failed(&self, address: IpAddr, now: Instant) -> bool {
+        let address = counted_as(address);
         let mut map = crate::sync::lock(&self.by_address);
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&address) {
             map.retain(|_, window| !window.expired(now));
@@ -73,6 +75,20 @@ impl Failures {
     }
 }
 
+/// The key an address is counted under: itself (IPv4, or IPv6 written as IPv4), or its /64.
+fn counted_as(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 impl Window {
     /// Nothing left to remember: the counting window is over and no block is running.
     fn expired(&self, now: Instant) -> bool {
@@ -102,6 +118,29 @@ mod tests {
         assert!(failures.blocked(a, t0 + Duration::from_secs(69)));
         assert!(!failures.blocked(a, t0 + Duration::from_secs(70)));
         assert!(!failures.failed(a, t0 + Duration::from_secs(71)));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_itself() {
+        let failures = Failures::default();
+        let t0 = Instant::now();
+        let one = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Eleven addresses of one /64: one subscriber trying addresses in turn.
+        for i in 1..=u16::try_from(MAX_FAILURES).unwrap() {
+            assert!(!failures.failed(one(&format!("2001:db8:0:7::{i:x}")), t0));
+        }
+        assert!(failures.failed(one("2001:db8:0:7:ffff::1"), t0));
+        assert!(failures.blocked(one("2001:db8:0:7::abcd"), t0));
+        assert!(
+            !failures.blocked(one("2001:db8:0:8::1"), t0),
+            "the next /64 is someone else"
+        );
+        // An IPv4 client seen on a dual-stack socket is that IPv4 address.
+        for _ in 0..=MAX_FAILURES {
+            failures.failed(one("::ffff:192.0.2.9"), t0);
+        }
+        assert!(failures.blocked(one("192.0.2.9"), t0));
+        assert!(!failures.blocked(one("192.0.2.10"), t0));
     }
 
     #[test]

@@ -332,3 +332,140 @@ fn signing_algorithm(stated: KeyAlgorithm) -> Option<Algorithm> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use proptest::prelude::*;
+
+    /// One key of each kind the server takes.
+    fn keys() -> Vec<Key> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = vec![secret_key(b"a unit test secret of 32 bytes or more").unwrap()];
+        for algorithm in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let pair = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let path = dir.path().join("key.pem");
+            std::fs::write(&path, pair.public_key_pem()).unwrap();
+            keys.push(pem_key(&path).unwrap());
+        }
+        let rsa = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rsa-pub.pem");
+        keys.push(pem_key(&rsa).unwrap());
+        keys
+    }
+
+    fn rules() -> Rules {
+        Rules::from_config(&AccessConfig::default())
+    }
+
+    #[test]
+    fn each_pem_key_is_pinned_to_the_one_algorithm_its_type_makes() {
+        let algorithms: Vec<Algorithm> = keys().iter().map(|key| key.algorithm).collect();
+        assert_eq!(
+            algorithms,
+            [
+                Algorithm::HS256,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+                Algorithm::RS256
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private.pem");
+        let pair = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        let err = pem_key(&private).unwrap_err();
+        assert!(
+            err.contains("a private key") && err.contains("-pubout"),
+            "{err}"
+        );
+        std::fs::write(&private, "not pem").unwrap();
+        assert!(pem_key(&private).unwrap_err().contains("is not a PEM file"));
+        assert!(
+            pem_key(&dir.path().join("missing.pem"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever a stranger sends as a token is refused, and nothing panics.
+        #[test]
+        fn any_text_is_refused_without_a_panic(text in ".{0,300}") {
+            prop_assert!(rules().verify(&text, &keys_once()).is_err());
+        }
+
+        /// Well-formed JWTs with every header algorithm (and some that do not exist), any
+        /// claims, and random signatures: refused, without a panic.
+        #[test]
+        fn forged_tokens_are_refused_without_a_panic(
+            alg in prop::sample::select(vec![
+                "HS256", "HS384", "ES256", "ES384", "RS256", "PS256", "EdDSA", "none", "None", "",
+            ]),
+            kid in prop::option::of("[a-z]{0,3}"),
+            claims in prop::sample::select(vec![
+                r#"{"sub":"bob","exp":99999999999}"#,
+                r#"{"sub":"bob","exp":"never"}"#,
+                r#"{"sub":"bob","exp":99999999999,"nbf":"x"}"#,
+                r#"{"exp":1e308}"#,
+                r#"[]"#,
+                r#"null"#,
+                "{",
+            ]),
+            signature in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut header = serde_json::json!({"alg": alg, "typ": "JWT"});
+            if let Some(kid) = kid {
+                header["kid"] = kid.into();
+            }
+            let token = format!(
+                "{}.{}.{}",
+                B64.encode(header.to_string()),
+                B64.encode(claims),
+                B64.encode(&signature)
+            );
+            prop_assert!(rules().verify(&token, &keys_once()).is_err());
+        }
+    }
+
+    /// The keys, made once for all the cases.
+    fn keys_once() -> Vec<Key> {
+        static KEYS: std::sync::OnceLock<Vec<Key>> = std::sync::OnceLock::new();
+        KEYS.get_or_init(keys).clone()
+    }
+
+    #[test]
+    fn an_invite_verifies_as_its_name_and_carries_the_configured_claims() {
+        let config = AccessConfig {
+            issuer: Some("https://me.example".into()),
+            audience: Some("dialtone".into()),
+            ..AccessConfig::default()
+        };
+        let rules = Rules::from_config(&config);
+        let secret = b"a unit test secret of 32 bytes or more";
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = rules.invite(secret, "Mum", now, 3600).unwrap();
+        let key = secret_key(secret).unwrap();
+        assert_eq!(
+            rules.verify(&token, std::slice::from_ref(&key)),
+            Ok("Mum".into())
+        );
+        // Without the configured iss and aud the same signature is not enough.
+        let bare = Rules::from_config(&AccessConfig::default()).invite(secret, "Mum", now, 3600);
+        assert!(matches!(
+            rules.verify(&bare.unwrap(), std::slice::from_ref(&key)),
+            Err(TokenError::MissingClaim(claim)) if claim == "iss" || claim == "aud"
+        ));
+        // Expired: made an hour and a half ago for an hour.
+        let old = rules.invite(secret, "Mum", now - 5400, 3600).unwrap();
+        assert_eq!(rules.verify(&old, &[key]), Err(TokenError::Expired));
+    }
+}
