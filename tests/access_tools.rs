@@ -373,8 +373,8 @@ async fn an_invite_link_logs_its_person_in_and_nobody_else() {
     );
 }
 
-#[tokio::test]
-async fn hash_password_makes_the_hash_that_lets_the_password_in() {
+/// `dialtone hash-password` with `input` on a pipe (not a terminal).
+fn hash_password(input: &[u8]) -> std::process::Output {
     let mut child = dialtone()
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -382,13 +382,13 @@ async fn hash_password_makes_the_hash_that_lets_the_password_in() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"tea for two\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn hash_password_makes_the_hash_that_lets_the_password_in() {
+    let output = hash_password(b"tea for two\n");
     assert!(
         output.status.success(),
         "{}",
@@ -438,16 +438,7 @@ async fn hash_password_makes_the_hash_that_lets_the_password_in() {
     assert!(!output.status.success());
     assert!(stderr.contains("never the password itself"), "{stderr}");
     // An empty password is refused.
-    let mut child = dialtone()
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success());
+    assert!(!hash_password(b"\n").status.success());
 }
 
 #[tokio::test]

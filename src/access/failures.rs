@@ -157,13 +157,22 @@ mod tests {
     }
 
     #[test]
-    fn the_map_stays_bounded() {
+    fn the_map_stays_bounded_and_a_full_map_keeps_counting_who_is_in_it() {
         let failures = Failures::default();
         let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
         for i in 0..(MAX_ADDRESSES as u32 + 10) {
-            let address = IpAddr::from(std::net::Ipv4Addr::from(i));
-            failures.failed(address, t0);
+            failures.failed(IpAddr::from(std::net::Ipv4Addr::from(i)), later);
         }
         assert_eq!(failures.addresses(), MAX_ADDRESSES);
+        // A guesser whose window is the oldest in a full map: it evicts one newcomer to get
+        // in, then stays and is counted, never evicted in its own turn.
+        let guesser: IpAddr = "198.51.100.1".parse().unwrap();
+        for _ in 0..=MAX_FAILURES {
+            failures.failed(guesser, t0);
+        }
+        assert!(failures.blocked(guesser, t0));
+        assert_eq!(failures.addresses(), MAX_ADDRESSES);
     }
+
 }

@@ -326,11 +326,6 @@ impl Access {
             .map_err(|why| format!("{name:?} cannot be a user name: {why}"))?;
         Rules::from_config(config).invite(secret.0.as_bytes(), name, now_secs, ttl_secs)
     }
-
-    /// Addresses with failed logins on record.
-    pub fn failing_addresses(&self) -> usize {
-        self.failures.addresses()
-    }
 }
 
 /// The sentence for a refused token: what a person can do about it.
