@@ -56,6 +56,13 @@ impl Signer {
         }
     }
 
+    /// This key's JWK under another `kid`.
+    fn jwk_with_kid(&self, kid: usize) -> Value {
+        let mut jwk = self.jwk.clone();
+        jwk["kid"] = format!("{}{kid}", self.kid).into();
+        jwk
+    }
+
     fn token(&self, name: &str) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.to_owned());
@@ -167,7 +174,14 @@ fn token_login(token: &str) -> Value {
 async fn keys_come_from_a_jwks_over_https_with_rotation_and_an_outage() {
     let dir = tempfile::tempdir().unwrap();
     let (k1, k2, k3) = (Signer::new("k1"), Signer::new("k2"), Signer::new("k3"));
-    let jwks = JwksServer::start(dir.path(), vec![k1.jwk.clone()]).await;
+    // Twenty keys nobody signs with beside the ones in use: a set of a few KiB, as
+    // providers publish them.
+    let unused = Signer::new("unused");
+    let others: Vec<Value> = (0..20).map(|i| unused.jwk_with_kid(i)).collect();
+    let with = |keys: &[&Value]| -> Vec<Value> {
+        others.iter().chain(keys.iter().copied()).cloned().collect()
+    };
+    let jwks = JwksServer::start(dir.path(), with(&[&k1.jwk])).await;
     let start = |refresh_secs: u64| {
         let extra = format!(
             "[tls]\nmode = \"off\"\n[access]\nmode = \"token\"\njwks_url = {:?}\njwks_refresh_secs = {refresh_secs}\n",
@@ -195,21 +209,21 @@ async fn keys_come_from_a_jwks_over_https_with_rotation_and_an_outage() {
     let reply = login(addr, token_login(&k1.token("ann"))).await;
     assert_eq!(reply["username"], "ann", "{reply}");
     // A new key appears: the first token that names it makes dialtone fetch at once.
-    jwks.set(vec![k1.jwk.clone(), k2.jwk.clone()]);
+    jwks.set(with(&[&k1.jwk, &k2.jwk]));
     let reply = login(addr, token_login(&k2.token("ben"))).await;
     assert_eq!(reply["username"], "ben", "{reply}");
     // Another one within the minute is not fetched for: made-up kids cannot make dialtone
     // hammer the provider.
-    jwks.set(vec![k1.jwk.clone(), k2.jwk.clone(), k3.jwk.clone()]);
+    jwks.set(with(&[&k1.jwk, &k2.jwk, &k3.jwk]));
     let reply = login(addr, token_login(&k3.token("cy"))).await;
     assert_eq!(reply["code"], "auth-failed", "{reply}");
     drop(hourly);
     // Refreshed every second: a removed key stops working at the next refresh.
-    jwks.set(vec![k1.jwk.clone(), k2.jwk.clone()]);
+    jwks.set(with(&[&k1.jwk, &k2.jwk]));
     let (running, addr) = start(1);
     let reply = login(addr, token_login(&k1.token("cat"))).await;
     assert_eq!(reply["username"], "cat", "{reply}");
-    jwks.set(vec![k2.jwk.clone()]);
+    jwks.set(with(&[&k2.jwk]));
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let reply = login(addr, token_login(&k1.token("cat"))).await;
@@ -222,6 +236,11 @@ async fn keys_come_from_a_jwks_over_https_with_rotation_and_an_outage() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The provider publishes nothing usable (only an HMAC key): the keys held stay.
+    jwks.set(vec![json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"})]);
+    running.wait_for_log("holds no usable key now");
+    let reply = login(addr, token_login(&k2.token("eve"))).await;
+    assert_eq!(reply["username"], "eve", "{reply}");
     // The provider goes down: the refresh fails, is logged, and the keys held stay.
     jwks.task.abort();
     running.wait_for_log("cannot refresh the JWKS");
@@ -242,9 +261,14 @@ async fn a_jwks_that_cannot_be_fetched_or_trusted_stops_the_start_with_what_to_f
             &format!("[tls]\nmode = \"off\"\n[access]\nmode = \"token\"\njwks_url = {url:?}\n"),
         )
     };
+    // Each start must fail: a binary that starts anyway is stopped after 30 s.
     let run = |path: &Path, ca: Option<&Path>| {
-        let mut command = dialtone();
-        command.arg("--config").arg(path);
+        let mut command = std::process::Command::new("timeout");
+        command
+            .args(["-s", "KILL", "30", env!("CARGO_BIN_EXE_dialtone")])
+            .env("RUST_LOG", "info")
+            .arg("--config")
+            .arg(path);
         match ca {
             Some(ca) => command.env("SSL_CERT_FILE", ca),
             // The system's roots, which do not hold the test's CA.
@@ -269,6 +293,15 @@ async fn a_jwks_that_cannot_be_fetched_or_trusted_stops_the_start_with_what_to_f
         stderr.contains("cannot fetch [access] jwks_url") && stderr.contains("cannot connect"),
         "{stderr}"
     );
+    // A key set over 512 KiB is not read to its end.
+    let signer = Signer::new("k");
+    let many: Vec<Value> = (0..6000).map(|i| signer.jwk_with_kid(i)).collect();
+    assert!(json!({ "keys": many }).to_string().len() > 600 * 1024);
+    jwks.set(many);
+    let output = run(&config(&jwks.url()), Some(&jwks.ca));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("reading the answer"), "{stderr}");
     // Only symmetric keys: nothing usable (a published HMAC key would let anyone sign).
     jwks.set(vec![json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"})]);
     let output = run(&config(&jwks.url()), Some(&jwks.ca));

@@ -114,7 +114,9 @@ mod tests {
         assert!(failures.blocked(a, t0 + Duration::from_secs(11)));
         assert!(!failures.blocked(b, t0 + Duration::from_secs(11)));
         assert!(!failures.failed(b, t0 + Duration::from_secs(11)));
-        // The block lasts a minute from the failure that set it, then all is forgotten.
+        // The block lasts a minute from the failure that set it, then all is forgotten; a
+        // failure counted meanwhile (past the counting window) leaves it as it is.
+        assert!(failures.failed(a, t0 + Duration::from_secs(65)));
         assert!(failures.blocked(a, t0 + Duration::from_secs(69)));
         assert!(!failures.blocked(a, t0 + Duration::from_secs(70)));
         assert!(!failures.failed(a, t0 + Duration::from_secs(71)));
@@ -174,5 +176,4 @@ mod tests {
         assert!(failures.blocked(guesser, t0));
         assert_eq!(failures.addresses(), MAX_ADDRESSES);
     }
-
 }

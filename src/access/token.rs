@@ -239,7 +239,8 @@ pub fn pem_key(path: &Path) -> Result<Key, String> {
                 (Algorithm::EdDSA, DecodingKey::from_ed_pem(&text))
             } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_EC_P256) {
                 (Algorithm::ES256, DecodingKey::from_ec_pem(&text))
-            } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY && curve == Some(OID_NIST_EC_P384) {
+            } else if curve == Some(OID_NIST_EC_P384) {
+                // Only an EC key names a curve among its parameters.
                 (Algorithm::ES384, DecodingKey::from_ec_pem(&text))
             } else {
                 return Err(format!(
@@ -288,8 +289,9 @@ pub fn jwk_key(jwk: &Jwk) -> Result<Key, String> {
     let algorithm = match jwk.common.key_algorithm {
         None => by_type,
         Some(stated) => {
-            let algorithm = signing_algorithm(stated)
-                .ok_or_else(|| format!("key {kid:?} names {stated:?}, not a signing algorithm"))?;
+            let algorithm = signing_algorithm(stated).ok_or_else(|| {
+                format!("key {kid:?} names {stated:?}, not a public-key signing algorithm")
+            })?;
             let fits = match by_type {
                 Algorithm::RS256 => matches!(
                     algorithm,
@@ -385,6 +387,18 @@ mod tests {
             err.contains("a private key") && err.contains("-pubout"),
             "{err}"
         );
+        std::fs::write(
+            &private,
+            pair.public_key_pem().replace("PUBLIC KEY", "CERTIFICATE"),
+        )
+        .unwrap();
+        assert!(pem_key(&private).unwrap_err().contains("a certificate"));
+        std::fs::write(
+            &private,
+            pair.public_key_pem().replace("PUBLIC KEY", "X509 CRL"),
+        )
+        .unwrap();
+        assert!(pem_key(&private).unwrap_err().contains("holds a X509 CRL"));
         std::fs::write(&private, "not pem").unwrap();
         assert!(pem_key(&private).unwrap_err().contains("is not a PEM file"));
         assert!(
@@ -440,6 +454,179 @@ mod tests {
     fn keys_once() -> Vec<Key> {
         static KEYS: std::sync::OnceLock<Vec<Key>> = std::sync::OnceLock::new();
         KEYS.get_or_init(keys).clone()
+    }
+
+    /// A JWK of `key` for `algorithm`, as an identity provider would publish it, under `kid`.
+    fn jwk(key: &EncodingKey, algorithm: Algorithm, kid: &str) -> serde_json::Value {
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(key, algorithm).unwrap()).unwrap();
+        jwk["kid"] = kid.into();
+        jwk
+    }
+
+    fn from_json(value: serde_json::Value) -> Result<Key, String> {
+        jwk_key(&serde_json::from_value(value).unwrap())
+    }
+
+    #[test]
+    fn jwks_keys_take_the_algorithm_their_type_allows_and_nothing_else() {
+        let rsa_pem =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rsa-key.pem"))
+                .unwrap();
+        let rsa = EncodingKey::from_rsa_pem(&rsa_pem).unwrap();
+        let pair = |alg| rcgen::KeyPair::generate_for(alg).unwrap().serialize_pem();
+        let p256 =
+            EncodingKey::from_ec_pem(pair(&rcgen::PKCS_ECDSA_P256_SHA256).as_bytes()).unwrap();
+        let p384 =
+            EncodingKey::from_ec_pem(pair(&rcgen::PKCS_ECDSA_P384_SHA384).as_bytes()).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "e",
+            "x": B64.encode(ed.public_key_raw())});
+        // An RSA key may state any RSA signature algorithm; without `alg`, RS256.
+        for algorithm in [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ] {
+            let key = from_json(jwk(&rsa, algorithm, "r")).unwrap();
+            assert_eq!((key.algorithm, key.kid.as_deref()), (algorithm, Some("r")));
+        }
+        let mut unstated = jwk(&rsa, Algorithm::RS256, "r");
+        unstated.as_object_mut().unwrap().remove("alg");
+        assert_eq!(from_json(unstated).unwrap().algorithm, Algorithm::RS256);
+        assert_eq!(
+            from_json(jwk(&p256, Algorithm::ES256, "a"))
+                .unwrap()
+                .algorithm,
+            Algorithm::ES256
+        );
+        assert_eq!(
+            from_json(jwk(&p384, Algorithm::ES384, "b"))
+                .unwrap()
+                .algorithm,
+            Algorithm::ES384
+        );
+        let mut p384_unstated = jwk(&p384, Algorithm::ES384, "b");
+        p384_unstated.as_object_mut().unwrap().remove("alg");
+        assert_eq!(
+            from_json(p384_unstated).unwrap().algorithm,
+            Algorithm::ES384
+        );
+        assert_eq!(from_json(ed.clone()).unwrap().algorithm, Algorithm::EdDSA);
+        let mut ed_stated = ed;
+        ed_stated["alg"] = "EdDSA".into();
+        assert_eq!(from_json(ed_stated).unwrap().algorithm, Algorithm::EdDSA);
+        // A key that states an algorithm its type cannot do, or no signing algorithm at all.
+        let mut confused = jwk(&p256, Algorithm::ES256, "a");
+        confused["alg"] = "ES384".into();
+        assert!(
+            from_json(confused.clone())
+                .unwrap_err()
+                .contains("its type cannot do")
+        );
+        confused["alg"] = "HS256".into();
+        assert!(
+            from_json(confused.clone())
+                .unwrap_err()
+                .contains("not a public-key signing algorithm")
+        );
+        confused["alg"] = "RSA-OAEP".into();
+        assert!(
+            from_json(confused)
+                .unwrap_err()
+                .contains("not a public-key signing algorithm")
+        );
+        let mut rsa_as_es = jwk(&rsa, Algorithm::RS256, "r");
+        rsa_as_es["alg"] = "ES256".into();
+        assert!(from_json(rsa_as_es).is_err());
+        // Encryption keys, symmetric keys and X25519 are left out, each with its reason.
+        let mut encryption = jwk(&p256, Algorithm::ES256, "a");
+        encryption["use"] = "enc".into();
+        assert!(
+            from_json(encryption)
+                .unwrap_err()
+                .contains("for encryption")
+        );
+        let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"});
+        assert!(from_json(oct).unwrap_err().contains("symmetric"));
+        let x25519 = serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x",
+            "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"});
+        assert!(
+            from_json(x25519)
+                .unwrap_err()
+                .contains("type dialtone does not take")
+        );
+    }
+
+    #[test]
+    fn several_keys_of_one_algorithm_are_each_tried_but_only_past_a_signature_that_fails() {
+        let pair = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (first, second) = (pair(), pair());
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Key> = [&first, &second]
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| {
+                let path = dir.path().join(format!("{i}.pem"));
+                std::fs::write(&path, pair.public_key_pem()).unwrap();
+                pem_key(&path).unwrap()
+            })
+            .collect();
+        let sign = |pair: &rcgen::KeyPair, claims: serde_json::Value| {
+            let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let fresh = serde_json::json!({"sub": "bob", "exp": now + 600});
+        assert_eq!(
+            rules().verify(&sign(&second, fresh), &keys),
+            Ok("bob".into())
+        );
+        // Signed by the first key but expired: the first key's verdict stands.
+        let expired = serde_json::json!({"sub": "bob", "exp": now - 600});
+        assert_eq!(
+            rules().verify(&sign(&first, expired), &keys),
+            Err(TokenError::Expired)
+        );
+        let wrong_issuer = serde_json::json!({"sub": "bob", "exp": now + 600, "iss": "x"});
+        let strict = Rules::from_config(&AccessConfig {
+            issuer: Some("https://me.example".into()),
+            ..AccessConfig::default()
+        });
+        assert_eq!(
+            strict.verify(&sign(&first, wrong_issuer), &keys),
+            Err(TokenError::WrongIssuerOrAudience)
+        );
+    }
+
+    #[test]
+    fn a_token_may_be_8_kib_and_not_one_byte_more() {
+        let secret = b"a unit test secret of 32 bytes or more";
+        let keys = [secret_key(secret).unwrap()];
+        let key = EncodingKey::from_secret(secret).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let sized = |length: usize| {
+            (0..length)
+                .map(|pad| {
+                    let claims =
+                        serde_json::json!({"sub": "bob", "exp": now + 600, "pad": "x".repeat(pad)});
+                    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+                })
+                .find(|token| token.len() == length)
+                .unwrap()
+        };
+        // A provider's token with many claims can be several KiB: that is fine.
+        assert_eq!(
+            rules().verify(&sized(MAX_TOKEN_BYTES), &keys),
+            Ok("bob".into())
+        );
+        assert_eq!(
+            rules().verify(&sized(MAX_TOKEN_BYTES + 1), &keys),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

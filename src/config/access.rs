@@ -210,6 +210,8 @@ mod tests {
             "hunter2",
             "$argon2id$nonsense",
             "$2b$12$abcdefghijklmnopqrstuv",
+            // The parameters and a salt, but no hash.
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA",
         ] {
             let err = parse(&format!(
                 "[access]\nmode = \"password\"\npassword_hash = \"{wrong}\"\n"
