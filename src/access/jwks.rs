@@ -182,7 +182,27 @@ async fn get(url: &Uri, connector: &TlsConnector) -> Result<Bytes, String> {
     let (mut sender, conn) = http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|err| format!("HTTP with {host}: {err}"))?;
-    let driver = tokio::spawn(conn);
+    // The connection's task goes with the fetch, however the fetch ends (the timeout around
+    // it included).
+    let _driver = AbortOnDrop(tokio::spawn(conn));
+    request_body(url, host, &mut sender).await
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The request on an open connection, and the answer's body.
+async fn request_body(
+    url: &Uri,
+    host: &str,
+    sender: &mut http1::SendRequest<Empty<Bytes>>,
+) -> Result<Bytes, String> {
     let path = url.path_and_query().map_or("/", |p| p.as_str());
     let authority = url.authority().map_or(host, |a| a.as_str());
     let request = hyper::Request::get(path)
@@ -200,14 +220,11 @@ async fn get(url: &Uri, connector: &TlsConnector) -> Result<Bytes, String> {
         .map_err(|err| format!("HTTP with {host}: {err}"))?;
     let status = response.status();
     if status != hyper::StatusCode::OK {
-        driver.abort();
         return Err(format!("it answered {status}"));
     }
-    let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
+    Ok(Limited::new(response.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|err| format!("reading the answer: {err}"))?
-        .to_bytes();
-    driver.abort();
-    Ok(body)
+        .to_bytes())
 }

@@ -299,8 +299,8 @@ impl Access {
     /// fetch again (at most once a minute) and the token is tried once more.
     async fn verify(&self, access_token: &str) -> Result<String, TokenError> {
         let attempt = |jwks_keys: &[Key]| {
-            let keys: Vec<Key> = self.keys.iter().chain(jwks_keys).cloned().collect();
-            self.rules.verify(access_token, &keys)
+            self.rules
+                .verify(access_token, self.keys.iter().chain(jwks_keys))
         };
         let Some(jwks) = &self.jwks else {
             return attempt(&[]);

@@ -107,12 +107,16 @@ impl Rules {
     /// Checks `token` against `keys`: the candidates are the keys with the token's `kid`, or,
     /// when no key has it (or the token names none), the keys without one; then only those
     /// made for the token's `alg`. Returns the user's name from the configured claim.
-    pub fn verify(&self, token: &str, keys: &[Key]) -> Result<String, TokenError> {
+    pub fn verify<'k, I>(&self, token: &str, keys: I) -> Result<String, TokenError>
+    where
+        I: IntoIterator<Item = &'k Key>,
+        I::IntoIter: Clone,
+    {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        let candidates: Vec<&Key> = candidates(keys, header.kid.as_deref())
+        let candidates: Vec<&Key> = candidates(keys.into_iter(), header.kid.as_deref())
             .filter(|key| key.algorithm == header.alg)
             .collect();
         if candidates.is_empty() {
@@ -174,9 +178,12 @@ impl Rules {
     }
 }
 
-fn candidates<'k>(keys: &'k [Key], kid: Option<&str>) -> impl Iterator<Item = &'k Key> {
-    let named = kid.is_some_and(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-    keys.iter().filter(move |key| match (kid, named) {
+fn candidates<'k>(
+    keys: impl Iterator<Item = &'k Key> + Clone,
+    kid: Option<&str>,
+) -> impl Iterator<Item = &'k Key> {
+    let named = kid.is_some_and(|kid| keys.clone().any(|k| k.kid.as_deref() == Some(kid)));
+    keys.filter(move |key| match (kid, named) {
         (Some(kid), true) => key.kid.as_deref() == Some(kid),
         (Some(_), false) => key.kid.is_none(),
         (None, _) => true,
