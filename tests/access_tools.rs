@@ -541,10 +541,15 @@ fn at_a_terminal_hash_password_asks_twice_without_echo() {
             }
         }
     };
-    // Typed only once the prompt is there, as a person would: echo is off by then.
+    // Typed a moment after the prompt shows, as a person would: rpassword writes the prompt
+    // first and turns echo off just after it, so text typed within microseconds of the
+    // prompt could still be echoed (seen once in a loaded run).
+    let typing = Duration::from_millis(300);
     until("Password: ", &mut seen);
+    std::thread::sleep(typing);
     stdin.write_all(b"tea for two\n").unwrap();
     until("Again: ", &mut seen);
+    std::thread::sleep(typing);
     stdin.write_all(b"tea for two\n").unwrap();
     until("$argon2id$", &mut seen);
     let status = child.wait().unwrap();
