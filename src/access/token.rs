@@ -610,6 +610,23 @@ mod tests {
     }
 
     #[test]
+    fn a_kid_no_key_has_falls_back_to_the_keys_without_one() {
+        // An operator's app may put a kid in tokens it signs with the shared secret.
+        let secret = b"a unit test secret of 32 bytes or more";
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("app-1".into());
+        let claims =
+            serde_json::json!({"sub": "bob", "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let token =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret).unwrap())
+                .unwrap();
+        assert_eq!(
+            rules().verify(&token, &[secret_key(secret).unwrap()]),
+            Ok("bob".into())
+        );
+    }
+
+    #[test]
     fn a_token_may_be_8_kib_and_not_one_byte_more() {
         let secret = b"a unit test secret of 32 bytes or more";
         let keys = [secret_key(secret).unwrap()];
