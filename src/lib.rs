@@ -8,6 +8,7 @@
 //! - [`config`]: `config.toml`'s tables and the `PORT` override; [`config::values`] holds
 //!   the validated value types.
 //! - [`access`]: who may log in (`[access]`): the site password, invite links and tokens.
+//! - [`client`]: one HTTPS request to another server (the JWKS, the ACME CA).
 //! - [`net`]: this machine's addresses, for the certificate, the banner and the TURN relay.
 //! - [`tls`]: PEM files, or a self-signed certificate made with rcgen for LAN use.
 //! - [`server`]: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
@@ -25,6 +26,7 @@
 //! calls [`server::run`], which tests call directly on port 0.
 
 pub mod access;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod limits;

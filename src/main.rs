@@ -189,9 +189,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Signal handlers go in before the banner says we are up: until a handler is registered
     // a signal takes its default action, and SIGTERM would kill instead of draining.
     let shutdown = shutdown_signal()?;
-    let certificates = tls
-        .as_ref()
-        .map(|tls| Certificates::new(tls.server_config.clone()));
+    let acme = config.tls.mode == dialtone::config::TlsMode::Acme;
+    let certificates = if acme {
+        Some(tls::acme::start(&config.tls).map_err(|err| tls_error(err, &config))?)
+    } else {
+        tls.as_ref().map(tls::Tls::certificates)
+    };
     if let Some(certificates) = &certificates {
         let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
         tokio::spawn(reload_on_sighup(
@@ -203,7 +206,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let public =
         matches!(mode, Mode::Platform { .. }) || bound.iter().any(|addr| !addr.ip().is_loopback());
     let access = app.access().describe(public);
-    print_banner(&bound, tls.as_ref(), &mode, &config, &access);
+    let banner = Banner {
+        bound,
+        mode,
+        config: config.clone(),
+        access,
+    };
+    match &certificates {
+        // The banner says where to open the page: not before a certificate is there.
+        Some(certificates) if certificates.served().is_none() => {
+            let mut served = certificates.watch();
+            tokio::spawn(async move {
+                if let Ok(first) = served.wait_for(Option::is_some).await {
+                    banner.print(first.as_ref());
+                }
+            });
+        }
+        Some(certificates) => banner.print(certificates.served().as_ref()),
+        None => banner.print(None),
+    }
     server::serve(listeners, certificates, app, shutdown).await;
     info!("stopped");
     Ok(())
@@ -216,6 +237,9 @@ fn tls_error(err: TlsError, config: &Config) -> anyhow::Error {
         TlsError::Read { what, .. } => {
             format!(" (set [tls] {what} in {file}, or mode = \"auto\" to generate one)")
         }
+        TlsError::Write { .. } if config.tls.mode == dialtone::config::TlsMode::Acme => {
+            format!(" (make that folder writable, or point [tls] cache in {file} elsewhere)")
+        }
         TlsError::Write { .. } => {
             format!(" (make that folder writable, or point [tls] cert and key in {file} elsewhere)")
         }
@@ -224,11 +248,25 @@ fn tls_error(err: TlsError, config: &Config) -> anyhow::Error {
     anyhow::anyhow!("{err}{hint}")
 }
 
+/// What the banner needs, kept until there is a certificate to describe.
+struct Banner {
+    bound: Vec<SocketAddr>,
+    mode: Mode,
+    config: Config,
+    access: String,
+}
+
+impl Banner {
+    fn print(&self, served: Option<&tls::Served>) {
+        print_banner(&self.bound, served, &self.mode, &self.config, &self.access);
+    }
+}
+
 /// What a person needs to start a call: where to point a browser, and how to recognise the
 /// certificate the browser will warn about.
 fn print_banner(
     bound: &[SocketAddr],
-    tls: Option<&tls::Tls>,
+    tls: Option<&tls::Served>,
     mode: &Mode,
     config: &Config,
     access: &str,
@@ -242,23 +280,45 @@ fn print_banner(
         (Some(tls), _) => {
             lines.push(format!("  mode: HTTPS with a {}", tls.origin));
             lines.push("  open one of:".into());
-            let (local, lan) = reachable(bound);
             let port = bound.first().map_or(0, SocketAddr::port);
-            if local {
-                lines.push(format!("    https://localhost:{port}"));
-            }
-            lines.extend(lan.iter().map(|addr| format!("    https://{addr}")));
-            // A person at a terminal can point a phone at it; a log file gets no picture.
-            let phone = lan.iter().find(|addr| !addr.ip().is_loopback());
-            if std::io::stdout().is_terminal()
-                && let Some(phone) = phone
-                && let url = format!("https://{phone}")
-                && let Some(code) = dialtone::qr::terminal(&url)
-            {
-                lines.push(format!("  on a phone on this network, scan to open {url}:"));
-                lines.push(code.trim_end().to_owned());
+            if config.tls.mode == dialtone::config::TlsMode::Acme {
+                // The certificate covers these names only.
+                let port = if port == 443 {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                };
+                lines.extend(
+                    config
+                        .tls
+                        .domains
+                        .iter()
+                        .map(|domain| format!("    https://{domain}{port}")),
+                );
+            } else {
+                let (local, lan) = reachable(bound);
+                if local {
+                    lines.push(format!("    https://localhost:{port}"));
+                }
+                lines.extend(lan.iter().map(|addr| format!("    https://{addr}")));
+                // A person at a terminal can point a phone at it; a log file gets no picture.
+                let phone = lan.iter().find(|addr| !addr.ip().is_loopback());
+                if std::io::stdout().is_terminal()
+                    && let Some(phone) = phone
+                    && let url = format!("https://{phone}")
+                    && let Some(code) = dialtone::qr::terminal(&url)
+                {
+                    lines.push(format!("  on a phone on this network, scan to open {url}:"));
+                    lines.push(code.trim_end().to_owned());
+                }
             }
             lines.push("  (http:// to this port is redirected to https://)".into());
+            lines.push(format!(
+                "  certificate for {}, issued by {}, valid until {}",
+                tls.names.join(", "),
+                tls.issuer,
+                tls.expires()
+            ));
             lines.push("  certificate SHA-256 fingerprint:".into());
             lines.push(format!("    {}", tls.fingerprint));
             if tls.self_signed {
@@ -422,9 +482,13 @@ async fn default_invite_url(config: &Config) -> anyhow::Result<String> {
 /// refused with a log line, and the current one stays.
 async fn reload_on_sighup(mut hangups: Signal, config: TlsConfig, certificates: Certificates) {
     while hangups.recv().await.is_some() {
+        if config.mode == dialtone::config::TlsMode::Acme {
+            info!("SIGHUP: ACME certificates are renewed by dialtone itself; nothing to re-read");
+            continue;
+        }
         match tls::setup(&config) {
             Ok(Some(new)) => {
-                certificates.replace(new.server_config);
+                certificates.replace(new.server_config.clone(), new.served());
                 info!(
                     "SIGHUP: new connections use the {} (SHA-256 {})",
                     new.origin, new.fingerprint

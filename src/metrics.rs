@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub calls_active: usize,
     /// The built-in TURN relay's figures, when it runs.
     pub relay: Option<crate::turn::RelaySnapshot>,
+    /// When the certificate being served expires (seconds since 1970), when there is one.
+    pub certificate_expiry: Option<i64>,
 }
 
 impl Default for Metrics {
@@ -189,6 +191,16 @@ impl Metrics {
         let mut text = String::from_utf8(out).unwrap_or_default();
         if let Some(relay) = now.relay {
             relay_series(&mut text, &relay);
+        }
+        if let Some(expiry) = now.certificate_expiry {
+            use std::fmt::Write;
+            let name = "dialtone_certificate_expiry_timestamp_seconds";
+            let _ = write!(
+                text,
+                "# HELP {name} When the TLS certificate being served expires (Unix time); alert \
+                 on it minus time() falling under a few days.\n# TYPE {name} gauge\n{name} \
+                 {expiry}\n"
+            );
         }
         text
     }

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -98,6 +98,9 @@ pub async fn serve(
     app: App,
     shutdown: impl Future<Output = ()>,
 ) {
+    if let Some(tls) = &tls {
+        app.serving(tls.clone());
+    }
     let limits = app.settings().limits.clone();
     let handshake_timeout = limits.tls_handshake_timeout();
     let first_bytes = limits.header_read_timeout();
@@ -181,6 +184,12 @@ pub async fn serve(
                 _ = stop.changed() => return,
             };
             drop(stop);
+            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // A CA checking a TLS-ALPN-01 challenge: the handshake was the answer.
+                let mut stream = stream;
+                let _ = tokio::time::timeout(first_bytes, stream.shutdown()).await;
+                return debug!(%peer, "answered an ACME TLS-ALPN-01 check");
+            }
             let info = ConnInfo { peer, tls: true };
             let stream = FirstBytes::new(stream, first_bytes);
             serve_http(&builder, watcher, stream, app, info).await;

@@ -19,7 +19,8 @@ use common::plain_ws;
 use common::process::{Running, config_in, dialtone};
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -82,21 +83,9 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(dir: &Path, keys: Vec<Value>) -> JwksServer {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "dialtone test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let private = common::PrivateCa::new("127.0.0.1");
         let ca = dir.join("ca.pem");
-        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        std::fs::write(&ca, &private.ca_pem).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -104,11 +93,8 @@ impl JwksServer {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![
-                leaf.der().clone(),
-                CertificateDer::from(ca_cert.der().to_vec()),
-            ],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            vec![private.leaf_der, private.ca_der],
+            PrivateKeyDer::from_pem_slice(private.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

@@ -588,6 +588,7 @@ async fn rediss_with_a_self_signed_certificate_needs_tls_insecure() {
         mode: dialtone::config::TlsMode::Auto,
         cert: cert.clone(),
         key: key.clone(),
+        ..Default::default()
     })
     .unwrap();
     let Some(redis) = Redis::start_tls(&cert, &key) else {

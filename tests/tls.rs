@@ -32,6 +32,7 @@ fn files_config(cert: &Path, key: &Path) -> TlsConfig {
         mode: TlsMode::Files,
         cert: cert.to_owned(),
         key: key.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -125,6 +126,7 @@ fn auto_mode_covers_localhost_the_host_name_and_every_lan_address() {
         mode: TlsMode::Auto,
         cert: dir.path().join("certs/cert.pem"),
         key: dir.path().join("certs/key.pem"),
+        ..Default::default()
     };
     let made = tls::setup(&config).unwrap().unwrap();
     let (_, parsed) = x509_parser::parse_x509_certificate(&made.certificate).unwrap();

@@ -8,13 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::Uri;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::Jwk;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tracing::warn;
@@ -45,7 +41,7 @@ impl Jwks {
             .map_err(|err| format!("[access] jwks_url {url:?} is not a URL: {err}"))?;
         let jwks = Arc::new(Jwks {
             url: parsed,
-            connector: connector()?,
+            connector: crate::client::connector("[access] jwks_url")?,
             keys: Mutex::new(Arc::default()),
             last_triggered: tokio::sync::Mutex::new(None),
         });
@@ -145,86 +141,16 @@ pub fn parse(body: &[u8]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-fn connector() -> Result<TlsConnector, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(
-            "no trusted root certificates found to check [access] jwks_url with: install \
-             ca-certificates, or name a PEM bundle in SSL_CERT_FILE"
-                .into(),
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("TLS setup: {err}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-/// One HTTPS GET over HTTP/1.1; the body of a 200 answer, at most [`MAX_BODY_BYTES`].
+/// One HTTPS GET; the body of a 200 answer, at most [`MAX_BODY_BYTES`].
 async fn get(url: &Uri, connector: &TlsConnector) -> Result<Bytes, String> {
-    let host = url.host().ok_or("the URL has no host")?;
-    let port = url.port_u16().unwrap_or(443);
-    // `[::1]` in a URL is `::1` to the resolver and in the certificate.
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((bare, port))
-        .await
-        .map_err(|err| format!("cannot connect to {host}:{port}: {err}"))?;
-    let name = ServerName::try_from(bare.to_owned()).map_err(|err| format!("{host}: {err}"))?;
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|err| format!("TLS with {host}: {err}"))?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|err| format!("HTTP with {host}: {err}"))?;
-    // The connection's task goes with the fetch, however the fetch ends (the timeout around
-    // it included).
-    let _driver = AbortOnDrop(tokio::spawn(conn));
-    request_body(url, host, &mut sender).await
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The request on an open connection, and the answer's body.
-async fn request_body(
-    url: &Uri,
-    host: &str,
-    sender: &mut http1::SendRequest<Empty<Bytes>>,
-) -> Result<Bytes, String> {
-    let path = url.path_and_query().map_or("/", |p| p.as_str());
-    let authority = url.authority().map_or(host, |a| a.as_str());
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
+    let request = hyper::Request::get(url.clone())
         .header(hyper::header::ACCEPT, "application/json")
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("dialtone/", env!("CARGO_PKG_VERSION")),
-        )
         .body(Empty::<Bytes>::new())
         .map_err(|err| format!("{err}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| format!("HTTP with {host}: {err}"))?;
+    let response = crate::client::send(connector, request, MAX_BODY_BYTES).await?;
     let status = response.status();
     if status != hyper::StatusCode::OK {
         return Err(format!("it answered {status}"));
     }
-    Ok(Limited::new(response.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|err| format!("reading the answer: {err}"))?
-        .to_bytes())
+    Ok(response.into_body())
 }

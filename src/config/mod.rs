@@ -48,6 +48,7 @@ pub struct Config {
     /// Serve the page from this folder instead of the copy built into the binary; relative
     /// paths resolve against the config file's folder.
     pub public_dir: Option<PathBuf>,
+    #[serde(deserialize_with = "TlsConfig::checked")]
     pub tls: TlsConfig,
     /// Trust `X-Forwarded-Proto` and `X-Forwarded-For` from a TLS-terminating proxy in front.
     pub behind_proxy: bool,
@@ -346,7 +347,24 @@ pub enum TlsMode {
     Files,
     /// Plain HTTP, for running behind a proxy that terminates TLS.
     Off,
+    /// A certificate from an ACME CA (Let's Encrypt by default) for `domains`, obtained and
+    /// renewed by dialtone itself over TLS-ALPN-01 on its own port.
+    Acme,
 }
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Auto => "auto",
+            TlsMode::Files => "files",
+            TlsMode::Off => "off",
+            TlsMode::Acme => "acme",
+        }
+    }
+}
+
+/// Let's Encrypt's production directory, the default for `mode = "acme"`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -354,6 +372,14 @@ pub struct TlsConfig {
     pub mode: TlsMode,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// ACME: the names the certificate is for, each pointing at this machine.
+    pub domains: Vec<String>,
+    /// ACME: how the CA may reach the operator (`mailto:…`), when set.
+    pub contact: Option<String>,
+    /// ACME: the CA's directory URL.
+    pub directory: String,
+    /// ACME: the account key and certificates, kept across restarts (and shareable).
+    pub cache: PathBuf,
 }
 
 impl Default for TlsConfig {
@@ -362,8 +388,90 @@ impl Default for TlsConfig {
             mode: TlsMode::Auto,
             cert: PathBuf::from("certs/cert.pem"),
             key: PathBuf::from("certs/key.pem"),
+            domains: Vec::new(),
+            contact: None,
+            directory: LETS_ENCRYPT.to_owned(),
+            cache: PathBuf::from("certs/acme"),
         }
     }
+}
+
+impl TlsConfig {
+    /// The table as read, with the ACME keys checked, so an error names the `[tls]` line.
+    fn checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TlsConfig, D::Error> {
+        let mut tls = TlsConfig::deserialize(d)?;
+        tls.check().map_err(serde::de::Error::custom)?;
+        for domain in &mut tls.domains {
+            *domain = domain.to_ascii_lowercase();
+        }
+        Ok(tls)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.mode != TlsMode::Acme {
+            return Ok(());
+        }
+        if self.domains.is_empty() {
+            return Err(
+                "[tls] mode = \"acme\" needs domains, the names that point at this \
+                        machine: domains = [\"calls.example.com\"]"
+                    .into(),
+            );
+        }
+        for domain in &self.domains {
+            check_domain(domain)?;
+        }
+        if let Some(contact) = &self.contact
+            && !contact.starts_with("mailto:")
+        {
+            return Err(format!(
+                "[tls] contact must be a mailto: address, such as \"mailto:ops@example.com\", \
+                 not {contact:?}"
+            ));
+        }
+        if !self.directory.starts_with("https://") {
+            return Err(format!(
+                "[tls] directory must be an https:// address (an ACME CA's directory), not {:?}",
+                self.directory
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A name a public CA can issue for over TLS-ALPN-01: a DNS name, not an address or a
+/// wildcard (those need other challenges).
+fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.starts_with("*.") {
+        return Err(format!(
+            "[tls] domains: {domain:?} is a wildcard, which needs a DNS challenge: list each \
+             name instead"
+        ));
+    }
+    if domain.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "[tls] domains: {domain:?} is an address; ACME needs a DNS name that points at it"
+        ));
+    }
+    let labels_ok = domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err(format!(
+            "[tls] domains: {domain:?} is not a DNS name such as \"calls.example.com\" \
+             (letters, digits and hyphens, with dots between; write internationalized \
+             names in their xn-- form)"
+        ));
+    }
+    Ok(())
 }
 
 /// One entry of `RTCPeerConnection`'s `iceServers`, serialized exactly as the browser wants it.
@@ -514,6 +622,7 @@ impl Config {
         }
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
+        resolve(&mut self.tls.cache);
         self.access.resolve(base);
         self
     }
@@ -589,6 +698,47 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn acme_needs_dns_names_and_https() {
+        let acme = |rest: &str| parse(&format!("[tls]\nmode = \"acme\"\n{rest}"));
+        let config =
+            acme("domains = [\"Calls.Example.com\", \"www.example.com\"]\ncache = \"c\"\n")
+                .unwrap();
+        assert_eq!(config.tls.domains, ["calls.example.com", "www.example.com"]);
+        assert_eq!(config.tls.directory, LETS_ENCRYPT);
+        assert_eq!(config.tls.contact, None);
+        let refused = [
+            ("", "needs domains"),
+            ("domains = []", "needs domains"),
+            ("domains = [\"*.example.com\"]", "wildcard"),
+            ("domains = [\"192.0.2.7\"]", "is an address"),
+            ("domains = [\"localhost\"]", "is not a DNS name"),
+            ("domains = [\"a..example.com\"]", "is not a DNS name"),
+            ("domains = [\"-a.example.com\"]", "is not a DNS name"),
+            ("domains = [\"a_b.example.com\"]", "is not a DNS name"),
+            (
+                "domains = [\"a.example.com\"]\ncontact = \"ops@example.com\"",
+                "mailto:",
+            ),
+            (
+                "domains = [\"a.example.com\"]\ndirectory = \"http://ca.example/dir\"",
+                "https://",
+            ),
+        ];
+        for (rest, why) in refused {
+            let err = acme(rest).unwrap_err();
+            assert!(err.contains("line 1") && err.contains(why), "{rest}: {err}");
+        }
+        let long = format!("domains = [\"{}.example.com\"]", "a".repeat(64));
+        assert!(acme(&long).unwrap_err().contains("is not a DNS name"));
+        assert!(acme(&format!("domains = [\"{}.example.com\"]", "a".repeat(63))).is_ok());
+        // The ACME keys are not checked in other modes.
+        assert!(parse("[tls]\nmode = \"auto\"\ndomains = [\"*.x\"]\n").is_ok());
+        let config =
+            acme("domains = [\"a.example.com\"]\ncontact = \"mailto:o@example.com\"\n").unwrap();
+        assert_eq!(config.tls.contact.as_deref(), Some("mailto:o@example.com"));
     }
 
     #[test]

@@ -65,6 +65,8 @@ struct Inner {
     forwarded_log: Sometimes,
     /// The settings file, for log lines that say what to change.
     config_file: String,
+    /// The certificate being served, once the server has started with TLS.
+    certificates: std::sync::OnceLock<crate::tls::Certificates>,
     /// Flipped to `true` at shutdown; every session holds a receiver, so the sender also
     /// tells when the last session has ended.
     shutdown: watch::Sender<bool>,
@@ -105,6 +107,7 @@ impl App {
                 refused_origin_log: Sometimes::new(),
                 forwarded_log: Sometimes::new(),
                 config_file: config.file_name(),
+                certificates: std::sync::OnceLock::new(),
                 shutdown: watch::Sender::new(false),
             }),
         })
@@ -397,6 +400,7 @@ impl App {
             calls_ringing,
             calls_active,
             relay: self.inner.shared.turn.as_ref().map(TurnRelay::snapshot),
+            certificate_expiry: self.served().map(|served| served.not_after),
         });
         uncached(&body, Metrics::content_type())
     }
@@ -418,6 +422,16 @@ impl App {
     }
 
     /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.
+    /// Tells `/healthz` and `/metrics` which certificate the server serves (set once, by
+    /// [`crate::server::serve`]).
+    pub fn serving(&self, certificates: crate::tls::Certificates) {
+        let _ = self.inner.certificates.set(certificates);
+    }
+
+    fn served(&self) -> Option<crate::tls::Served> {
+        self.inner.certificates.get()?.served()
+    }
+
     fn health(&self) -> Response<Body> {
         let mut body = serde_json::json!({
             "status": "ok",
@@ -425,6 +439,16 @@ impl App {
             "users": self.registry().users(),
             "connections": self.connections(),
         });
+        if let Some(served) = self.served() {
+            body["certificate"] = serde_json::json!({
+                "names": served.names,
+                "issuer": served.issuer,
+                "selfSigned": served.self_signed,
+                "sha256": served.fingerprint,
+                "notAfter": served.expires(),
+                "notAfterUnix": served.not_after,
+            });
+        }
         let backplane = self.registry().backplane_up();
         if let Some(up) = backplane {
             body["backplane"] = if up { "ok" } else { "unavailable" }.into();

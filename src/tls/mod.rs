@@ -1,4 +1,5 @@
-//! Certificates: PEM files given by the user, or a self-signed one made with rcgen.
+//! Certificates: PEM files given by the user, a self-signed one made with rcgen, or one from
+//! an ACME CA ([`acme`]).
 //!
 //! Browsers only allow the camera on a secure context, so on a LAN dialtone serves HTTPS with
 //! a certificate whose names cover every address a phone might type. That certificate is kept
@@ -19,6 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{TlsConfig, TlsMode};
+
+pub mod acme;
 
 /// The organization name dialtone puts in certificates it makes; only those are ever replaced.
 const ISSUER_MARK: &str = "dialtone self-signed";
@@ -53,6 +56,8 @@ pub enum TlsError {
     Generate(String),
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: io::Error },
+    #[error("ACME: {0}")]
+    Acme(String),
 }
 
 /// What the server needs to speak TLS, and what a person needs to trust it.
@@ -69,17 +74,85 @@ pub struct Tls {
     pub certificate: CertificateDer<'static>,
 }
 
-/// The TLS settings new connections get. Replaceable while running (SIGHUP) so a renewed
-/// certificate applies without dropping a call; connections already open keep theirs.
+impl Tls {
+    /// What the banner, `/healthz` and `/metrics` say of this certificate.
+    pub fn served(&self) -> Served {
+        Served::of(&self.certificate, self.origin.clone(), self.self_signed)
+    }
+
+    /// The handle the server reads new connections' settings from.
+    pub fn certificates(&self) -> Certificates {
+        Certificates::serving(self.server_config.clone(), Some(self.served()))
+    }
+}
+
+/// What people and monitoring need to know of the certificate being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// Where it came from, for the log and the banner.
+    pub origin: String,
+    /// SHA-256 of the leaf, `AA:BB:…`, as browsers show it.
+    pub fingerprint: String,
+    pub self_signed: bool,
+    /// The DNS names and addresses it covers.
+    pub names: Vec<String>,
+    /// Its issuer's common name (or organization).
+    pub issuer: String,
+    /// When it expires, in seconds since 1970.
+    pub not_after: i64,
+}
+
+impl Served {
+    pub fn of(leaf: &CertificateDer<'_>, origin: String, self_signed: bool) -> Served {
+        let (names, issuer, not_after) = match x509_parser::parse_x509_certificate(leaf) {
+            Ok((_, parsed)) => (
+                names_of(&parsed),
+                parsed
+                    .issuer()
+                    .iter_common_name()
+                    .chain(parsed.issuer().iter_organization())
+                    .find_map(|value| value.as_str().ok().map(str::to_owned))
+                    .unwrap_or_default(),
+                parsed.validity().not_after.timestamp(),
+            ),
+            Err(_) => (Vec::new(), String::new(), 0),
+        };
+        Served {
+            origin,
+            fingerprint: fingerprint(leaf),
+            self_signed,
+            names,
+            issuer,
+            not_after,
+        }
+    }
+
+    /// The expiry as an HTTP date, e.g. `Sun, 06 Dec 2026 08:00:00 GMT`.
+    pub fn expires(&self) -> String {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64);
+        httpdate::fmt_http_date(at)
+    }
+}
+
+/// The TLS settings new connections get. Replaceable while running (SIGHUP, an ACME renewal)
+/// so a renewed certificate applies without dropping a call; connections already open keep
+/// theirs.
 #[derive(Debug, Clone)]
 pub struct Certificates {
     current: Arc<std::sync::RwLock<Arc<ServerConfig>>>,
+    /// What is served; `None` until an ACME certificate has arrived.
+    served: Arc<tokio::sync::watch::Sender<Option<Served>>>,
 }
 
 impl Certificates {
     pub fn new(config: Arc<ServerConfig>) -> Certificates {
+        Certificates::serving(config, None)
+    }
+
+    pub fn serving(config: Arc<ServerConfig>, served: Option<Served>) -> Certificates {
         Certificates {
             current: Arc::new(std::sync::RwLock::new(config)),
+            served: Arc::new(tokio::sync::watch::Sender::new(served)),
         }
     }
 
@@ -91,10 +164,29 @@ impl Certificates {
             .clone()
     }
 
-    pub fn replace(&self, config: Arc<ServerConfig>) {
+    pub fn replace(&self, config: Arc<ServerConfig>, served: Served) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.served.send_replace(Some(served));
+    }
+
+    /// A new certificate behind the same settings (ACME's resolver serves it).
+    pub fn set_served(&self, served: Served) {
+        self.served.send_replace(Some(served));
+    }
+
+    pub fn served(&self) -> Option<Served> {
+        self.served.borrow().clone()
+    }
+
+    /// Sees each new certificate.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<Served>> {
+        self.served.subscribe()
     }
 }
+
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737): a connection that negotiates it is a CA
+/// checking a challenge, and is closed after the handshake.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// rustls with ring only: the `ring` provider is chosen explicitly, so nothing depends on a
 /// process-wide default provider being installed.
@@ -112,6 +204,8 @@ pub fn setup(config: &TlsConfig) -> Result<Option<Tls>, TlsError> {
             pair.into_tls(origin, false).map(Some)
         }
         TlsMode::Auto => auto(&config.cert, &config.key, &wanted_names()).map(Some),
+        // Started by `acme::start`, which needs the runtime; nothing to read here.
+        TlsMode::Acme => Ok(None),
     }
 }
 
@@ -346,6 +440,31 @@ impl KeyPairFiles {
             certificate: self.chain[0].clone(),
         })
     }
+}
+
+/// The DNS names and addresses in a certificate's subject alternative names.
+fn names_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|general| match general {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether the certificate's subject alternative names include `name` (a DNS name or an IP).

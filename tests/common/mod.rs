@@ -5,6 +5,7 @@
 
 pub mod coturn;
 pub mod netns;
+pub mod pebble;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -79,6 +80,42 @@ pub fn skip(why: &str) {
     }
 }
 
+/// A CA of the test's own and a certificate it signed, for a server the tests run (a JWKS
+/// endpoint, Pebble) that dialtone is told to trust through `SSL_CERT_FILE`.
+pub struct PrivateCa {
+    pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
+    pub leaf_pem: String,
+    pub leaf_der: CertificateDer<'static>,
+    pub key_pem: String,
+}
+
+impl PrivateCa {
+    /// A CA, and a certificate from it for `name`.
+    pub fn new(name: &str) -> PrivateCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dialtone test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        PrivateCa {
+            ca_pem: ca_cert.pem(),
+            ca_der: CertificateDer::from(ca_cert.der().to_vec()),
+            leaf_pem: leaf.pem(),
+            leaf_der: leaf.der().clone(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+}
+
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -134,7 +171,7 @@ impl TestServer {
         let cert = tls.as_ref().map(|tls| tls.certificate.clone());
         let task = tokio::spawn(server::run(
             listener,
-            tls.map(|tls| tls::Certificates::new(tls.server_config)),
+            tls.map(|tls| tls.certificates()),
             app.clone(),
             async {
                 let _ = stopped.await;

@@ -103,6 +103,38 @@ impl Running {
         })
     }
 
+    /// Starts the binary without waiting for its banner (which may never come: an ACME
+    /// start that cannot get a certificate prints none); stdout is dropped, the log kept.
+    pub fn launch(mut command: Command) -> Running {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            banner: Vec::new(),
+            log: Some(log),
+        }
+    }
+
+    /// Waits (up to `limit`) until the log has a line containing `text`.
+    pub fn wait_for_log_within(&self, text: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} in the log within {limit:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts the binary in PORT mode on a free port, with stdout and stderr closed at once
     /// (as when its output is piped into something that has already exited).
     pub fn start_headless(config: &Path) -> (u16, Running) {
@@ -148,18 +180,7 @@ impl Running {
 
     /// Waits until the log has a line containing `text`.
     pub fn wait_for_log(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {text:?} in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_log_within(text, Duration::from_secs(10))
     }
 
     /// The port from the banner's `https://localhost:PORT` (or, with TLS off, its

@@ -62,6 +62,7 @@ fn certificate(dir: &Path) -> CertificateDer<'static> {
         mode: TlsMode::Auto,
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
+        ..Default::default()
     })
     .unwrap()
     .expect("a certificate")
