@@ -35,7 +35,7 @@ const suiteCerts = mkdtempSync(join(tmpdir(), 'dialtone-e2e-certs-'));
  */
 export async function startServer({
   port = 0, dir, certs = suiteCerts, cluster, grace, presence, tls = 'auto', behindProxy, host = '127.0.0.1', netns, turnServer,
-  access,
+  access, acme, env,
 } = {}) {
   const home = dir ?? mkdtempSync(join(tmpdir(), 'dialtone-e2e-'));
   const config = join(home, 'config.toml');
@@ -49,6 +49,7 @@ export async function startServer({
     `mode = "${tls}"`,
     `cert = ${JSON.stringify(join(certs, 'cert.pem'))}`,
     `key = ${JSON.stringify(join(certs, 'key.pem'))}`,
+    ...(acme ? Object.entries(acme).map(([k, v]) => `${k} = ${JSON.stringify(v)}`) : []),
     ...(grace === undefined ? [] : ['[websocket]', `resume_grace_secs = ${grace}`]),
     ...(presence ? ['[presence]', 'enabled = true'] : []),
     ...(cluster ? ['[cluster]', `redis_url = "${cluster.url}"`, `instance_id = "${cluster.id}"`] : []),
@@ -58,7 +59,9 @@ export async function startServer({
   ].join('\n'));
   // `ip netns exec` execs the binary after entering the namespace: the child is dialtone itself.
   const command = netns ? ['ip', ['netns', 'exec', netns, binary, '--config', config]] : [binary, ['--config', config]];
-  const child = spawn(...command, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...command, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  // With ACME the banner names the certificate's first domain, not the address listened on.
+  const named = acme ? acme.domains[0] : host;
   const log = [];
   createInterface({ input: child.stderr }).on('line', (line) => log.push(line));
   const banner = [];
@@ -71,7 +74,7 @@ export async function startServer({
       if (line === 'Press Ctrl-C to stop.') {
         clearTimeout(timer);
         // With TLS off (behind a proxy) the banner says "listening on http://…".
-        const match = banner.join('\n').match(new RegExp(`https?://${host.replaceAll('.', '\\.')}:(\\d+)`));
+        const match = banner.join('\n').match(new RegExp(`https?://${named.replaceAll('.', '\\.')}:(\\d+)`));
         if (match) resolve(Number(match[1]));
         else reject(new Error(`no URL in the banner:\n${banner.join('\n')}`));
       }
@@ -83,7 +86,7 @@ export async function startServer({
     dir: home,
     config,
     certs,
-    url: `${tls === 'off' ? 'http' : 'https'}://${host === '127.0.0.1' ? 'localhost' : host}:${bound}/`,
+    url: `${tls === 'off' ? 'http' : 'https'}://${acme ? named : host === '127.0.0.1' ? 'localhost' : host}:${bound}/`,
     log,
     /** SIGTERM, as Heroku or systemd would; resolves with the exit status. */
     async stop() {
@@ -242,8 +245,8 @@ export async function suiteCertificate() {
  * A browser process of its own (so its fake camera is its own) that trusts the certificate
  * with SPKI hash `trusted` and checks every other one as usual.
  */
-export async function launchBrowser(trusted, { netns } = {}) {
-  const args = [...flags, `--ignore-certificate-errors-spki-list=${trusted}`];
+export async function launchBrowser(trusted, { netns, args: extra = [] } = {}) {
+  const args = [...flags, `--ignore-certificate-errors-spki-list=${trusted}`, ...extra];
   return chromium.launch({ executablePath: netns ? inNamespace(netns, executablePath) : executablePath, args, headless: true });
 }
 

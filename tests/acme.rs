@@ -408,3 +408,42 @@ async fn wait_health(port: u16, root: &CertificateDer<'static>) -> Value {
     }
     health(port, "calls.test", root).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_renewals_fail_the_current_certificate_stays_and_the_log_says_until_when() {
+    let port = common::free_port();
+    // 60 s of validity: renewal is due after 40, leaving 20 to see the old one still served.
+    let Some(mut pebble) = Pebble::start(port, Some(60)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
+    let root = pebble.root();
+    let first = health(port, "calls.test", &root).await["certificate"].clone();
+    pebble.stop_ca();
+    let log = running.wait_for_log_within(
+        "ACME: renewing the certificate failed",
+        Duration::from_secs(60),
+    );
+    let line = log
+        .lines()
+        .find(|line| line.contains("renewing the certificate failed"))
+        .unwrap();
+    assert!(line.contains("does not answer"), "{line}");
+    assert!(line.contains("trying again in 2 s"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "the current one stays in use and expires on {}",
+            first["notAfter"].as_str().unwrap()
+        )),
+        "{line}"
+    );
+    // Under a week from expiry, it is an error that says what happens next.
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("after that browsers will refuse the page"),
+        "{line}"
+    );
+    let now = health(port, "calls.test", &root).await["certificate"].clone();
+    assert_eq!(now["sha256"], first["sha256"]);
+}

@@ -50,6 +50,8 @@ const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Between renewals the cache is looked at this often, for a certificate another instance
 /// sharing it has obtained.
 const RECHECK: Duration = Duration::from_secs(10 * 60);
+/// How far this machine's clock may be behind the CA's.
+const CLOCK_SKEW: i64 = 5 * 60;
 /// Warnings about a renewal that keeps failing turn to errors this close to expiry.
 const URGENT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -274,7 +276,8 @@ impl Manager {
     /// Valid now, not yet due for renewal, and for every configured name.
     fn usable(&self, issued: &Issued) -> bool {
         let now = now_secs();
-        issued.not_before <= now
+        // A few minutes' leeway for a clock behind the CA's.
+        issued.not_before <= now + CLOCK_SKEW
             && renew_at(issued.not_before, issued.served.not_after) > now
             && self
                 .domains
@@ -482,7 +485,7 @@ impl Manager {
                 .filter(|challenge| challenge.r#type == ChallengeType::TlsAlpn01)
                 .find_map(|challenge| challenge.error.clone());
             if let Some(problem) = problem {
-                return self.explain_problem(&problem, Some(&domain));
+                return explain_problem(&problem, &domain);
             }
         }
         Failure::Refused(
@@ -492,7 +495,10 @@ impl Manager {
 
     fn explain(&self, err: instant_acme::Error, domain: Option<&str>) -> Failure {
         match err {
-            instant_acme::Error::Api(problem) => self.explain_problem(&problem, domain),
+            instant_acme::Error::Api(problem) => {
+                let name = domain.map_or_else(|| self.domains.join(", "), str::to_owned);
+                explain_problem(&problem, &name)
+            }
             instant_acme::Error::Timeout(_) => Failure::Unreachable(format!(
                 "the CA at {} did not finish within {} s",
                 self.directory,
@@ -517,64 +523,64 @@ impl Manager {
             )),
         }
     }
+}
 
-    fn explain_problem(&self, problem: &Problem, domain: Option<&str>) -> Failure {
-        let kind = problem
-            .r#type
-            .as_deref()
-            .unwrap_or("")
-            .trim_start_matches("urn:ietf:params:acme:error:");
-        let detail = problem.detail.as_deref().unwrap_or("no detail");
-        let name = domain.map_or_else(|| self.domains.join(", "), str::to_owned);
-        // CAs differ in the types they give a failed check (Pebble says `unauthorized` for a
-        // refused connection, `malformed` for a failed lookup): the detail decides too.
-        let said = detail.to_ascii_lowercase();
-        let settled = [
-            "rateLimited",
-            "rejectedIdentifier",
-            "caa",
-            "accountDoesNotExist",
-        ];
-        let kind = if settled.contains(&kind) {
-            kind
-        } else if said.contains("resolve") || said.contains("nxdomain") {
-            "dns"
-        } else if said.contains("connect")
-            || said.contains("timeout")
-            || said.contains("timed out")
-            || said.contains("refused")
-        {
-            "connection"
-        } else {
-            kind
-        };
-        match kind {
-            "dns" => Failure::Refused(format!(
-                "the CA could not look up {name} ({detail}): create an A (or AAAA) record for \
+/// A problem document from the CA, in words: what went wrong for `name`, and what to fix.
+fn explain_problem(problem: &Problem, name: &str) -> Failure {
+    let kind = problem
+        .r#type
+        .as_deref()
+        .unwrap_or("")
+        .trim_start_matches("urn:ietf:params:acme:error:");
+    let detail = problem.detail.as_deref().unwrap_or("no detail");
+    // CAs differ in the types they give a failed check (Pebble says `unauthorized` for a
+    // refused connection, `malformed` for a failed lookup): the detail decides too.
+    let said = detail.to_ascii_lowercase();
+    let settled = [
+        "rateLimited",
+        "rejectedIdentifier",
+        "caa",
+        "accountDoesNotExist",
+    ];
+    let kind = if settled.contains(&kind) {
+        kind
+    } else if said.contains("resolve") || said.contains("nxdomain") {
+        "dns"
+    } else if said.contains("connect")
+        || said.contains("timeout")
+        || said.contains("timed out")
+        || said.contains("refused")
+    {
+        "connection"
+    } else {
+        kind
+    };
+    match kind {
+        "dns" => Failure::Refused(format!(
+            "the CA could not look up {name} ({detail}): create an A (or AAAA) record for \
                  {name} with this machine's public address"
-            )),
-            "connection" => Failure::Refused(format!(
-                "the CA could not connect to {name} on port 443 ({detail}): check that {name} \
+        )),
+        "connection" => Failure::Refused(format!(
+            "the CA could not connect to {name} on port 443 ({detail}): check that {name} \
                  points at this machine's public address and that port 443 from the internet \
                  reaches dialtone (firewall, port forwarding); TLS-ALPN-01 always comes to \
                  port 443"
-            )),
-            "tls" | "unauthorized" | "incorrectResponse" => Failure::Refused(format!(
-                "the CA reached {name}, but something other than this dialtone answered \
+        )),
+        "tls" | "unauthorized" | "incorrectResponse" => Failure::Refused(format!(
+            "the CA reached {name}, but something other than this dialtone answered \
                  ({detail}): {name} points at another machine, or a proxy or load balancer in \
                  front terminates TLS; point the name here, or pass TLS through to dialtone"
-            )),
-            "rateLimited" => Failure::RateLimited(format!(
-                "the CA's rate limit ({detail}); while experimenting, use its staging \
+        )),
+        "rateLimited" => Failure::RateLimited(format!(
+            "the CA's rate limit ({detail}); while experimenting, use its staging \
                  directory"
-            )),
-            "rejectedIdentifier" | "caa" => Failure::Refused(format!(
-                "the CA will not issue for {name} ({detail}): check the name's CAA records \
+        )),
+        "rejectedIdentifier" | "caa" => Failure::Refused(format!(
+            "the CA will not issue for {name} ({detail}): check the name's CAA records \
                  and the CA's policy"
-            )),
-            "accountDoesNotExist" => Failure::Refused(format!("{ACCOUNT_GONE}: {detail}")),
-            _ => Failure::Refused(format!("the CA refused: {detail} ({kind})")),
-        }
+        )),
+        "accountDoesNotExist" => Failure::Refused(format!("{ACCOUNT_GONE}: {detail}")),
+        _ => Failure::Refused(format!("the CA refused: {detail} ({kind})")),
     }
 }
 
@@ -867,6 +873,99 @@ mod tests {
         assert_eq!(renew_at(1000, 1045), 1030);
         // A year: still 30 days before.
         assert_eq!(renew_at(0, 365 * day), 335 * day);
+    }
+
+    #[test]
+    fn each_kind_of_refusal_says_what_to_fix() {
+        let problem = |kind: &str, detail: &str| -> Problem {
+            serde_json::from_value(serde_json::json!({
+                "type": format!("urn:ietf:params:acme:error:{kind}"),
+                "detail": detail,
+                "status": 400,
+            }))
+            .unwrap()
+        };
+        let says = |kind: &str, detail: &str| {
+            let failure = explain_problem(&problem(kind, detail), "calls.example.com");
+            (
+                match failure {
+                    Failure::Refused(_) => "refused",
+                    Failure::RateLimited(_) => "rate-limited",
+                    Failure::Unreachable(_) => "unreachable",
+                    Failure::Local(_) => "local",
+                },
+                failure.message().to_owned(),
+            )
+        };
+        let cases = [
+            (
+                "dns",
+                "NXDOMAIN looking up A",
+                "refused",
+                "create an A (or AAAA) record",
+            ),
+            (
+                "malformed",
+                "Could not resolve URL",
+                "refused",
+                "create an A (or AAAA) record",
+            ),
+            (
+                "connection",
+                "Timeout during connect",
+                "refused",
+                "port 443 from the internet",
+            ),
+            (
+                "unauthorized",
+                "Failed to connect to 1.2.3.4",
+                "refused",
+                "port 443 from the internet",
+            ),
+            (
+                "tls",
+                "remote error: handshake failure",
+                "refused",
+                "points at another machine",
+            ),
+            (
+                "unauthorized",
+                "Incorrect validation certificate",
+                "refused",
+                "points at another machine",
+            ),
+            (
+                "rateLimited",
+                "too many certificates (5) already issued; connection",
+                "rate-limited",
+                "staging directory",
+            ),
+            (
+                "rejectedIdentifier",
+                "forbidden by policy",
+                "refused",
+                "CAA records",
+            ),
+            ("caa", "CAA record forbids", "refused", "CAA records"),
+            (
+                "accountDoesNotExist",
+                "no such account",
+                "refused",
+                ACCOUNT_GONE,
+            ),
+            (
+                "serverInternal",
+                "oops",
+                "refused",
+                "the CA refused: oops (serverInternal)",
+            ),
+        ];
+        for (kind, detail, class, advice) in cases {
+            let (got, message) = says(kind, detail);
+            assert_eq!(got, class, "{kind}: {message}");
+            assert!(message.contains(advice), "{kind}: {message}");
+            assert!(message.contains(detail), "{kind}: {message}");
+        }
     }
 
     #[test]
