@@ -10,7 +10,8 @@
 //! - [`access`]: who may log in (`[access]`): the site password, invite links and tokens.
 //! - [`client`]: one HTTPS request to another server (the JWKS, the ACME CA).
 //! - [`net`]: this machine's addresses, for the certificate, the banner and the TURN relay.
-//! - [`tls`]: PEM files, or a self-signed certificate made with rcgen for LAN use.
+//! - [`tls`]: PEM files, a self-signed certificate made with rcgen for LAN use, or one from
+//!   an ACME CA ([`tls::acme`]).
 //! - [`server`]: the accept loop, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
 //! - [`http`]: routing: WebSocket upgrades (origin check, admission), `/healthz`,
 //!   `/metrics`, `/qr.svg`, the page's files, the security headers.

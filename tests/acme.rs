@@ -173,6 +173,11 @@ async fn a_first_start_gets_a_certificate_for_two_names_and_a_restart_reuses_it(
     assert_eq!(mode(&folder.join("certificate.pem")), 0o600);
     assert_eq!(mode(&folder.join("account.json")), 0o600);
     assert_eq!(pebble.orders(), 1);
+    // SIGHUP (systemctl reload) re-reads nothing in this mode, and harms nothing.
+    running.signal("HUP");
+    running.wait_for_log("SIGHUP: ACME certificates are renewed by dialtone itself");
+    let (status, _, fingerprint) = get(port, "calls.test", &root, "/").await;
+    assert_eq!((status, &fingerprint), (200, &fingerprints[0]));
 
     running.signal("TERM");
     running.wait(Duration::from_secs(10));

@@ -791,6 +791,11 @@ mod tests {
         assert_eq!(shipped.listen, defaults.listen);
         assert_eq!(shipped.public_dir, defaults.public_dir);
         assert_eq!(shipped.tls.mode, defaults.tls.mode);
+        assert_eq!(shipped.tls.directory, defaults.tls.directory);
+        assert_eq!(shipped.tls.domains, defaults.tls.domains);
+        assert_eq!(shipped.tls.contact, defaults.tls.contact);
+        // Relative to the file's folder once loaded; as written, the same words.
+        assert_eq!(shipped.tls.cache, defaults.tls.cache);
         assert_eq!(shipped.ice_servers, defaults.ice_servers);
         assert_eq!(
             shipped.websocket.ping_interval_secs,

@@ -308,11 +308,15 @@ impl Manager {
             Some(served) => {
                 let left = served.not_after - now_secs();
                 let left_text = human(Duration::from_secs(left.max(0) as u64));
+                let when = if left > 0 {
+                    format!("expires on {} (in {left_text})", served.expires())
+                } else {
+                    format!("expired on {}", served.expires())
+                };
                 let line = format!(
                     "ACME: renewing the certificate failed: {}; trying again in {retry}; the \
-                     current one stays in use and expires on {} (in {left_text})",
+                     current one stays in use and {when}",
                     failure.message(),
-                    served.expires()
                 );
                 if left < URGENT.as_secs() as i64 {
                     error!("{line}: after that browsers will refuse the page");
