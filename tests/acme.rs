@@ -452,3 +452,28 @@ async fn while_renewals_fail_the_current_certificate_stays_and_the_log_says_unti
     let now = health(port, "calls.test", &root).await["certificate"].clone();
     assert_eq!(now["sha256"], first["sha256"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_that_forgot_the_cached_account_gets_a_new_one() {
+    let port = common::free_port();
+    let Some(mut pebble) = Pebble::start(port, None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
+    running.signal("TERM");
+    running.wait(Duration::from_secs(10));
+    // Pebble keeps nothing across a restart: the cached account is unknown to it now.
+    pebble.stop_ca();
+    pebble.start_ca();
+    std::fs::remove_file(cache_folder(dir.path()).join("certificate.pem")).unwrap();
+    let running = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
+    let log = running.log();
+    assert!(
+        log.contains("ACME: the CA no longer knows the cached account: making a new one"),
+        "{log}"
+    );
+    assert!(log.contains("ACME: obtained a certificate"), "{log}");
+    let health = health(port, "calls.test", &pebble.root()).await;
+    assert_eq!(health["certificate"]["names"], json!(["calls.test"]));
+}
