@@ -352,17 +352,6 @@ pub enum TlsMode {
     Acme,
 }
 
-impl TlsMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Auto => "auto",
-            TlsMode::Files => "files",
-            TlsMode::Off => "off",
-            TlsMode::Acme => "acme",
-        }
-    }
-}
-
 /// Let's Encrypt's production directory, the default for `mode = "acme"`.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 

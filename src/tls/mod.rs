@@ -234,8 +234,14 @@ pub fn auto(cert: &Path, key: &Path, names: &[String]) -> Result<Tls, TlsError> 
         cert.display()
     );
     let (cert_pem, key_pem) = generate(names, SystemTime::now())?;
-    write_file(cert, cert_pem.as_bytes(), 0o644)?;
-    write_file(key, key_pem.as_bytes(), 0o600)?;
+    let written = |path: &Path, pem: &str, mode| {
+        write_file(path, pem.as_bytes(), mode).map_err(|reason| TlsError::Write {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    written(cert, &cert_pem, 0o644)?;
+    written(key, &key_pem, 0o600)?;
     let pair = KeyPairFiles::load(cert, key)?;
     let origin = format!(
         "self-signed certificate generated in {} because {regenerate_because}",
@@ -469,20 +475,14 @@ fn names_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String>
 
 /// Whether the certificate's subject alternative names include `name` (a DNS name or an IP).
 fn covers(cert: &x509_parser::certificate::X509Certificate<'_>, name: &str) -> bool {
-    use x509_parser::extensions::GeneralName;
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return false;
-    };
     let ip: Option<IpAddr> = name.parse().ok();
-    san.value.general_names.iter().any(|general| match general {
-        GeneralName::DNSName(dns) => ip.is_none() && dns.eq_ignore_ascii_case(name),
-        GeneralName::IPAddress(bytes) => match (ip, bytes.len()) {
-            (Some(IpAddr::V4(v4)), 4) => v4.octets() == **bytes,
-            (Some(IpAddr::V6(v6)), 16) => v6.octets() == **bytes,
+    names_of(cert)
+        .iter()
+        .any(|san| match (ip, san.parse::<IpAddr>()) {
+            (Some(ip), Ok(san)) => ip == san,
+            (None, Err(_)) => san.eq_ignore_ascii_case(name),
             _ => false,
-        },
-        _ => false,
-    })
+        })
 }
 
 /// SHA-256 of a DER certificate in the colon-separated hex that browsers display.
@@ -498,29 +498,29 @@ pub fn fingerprint(cert: &[u8]) -> String {
     out
 }
 
-/// Writes `contents` with `mode` set at creation, so the key is never readable by others,
-/// not even for a moment.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+/// Writes `contents` with `mode` set at creation, so a key is never readable by others, not
+/// even for a moment, under a name of this process's own, then renames it over `path`:
+/// readers (another instance sharing an ACME cache, say) see the old file or the new one,
+/// never a mix.
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let fail = |reason| TlsError::Write {
-        path: path.to_owned(),
-        reason,
-    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::create_dir_all(dir)?;
     }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
-        .map_err(fail)?;
-    // An existing file keeps its old mode on open; set it explicitly.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(fail)?;
-    file.write_all(contents).map_err(fail)
+        .open(&temporary)?;
+    // A leftover file of that name (a crash, a reused process id) keeps its mode on open.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]
