@@ -140,6 +140,27 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () =
     assert.deepEqual([...alice.errors, ...bob.errors], []);
   });
 
+  for (const reloaded of ['caller', 'callee']) {
+    test(`the ${reloaded} reloads the page mid-call: back as the same name and in the same call, video both ways`, { timeout: 60000 }, async () => {
+      const server = await start(); // the default 30 s grace holds the name and the call
+      const [alice, bob] = await people(server, 'alice', 'bob');
+      await connect(alice, bob, 'bob', 'alice');
+      const [page, other, name, otherName] = reloaded === 'caller'
+        ? [alice, bob, 'alice', 'bob'] : [bob, alice, 'bob', 'alice'];
+      await page.reload();
+      await waitFor(page, 'in-call', `In a call with ${otherName}.`, 20000);
+      await waitFor(other, 'in-call', `In a call with ${name}.`, 20000);
+      // A new peer connection on both sides, with pictures both ways.
+      await Promise.all([expectMediaFlowing(page), expectMediaFlowing(other)]);
+      assert.equal(await other.evaluate(() => window.__pcs.length), 2, 'the other page started anew');
+      assert.match(await page.textContent('#whoami'), new RegExp(name));
+      // Still one call to the server: the hang-up reaches the other page.
+      await other.click('button#close-call');
+      await waitFor(page, 'idle', `${otherName} hung up.`);
+      assert.deepEqual([...alice.errors, ...bob.errors], []);
+    });
+  }
+
   test('the server restarts in the middle of a call: video keeps flowing and both pages are back in the call', { timeout: 60000 }, async () => {
     const server = await start();
     const [alice, bob] = await people(server, 'alice', 'bob');

@@ -103,7 +103,7 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
     const link = `${server.url}?call=${encodeURIComponent('bob')}`;
     const dave = await open(0, server);
     await dave.goto(link);
-    await waitFor(dave, 'logged-out');
+    await waitFor(dave, 'logged-out', 'Log in to call bob.');
     await dave.fill('input#username', 'dave');
     await dave.click('button#login');
     await waitFor(dave, 'calling', 'Calling bob…');
@@ -128,6 +128,38 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
     assert.equal(await bob.isVisible('button#logout'), false);
     const again = await person(0, server, 'bob');
     assert.equal(await state(again), 'idle');
+  });
+
+  test('a reload keeps the name: back at once, not locked out for the grace period; log out forgets it', { timeout: 60000 }, async () => {
+    // The default 30 s grace: without the tab's kept token, the reload would find its own
+    // name held for it and be refused ("the name dave is taken") until the grace ran out.
+    const server = await start();
+    const dave = await person(0, server, 'dave');
+    await dave.reload();
+    await waitFor(dave, 'idle', '', 10000);
+    assert.match(await dave.textContent('#whoami'), /dave/);
+    // The token is the tab's own: another tab of the same browser is not dave.
+    const other = await dave.context().newPage();
+    suite.opened.push(other);
+    await other.goto(server.url);
+    await waitFor(other, 'logged-out');
+    await other.fill('input#username', 'dave');
+    await other.click('button#login');
+    await waitFor(other, 'logged-out', 'taken');
+    // The reloaded dave is still dave to the others: he can be called.
+    const erin = await person(1, server, 'erin');
+    await call(erin, 'dave');
+    await waitFor(dave, 'ringing', 'erin is calling you.');
+    await dave.click('button#decline-call');
+    await waitFor(erin, 'idle', 'declined');
+    // Logging out forgets it: a reload then shows the login form, and the name is free.
+    await dave.click('button#logout');
+    await waitFor(dave, 'logged-out');
+    await dave.reload();
+    await waitFor(dave, 'logged-out');
+    await other.fill('input#username', 'dave');
+    await other.click('button#login');
+    await waitFor(other, 'idle');
   });
 
   for (const [label, viewport] of [['phone', { width: 390, height: 844 }], ['desktop', { width: 1280, height: 800 }]]) {

@@ -77,7 +77,7 @@ let reconnectDelay = 500;
 let lostBecause = null; // why the server connection went, while reconnecting
 let wantedName = null; // the name to log in with again after a reconnect
 let me = null; // logged in as
-let token = null; // takes the name (and call) back after a dropped connection; never stored
+let token = null; // takes the name (and call) back after a dropped connection or a reload
 let iceServers = [];
 let localStream = null;
 let mediaReady = null; // settles once the camera and microphone are started, or refused
@@ -89,12 +89,37 @@ let access = { mode: 'open' }; // what the server asks for at login (GET /access
 let accessToken = null; // token mode: the signed token from an invite link or the operator's site
 let password = null; // password mode: the site password, for logins after a lost connection
 let authRetries = 0; // refused logins after a lost connection, retried a few times
+let fromTab = false; // logging in with the token this tab kept across a reload
 
 /** localStorage, or nothing when the browser refuses it (private modes, some embeds). */
 const storage = {
   get(key) { try { return localStorage.getItem(key); } catch { return null; } },
   set(key, value) { try { localStorage.setItem(key, value); } catch { /* not kept */ } },
   remove(key) { try { localStorage.removeItem(key); } catch { /* nothing kept */ } },
+};
+
+/**
+ * This tab's session (sessionStorage: per tab, gone when the tab closes): the name and its
+ * reconnect token, so a reload logs back in as the same name at once while the server holds
+ * it. Never sent anywhere but the login.
+ */
+const tab = {
+  key: 'dialtone.session',
+  get() {
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(this.key));
+      return typeof kept?.name === 'string' && typeof kept?.token === 'string' ? kept : null;
+    } catch {
+      return null;
+    }
+  },
+  set(name, reconnect) {
+    try {
+      if (reconnect) sessionStorage.setItem(this.key, JSON.stringify({ name, token: reconnect }));
+      else sessionStorage.removeItem(this.key);
+    } catch { /* not kept: a reload then starts over */ }
+  },
+  clear() { this.set(null, null); },
 };
 
 /** Names as the server compares them: case-folded (near enough: ß is ss) and composed. */
@@ -231,6 +256,14 @@ async function loadAccess() {
   } else if (access.mode === 'password' && password !== null && storage.get(STORED.name)) {
     wantedName = storage.get(STORED.name);
   }
+  // A reload of this tab: the server still holds the name for its token.
+  const kept = tab.get();
+  if (kept) {
+    wantedName = kept.name;
+    token = kept.token;
+    fromTab = true;
+    ui.username.value = kept.name;
+  }
   renderAccess();
   show('connecting', 'Connecting to the server…');
 }
@@ -252,8 +285,9 @@ function renderAccess() {
     ? 'You need an invite link to use this server. Ask whoever runs it for one.' : '';
 }
 
-/** What the logged-out page asks for, in the server's mode. */
+/** What the logged-out page asks for, in the server's mode (and whom a call link calls). */
 function loginPrompt() {
+  if (pendingCall && !(access.mode === 'token' && !accessToken)) return `Log in to call ${pendingCall}.`;
   if (access.mode === 'password') return 'Connected. Enter your name and the password.';
   if (access.mode === 'token' && !accessToken) return 'Connected.';
   if (access.mode === 'token') return 'Connected. Log in with your invite.';
@@ -313,6 +347,7 @@ function connect() {
       // Our token logged in on another connection: that one is us now.
       wantedName = null;
       token = null;
+      tab.clear();
       me = null;
       endCall();
       show('logged-out', 'You logged in again on another connection.', 'error');
@@ -365,6 +400,8 @@ const handlers = {
         return;
       }
       wantedName = null;
+      token = null;
+      tab.clear();
       show('logged-out', `Login failed: ${sentence(message.message)}`, 'error');
       if (message.code === 'auth-failed' && access.mode === 'password') {
         // A remembered password that no longer works is not kept.
@@ -380,10 +417,14 @@ const handlers = {
     me = message.username;
     wantedName = me;
     authRetries = 0;
+    // The first login of a reloaded tab, with the token it kept.
+    const reloaded = fromTab;
+    fromTab = false;
     // A call link is used once, by the first login.
     const linked = pendingCall;
     pendingCall = null;
     token = typeof message.token === 'string' ? message.token : null;
+    tab.set(me, token);
     iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
     if (!mediaReady) mediaReady = startMedia();
     const held = message.resumed === true ? (message.otherUsername ?? null) : undefined;
@@ -391,6 +432,7 @@ const handlers = {
       // The server held our session: it says which call it still has.
       if (call && sameName(held, call.peer)) return showCall();
       if (call) endCall(`The call with ${call.peer} ended while the connection was down.`);
+      else if (held && reloaded) rejoin(held); // this tab was reloaded in that call
       else if (held) send({ type: 'close', otherUsername: held }); // we hung up meanwhile
       else idle();
       return;
@@ -429,9 +471,15 @@ const handlers = {
   offer(message) {
     const from = message.username;
     if (call && sameName(call.peer, from) && call.pc) {
+      const glare = call.pc.signalingState === 'have-local-offer';
+      if (fromNewPeerConnection(message.offer)) {
+        // The other side's page was reloaded (or both were: the name that sorts first waits
+        // for the other's offer to be answered).
+        if (glare && call.rejoining && me > from) return undefined;
+        return acceptOffer(message.offer, { fresh: true });
+      }
       // Both called each other at once: the peer whose name sorts first gives way, drops its
       // own offer and answers; the other ignores the incoming one and waits for that answer.
-      const glare = call.pc.signalingState === 'have-local-offer';
       if (glare && me > from) return undefined;
       // Otherwise: renegotiation or an ICE restart from the other side.
       return acceptOffer(message.offer, { renegotiation: true });
@@ -610,8 +658,15 @@ async function placeCall(peer) {
   sendDescription();
 }
 
-async function acceptOffer(offer, { renegotiation = false } = {}) {
+async function acceptOffer(offer, { renegotiation = false, fresh = false } = {}) {
   const current = call;
+  if (fresh) {
+    // A DTLS session cannot move to the other side's new peer connection: ours starts anew,
+    // at once (before any await), so the candidates that follow the offer wait for it.
+    clearTimeout(call.timer);
+    call.pc.close();
+    Object.assign(call, { pc: createPeerConnection(), remoteQueue: [], localQueue: [], restarted: false, rejoining: false });
+  }
   if (!call.pc) {
     await mediaReady;
     if (call !== current) return;
@@ -625,6 +680,41 @@ async function acceptOffer(offer, { renegotiation = false } = {}) {
   sendDescription();
   call.answered = true;
   if (!renegotiation || ui.status.dataset.state === 'calling') show('in-call', `In a call with ${call.peer}.`);
+}
+
+/** The DTLS fingerprint an SDP announces (one for the whole session, as browsers send it). */
+function fingerprintOf(sdp) {
+  return /^a=fingerprint:(.+)$/m.exec(sdp ?? '')?.[1].trim() ?? null;
+}
+
+/** Whether an offer from the other side comes from a peer connection other than ours knows. */
+function fromNewPeerConnection(offer) {
+  const known = fingerprintOf(call.pc.remoteDescription?.sdp);
+  return known !== null && fingerprintOf(offer?.sdp) !== known;
+}
+
+/**
+ * Back into the call the server held for this tab across a reload: the old page's peer
+ * connection is gone, so a new one offers, and the other page starts a new one to answer.
+ */
+async function rejoin(peer) {
+  call = newCall(peer, 'caller');
+  Object.assign(call, { answered: true, rejoining: true });
+  const current = call;
+  show('reconnecting', `Reconnecting the call with ${peer}…`);
+  call.timer = setTimeout(() => {
+    if (call === current && call.pc?.connectionState !== 'connected') {
+      hangUp(`The call with ${peer} could not be picked up again.`, 'error');
+    }
+  }, ICE_RESTART_GRACE_MS);
+  await mediaReady;
+  if (call !== current) return;
+  call.pc = createPeerConnection();
+  await call.pc.setLocalDescription();
+  if (call !== current) return;
+  // What was held for the old page (its candidates) belongs to the old connection.
+  call.remoteQueue = [];
+  sendDescription();
 }
 
 function onConnectionState(state) {
@@ -860,6 +950,7 @@ function logOut() {
   ws = null;
   wantedName = null;
   token = null;
+  tab.clear();
   me = null;
   onlineList = null;
   if (socket) socket.close(1000, 'logged out');
