@@ -242,7 +242,8 @@ function takeTokenFromAddress() {
 /** Asks the server which credential it wants; an older server (no /access) is open. */
 async function loadAccess() {
   try {
-    const response = await fetch('/access', { cache: 'no-store' });
+    // A server that accepts but never answers must not keep the page from connecting.
+    const response = await fetch('/access', { cache: 'no-store', signal: AbortSignal.timeout(5000) });
     if (response.ok) access = await response.json();
   } catch {
     // Open, as before access control existed.
@@ -518,6 +519,7 @@ const handlers = {
   close(message) {
     if (!fromPeer(message)) return;
     if (message.reason === 'disconnected') endCall(`Connection to ${message.username} lost: the call ended.`, 'error');
+    else if (message.reason === 'failed') endCall(`The connection to ${message.username} failed: the call ended.`, 'error');
     else endCall(`${message.username} hung up.`);
   },
 
@@ -704,7 +706,7 @@ async function rejoin(peer) {
   show('reconnecting', `Reconnecting the call with ${peer}…`);
   call.timer = setTimeout(() => {
     if (call === current && call.pc?.connectionState !== 'connected') {
-      hangUp(`The call with ${peer} could not be picked up again.`, 'error');
+      hangUp(`The call with ${peer} could not be picked up again.`, 'error', 'failed');
     }
   }, ICE_RESTART_GRACE_MS);
   await mediaReady;
@@ -732,7 +734,7 @@ function onConnectionState(state) {
   }
   if (state !== 'failed') return;
   if (call.restarted) {
-    hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error');
+    hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error', 'failed');
     return;
   }
   // One ICE restart, started by the caller; then the call ends with a reason.
@@ -740,7 +742,7 @@ function onConnectionState(state) {
   show('in-call', `The connection to ${call.peer} dropped: trying again…`);
   call.timer = setTimeout(() => {
     if (call && call.pc && call.pc.connectionState !== 'connected') {
-      hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error');
+      hangUp(`The connection to ${call.peer} failed: the call ended.`, 'error', 'failed');
     }
   }, ICE_RESTART_GRACE_MS);
   if (call.role === 'caller') {
@@ -768,9 +770,12 @@ function endCall(what = undefined, tone = 'info') {
   if (me) idle(what, tone);
 }
 
-/** Ends the call and tells the other side. */
-function hangUp(what, tone = 'info') {
-  if (call) send({ type: 'close', otherUsername: call.peer });
+/**
+ * Ends the call and tells the other side why: `hung-up` (the default), or `failed` when the
+ * browsers could not connect, so both pages say the same.
+ */
+function hangUp(what, tone = 'info', reason = undefined) {
+  if (call) send({ type: 'close', otherUsername: call.peer, ...(reason ? { reason } : {}) });
   endCall(what, tone);
 }
 

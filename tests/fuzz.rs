@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use dialtone::signaling::protocol::{ClientMessage, LoginFailure, ProtocolError};
+use dialtone::signaling::protocol::{ClientMessage, CloseReason, LoginFailure, ProtocolError};
 // The in-memory engine's synchronous API: the model checks every step at once. The same rules
 // run against the Redis engine in tests/engines.rs.
 use dialtone::signaling::queue;
@@ -35,6 +35,8 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
             Just("\"resume\""),
             Just("\"media\""),
             Just("\"alice\""),
+            Just("\"failed\""),
+            Just("\"hung-up\""),
         ]
         .prop_map(str::to_owned),
     ];
@@ -84,12 +86,12 @@ enum Expected {
     Answer(Value, Option<String>),
     Candidate(Value, Option<String>),
     Decline(Option<String>),
-    Close(Option<String>),
+    Close(Option<String>, &'static str),
     Media(bool, bool, Option<String>),
 }
 
 /// The fields a message may define; a second copy of one of them makes the message ambiguous.
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "type",
     "token",
     "password",
@@ -101,6 +103,7 @@ const KNOWN: [&str; 11] = [
     "candidate",
     "audio",
     "video",
+    "reason",
 ];
 
 fn expected(text: &str, duplicate_known_key: bool) -> Expected {
@@ -165,7 +168,19 @@ fn expected(text: &str, duplicate_known_key: bool) -> Expected {
             _ => bad,
         },
         "decline" => to.map(Decline).unwrap_or(bad),
-        "close" | "leave" => to.map(Close).unwrap_or(bad),
+        "close" | "leave" => {
+            // Left out or null: hung up; a page may say the connection failed instead.
+            let reason = match fields.get("reason") {
+                None | Some(Value::Null) => Some("hung-up"),
+                Some(Value::String(reason)) if reason == "hung-up" => Some("hung-up"),
+                Some(Value::String(reason)) if reason == "failed" => Some("failed"),
+                Some(_) => None,
+            };
+            match (to, reason) {
+                (Ok(to), Some(reason)) => Close(to, reason),
+                _ => bad,
+            }
+        }
         "media" => match (fields.get("audio"), fields.get("video"), to) {
             (Some(Value::Bool(audio)), Some(Value::Bool(video)), Ok(to)) => {
                 Media(*audio, *video, to)
@@ -207,7 +222,14 @@ fn actual(text: &str) -> Expected {
         Ok(ClientMessage::Answer { answer, to }) => Answer(tree(answer), name(to)),
         Ok(ClientMessage::Candidate { candidate, to }) => Candidate(tree(candidate), name(to)),
         Ok(ClientMessage::Decline { to }) => Decline(name(to)),
-        Ok(ClientMessage::Close { to }) => Close(name(to)),
+        Ok(ClientMessage::Close { to, reason }) => Close(
+            name(to),
+            match reason {
+                CloseReason::HungUp => "hung-up",
+                CloseReason::Failed => "failed",
+                CloseReason::Disconnected => "disconnected",
+            },
+        ),
         Ok(ClientMessage::Media { audio, video, to }) => Media(audio, video, name(to)),
     }
 }
@@ -226,6 +248,7 @@ fn message() -> impl Strategy<Value = (String, bool)> {
         1 => Just("candidate"),
         1 => Just("audio"),
         1 => Just("video"),
+        1 => Just("reason"),
         1 => Just("sdp"),
         1 => Just("x"),
     ];

@@ -163,6 +163,26 @@ async fn a_whole_call_is_relayed_with_server_set_names(server: Service) {
     alice.send(json!({"type": "leave"})).await;
     assert_eq!(bob.recv().await["type"], "close");
     assert_eq!(server.calls(), (0, 0));
+
+    // A third, whose browsers cannot connect: the page that gives up says so, and the other
+    // hears the same reason (a page may not claim any other).
+    bob.send(json!({"type": "offer", "offer": offer_sdp(), "otherUsername": "alice"}))
+        .await;
+    assert_eq!(alice.recv().await["username"], "bob");
+    for reason in [json!("disconnected"), json!("FAILED"), json!(1)] {
+        let code = bob
+            .error_code(json!({"type": "close", "otherUsername": "alice", "reason": reason}))
+            .await;
+        assert_eq!(code, "bad-message", "{reason}");
+    }
+    assert_eq!(server.calls(), (1, 0), "a refused close ends nothing");
+    bob.send(json!({"type": "close", "otherUsername": "alice", "reason": "failed"}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "close", "username": "bob", "reason": "failed"})
+    );
+    assert_eq!(server.calls(), (0, 0));
     server.stop().await;
 }
 

@@ -47,9 +47,11 @@ pub enum ClientMessage<'a> {
     Decline {
         to: Option<Cow<'a, str>>,
     },
-    /// `close`, or the tutorial's other name for it, `leave`.
+    /// `close`, or the tutorial's other name for it, `leave`; `reason` says whether the person
+    /// hung up (the default) or the browsers could not connect.
     Close {
         to: Option<Cow<'a, str>>,
+        reason: CloseReason,
     },
     /// My microphone (`audio`) and camera (`video`) are on or off: the other side says so
     /// over my picture. More reliable than the track events a browser may or may not fire.
@@ -88,6 +90,8 @@ struct Envelope<'a> {
     audio: Option<&'a RawValue>,
     #[serde(borrow)]
     video: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reason: Option<&'a RawValue>,
 }
 
 /// Why a message was refused. Each is answered with an `error` and the socket stays open.
@@ -169,7 +173,10 @@ impl<'a> ClientMessage<'a> {
                 to: to()?,
             },
             "decline" => ClientMessage::Decline { to: to()? },
-            "close" | "leave" => ClientMessage::Close { to: to()? },
+            "close" | "leave" => ClientMessage::Close {
+                to: to()?,
+                reason: close_reason(envelope.reason)?,
+            },
             "media" => ClientMessage::Media {
                 audio: boolean(envelope.audio, "audio")?,
                 video: boolean(envelope.video, "video")?,
@@ -225,6 +232,21 @@ fn boolean(raw: Option<&RawValue>, field: &str) -> Result<bool, ProtocolError> {
         Some("true") => Ok(true),
         Some("false") => Ok(false),
         _ => Err(bad(&format!("media needs \"{field}\": true or false"))),
+    }
+}
+
+/// A page may say why it ends a call: it hung up, or the browsers could not connect. The
+/// server adds `disconnected` itself; a page cannot claim it.
+fn close_reason(raw: Option<&RawValue>) -> Result<CloseReason, ProtocolError> {
+    let Some(raw) = raw else {
+        return Ok(CloseReason::HungUp);
+    };
+    match string(raw).as_deref() {
+        Some("hung-up") => Ok(CloseReason::HungUp),
+        Some("failed") => Ok(CloseReason::Failed),
+        _ => Err(bad(
+            "\"reason\" on close must be \"hung-up\" or \"failed\" (or left out)",
+        )),
     }
 }
 
@@ -315,12 +337,28 @@ impl Serialize for LoginFailure {
     }
 }
 
-/// Why a call ended, added to `close` so the page can say "hung up" or "connection lost".
+/// Why a call ended, added to `close` so the page can say "hung up", "connection lost" or
+/// "the connection failed".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CloseReason {
+    /// The other person ended the call.
     HungUp,
+    /// The other person's connection to dialtone was lost, and they did not come back.
     Disconnected,
+    /// The two browsers could not connect (or lost each other, and a restart did not help).
+    Failed,
+}
+
+impl CloseReason {
+    /// For the log line that says how a call ended.
+    pub fn as_words(self) -> &'static str {
+        match self {
+            CloseReason::HungUp => "hung up",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::Failed => "connection failed",
+        }
+    }
 }
 
 /// A message to a browser. `username` is always the sender as the server knows it.
@@ -487,7 +525,10 @@ mod tests {
         ));
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"leave"}"#),
-            Ok(ClientMessage::Close { to: None })
+            Ok(ClientMessage::Close {
+                to: None,
+                reason: CloseReason::HungUp
+            })
         ));
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"decline","otherUsername":"alice"}"#),
@@ -557,7 +598,10 @@ mod tests {
         let ignored = format!(r#"{{"type":"leave","x":{}}}"#, nest(100_000));
         assert!(matches!(
             ClientMessage::parse(&ignored),
-            Ok(ClientMessage::Close { to: None })
+            Ok(ClientMessage::Close {
+                to: None,
+                reason: CloseReason::HungUp
+            })
         ));
         assert_eq!(
             ClientMessage::parse(r#"{"type":"dance"}"#)

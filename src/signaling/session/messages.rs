@@ -14,9 +14,7 @@ use crate::config::{AccessMode, IceServer};
 use crate::metrics::Metrics;
 use crate::signaling::Signaling;
 use crate::signaling::grace;
-use crate::signaling::protocol::{
-    ClientMessage, CloseReason, LoginFailure, ServerMessage, validate_name,
-};
+use crate::signaling::protocol::{ClientMessage, LoginFailure, ServerMessage, validate_name};
 use crate::signaling::registry::{
     Connection, LoggedIn, Outbox, Relay, RelayError, Resumed, Sent, Tokens,
 };
@@ -161,18 +159,18 @@ pub(super) async fn handle(
             }
             relayed(conn, metrics, Relay::Decline.as_str(), result)
         }
-        ClientMessage::Close { to } => {
+        ClientMessage::Close { to, reason } => {
             let frame = |me: &str| {
                 ServerMessage::Close {
                     username: me,
-                    reason: CloseReason::HungUp,
+                    reason,
                 }
                 .to_json()
             };
             let result = relay_to(conn, Relay::Close, to.as_deref(), frame).await;
             if let Ok(Sent { to: with, .. }) = &result {
                 let duration = standing.end_call(with);
-                info!(client = %this.client, user = conn.name(), with = &**with, reason = "hung up", duration, "call ended");
+                info!(client = %this.client, user = conn.name(), with = &**with, reason = reason.as_words(), duration, "call ended");
             }
             relayed(conn, metrics, Relay::Close.as_str(), result)
         }
