@@ -140,6 +140,32 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () =
     assert.deepEqual([...alice.errors, ...bob.errors], []);
   });
 
+  test('both pages show the same safety code, and a new call has a new one', { timeout: 40000 }, async () => {
+    const server = await start();
+    const [alice, bob] = await people(server, 'alice', 'bob');
+    assert.equal(await alice.isVisible('button#verify'), false, 'no Verify outside a call');
+    const codes = [];
+    for (const [caller, callee, calleeName, callerName] of [[alice, bob, 'bob', 'alice'], [bob, alice, 'alice', 'bob']]) {
+      await connect(caller, callee, calleeName, callerName);
+      const shown = [];
+      for (const page of [alice, bob]) {
+        await page.click('button#verify');
+        await page.waitForFunction(() => document.querySelector('#safety-code').dataset.code, null, { timeout: 5000 });
+        shown.push(await page.$eval('#safety-code', (el) => el.dataset.code));
+        assert.match(await page.textContent('#safety-code'), /the same four words on both screens/);
+      }
+      assert.equal(shown[0], shown[1], 'the two pages show one code');
+      assert.match(shown[0], /^[a-z]+ [a-z]+ [a-z]+ [a-z]+$/);
+      codes.push(shown[0]);
+      await screenshot(alice, `safety-code-${codes.length}`);
+      await caller.click('button#close-call');
+      await waitFor(callee, 'idle', `${callerName} hung up.`);
+      assert.equal(await alice.isVisible('#safety-code'), false, 'gone with the call');
+    }
+    assert.notEqual(codes[0], codes[1], 'each call has its own keys, and its own code');
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
+  });
+
   for (const reloaded of ['caller', 'callee']) {
     test(`the ${reloaded} reloads the page mid-call: back as the same name and in the same call, video both ways`, { timeout: 60000 }, async () => {
       const server = await start(); // the default 30 s grace holds the name and the call

@@ -16,7 +16,10 @@
 // Around the call: who's online (when the server sends the list), call links (/?call=bob),
 // names compared without regard to case, errors as alerts, the other side's camera and
 // microphone state (the relayed `media` notice), a ringtone made with WebAudio, a hint when
-// the connection is poor, full screen and picture-in-picture, and a QR code of the link.
+// the connection is poor, full screen and picture-in-picture, a QR code of the link, and the
+// safety code both people can compare (safety.js).
+
+import { fingerprintOf, safetyCode } from './safety.js';
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -29,6 +32,8 @@ const ui = {
   accept: $('button#accept-call'),
   decline: $('button#decline-call'),
   hangUp: $('button#close-call'),
+  verify: $('button#verify'),
+  safety: $('#safety-code'),
   mic: $('button#toggle-mic'),
   camera: $('button#toggle-camera'),
   local: $('video#local'),
@@ -159,6 +164,8 @@ function show(state, sentence, tone = 'info') {
   // No greyed-out buttons before they can do anything.
   ui.controls.hidden = !loggedIn && call === null;
   ui.hangUp.hidden = call === null;
+  ui.verify.hidden = state !== 'in-call' || call === null;
+  if (ui.verify.hidden) ui.safety.hidden = true;
   ui.copyLink.hidden = !loggedIn;
   ui.welcome.hidden = loggedIn || state === 'reconnecting';
   ui.presence.hidden = !loggedIn || onlineList === null;
@@ -684,11 +691,6 @@ async function acceptOffer(offer, { renegotiation = false, fresh = false } = {})
   if (!renegotiation || ui.status.dataset.state === 'calling') show('in-call', `In a call with ${call.peer}.`);
 }
 
-/** The DTLS fingerprint an SDP announces (one for the whole session, as browsers send it). */
-function fingerprintOf(sdp) {
-  return /^a=fingerprint:(.+)$/m.exec(sdp ?? '')?.[1].trim() ?? null;
-}
-
 /** Whether an offer from the other side comes from a peer connection other than ours knows. */
 function fromNewPeerConnection(offer) {
   const known = fingerprintOf(call.pc.remoteDescription?.sdp);
@@ -728,6 +730,7 @@ function onConnectionState(state) {
       sendMediaState();
     }
     updateStage();
+    updateSafetyCode().catch((err) => console.warn('dialtone: safety code', err));
     // While the server is away the status says so; it says "in a call" again once back.
     if (me && ui.status.dataset.state !== 'in-call') show('in-call', `In a call with ${call.peer}.`);
     return;
@@ -763,6 +766,9 @@ function endCall(what = undefined, tone = 'info') {
     if (call.pc) call.pc.close();
   }
   call = null;
+  ui.safety.hidden = true;
+  ui.safety.textContent = '';
+  delete ui.safety.dataset.code;
   ui.remote.srcObject = null;
   updateRemoteNote();
   ui.quality.hidden = true;
@@ -1020,6 +1026,33 @@ ui.decline.addEventListener('click', () => {
 
 ui.hangUp.addEventListener('click', () => {
   if (call) hangUp('You hung up.');
+});
+
+/**
+ * Shows (when asked to) the code both people can read to each other: the same four words on
+ * both sides mean nobody, not even the server, sits between their two browsers.
+ */
+async function updateSafetyCode() {
+  if (ui.safety.hidden || !call?.pc) return;
+  const current = call;
+  const code = await safetyCode(call.pc.localDescription?.sdp, call.pc.remoteDescription?.sdp);
+  if (call !== current || ui.safety.hidden) return;
+  if (code) {
+    ui.safety.dataset.code = code;
+    const words = document.createElement('strong');
+    words.textContent = code;
+    ui.safety.replaceChildren('Safety code: ', words, `. Read it to ${call.peer}: the same four words on `
+      + 'both screens mean your call is encrypted between your two browsers, with nobody in between.');
+  } else {
+    delete ui.safety.dataset.code;
+    ui.safety.textContent = 'The safety code is ready once the call is connected.';
+  }
+}
+
+ui.verify.addEventListener('click', () => {
+  ui.safety.hidden = !ui.safety.hidden;
+  ui.verify.setAttribute('aria-expanded', String(!ui.safety.hidden));
+  updateSafetyCode().catch((err) => console.warn('dialtone: safety code', err));
 });
 
 ui.mic.addEventListener('click', () => toggle(localStream?.getAudioTracks() ?? []));
