@@ -819,9 +819,26 @@ function updateShare() {
     }).catch(() => {});
   }
   const link = callLink();
+  if (shared.link && loopback(shared.link)) {
+    // The server listens on this machine only (--listen 127.0.0.1:…): say so, not "scan it".
+    ui.shareText.textContent = 'This server listens on this machine only, so a phone cannot open '
+      + `${shared.link}: start dialtone with --listen 0.0.0.0:${new URL(shared.link).port || 443} `
+      + 'to call from other devices.';
+    return;
+  }
   ui.shareText.textContent = link
     ? `Scan it with a phone on the same network to call ${me}, or send the link: ${link}`
     : `Scan it with a phone on the same network to open this page there${shared.link ? ` (${shared.link})` : ''}.`;
+}
+
+/** Whether a URL names this machine only (localhost, 127.0.0.0/8, ::1). */
+function loopback(url) {
+  try {
+    const host = new URL(url).hostname;
+    return host === 'localhost' || host === '[::1]' || /^127\./.test(host);
+  } catch {
+    return false;
+  }
 }
 
 function renderOnline() {

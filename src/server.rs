@@ -101,6 +101,12 @@ pub async fn serve(
     if let Some(tls) = &tls {
         app.serving(tls.clone());
     }
+    app.listening_on(
+        listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect(),
+    );
     let limits = app.settings().limits.clone();
     let handshake_timeout = limits.tls_handshake_timeout();
     let first_bytes = limits.header_read_timeout();

@@ -67,6 +67,8 @@ struct Inner {
     config_file: String,
     /// The certificate being served, once the server has started with TLS.
     certificates: std::sync::OnceLock<crate::tls::Certificates>,
+    /// The addresses the server listens on, once it has started (for `/qr.svg`).
+    listening: std::sync::OnceLock<Vec<SocketAddr>>,
     /// Flipped to `true` at shutdown; every session holds a receiver, so the sender also
     /// tells when the last session has ended.
     shutdown: watch::Sender<bool>,
@@ -108,6 +110,7 @@ impl App {
                 forwarded_log: Sometimes::new(),
                 config_file: config.file_name(),
                 certificates: std::sync::OnceLock::new(),
+                listening: std::sync::OnceLock::new(),
                 shutdown: watch::Sender::new(false),
             }),
         })
@@ -193,7 +196,9 @@ impl App {
             "/healthz" => return self.health(),
             "/access" => return self.access_page(),
             "/metrics" if self.inner.metrics_enabled => return self.metrics_page(&req),
-            "/qr.svg" => return qr::share_qr(&req, https),
+            "/qr.svg" => {
+                return qr::share_qr(&req, https, self.inner.listening.get().map(Vec::as_slice));
+            }
             _ => {}
         }
         if self.inner.behind_proxy && forwarded_proto(&req) == Some("http") {
@@ -422,6 +427,12 @@ impl App {
     }
 
     /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.
+    /// Tells `/qr.svg` which addresses the server listens on (set once, by
+    /// [`crate::server::serve`]).
+    pub fn listening_on(&self, addresses: Vec<SocketAddr>) {
+        let _ = self.inner.listening.set(addresses);
+    }
+
     /// Tells `/healthz` and `/metrics` which certificate the server serves (set once, by
     /// [`crate::server::serve`]).
     pub fn serving(&self, certificates: crate::tls::Certificates) {
