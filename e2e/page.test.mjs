@@ -152,6 +152,13 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
     await waitFor(dave, 'ringing', 'erin is calling you.');
     await dave.click('button#decline-call');
     await waitFor(erin, 'idle', 'declined');
+    // A reload while a call rings never answers it: dave is back, not in a call.
+    await call(erin, 'dave');
+    await waitFor(dave, 'ringing', 'erin is calling you.');
+    await dave.reload();
+    await waitFor(dave, 'idle', '', 10000);
+    await waitFor(erin, 'idle', 'dave hung up.');
+    assert.equal(await dave.evaluate(() => window.__pcs.length), 0, 'no peer connection on the reloaded page');
     // Logging out forgets it: a reload then shows the login form, and the name is free.
     await dave.click('button#logout');
     await waitFor(dave, 'logged-out');

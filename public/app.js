@@ -104,9 +104,10 @@ const storage = {
 };
 
 /**
- * This tab's session (sessionStorage: per tab, gone when the tab closes): the name and its
- * reconnect token, so a reload logs back in as the same name at once while the server holds
- * it. Never sent anywhere but the login.
+ * This tab's session (sessionStorage: per tab, gone when the tab closes): the name, its
+ * reconnect token, and who I am in an answered call with, so a reload logs back in as the
+ * same name at once while the server holds it, and rejoins that call (never one that was
+ * still ringing). The token is never sent anywhere but the login.
  */
 const tab = {
   key: 'dialtone.session',
@@ -118,13 +119,20 @@ const tab = {
       return null;
     }
   },
-  set(name, reconnect) {
+  /**
+   * Keeps what a reload needs now, at every change of state while logged in (logging out,
+   * and a refused login, clear it).
+   */
+  keep() {
+    if (!me || !token) return;
     try {
-      if (reconnect) sessionStorage.setItem(this.key, JSON.stringify({ name, token: reconnect }));
-      else sessionStorage.removeItem(this.key);
+      const peer = call?.answered ? call.peer : null;
+      sessionStorage.setItem(this.key, JSON.stringify({ name: me, token, peer }));
     } catch { /* not kept: a reload then starts over */ }
   },
-  clear() { this.set(null, null); },
+  clear() {
+    try { sessionStorage.removeItem(this.key); } catch { /* nothing kept */ }
+  },
 };
 
 /** Names as the server compares them: case-folded (near enough: ß is ss) and composed. */
@@ -146,6 +154,7 @@ function fromPeer(message) {
 // ---------------------------------------------------------------- status and controls
 
 function show(state, sentence, tone = 'info') {
+  tab.keep();
   ui.status.dataset.state = state;
   ui.status.textContent = sentence;
   // Errors and refusals are alerts: styled as such, and read out at once.
@@ -425,14 +434,14 @@ const handlers = {
     me = message.username;
     wantedName = me;
     authRetries = 0;
-    // The first login of a reloaded tab, with the token it kept.
-    const reloaded = fromTab;
+    // The first login of a reloaded tab: the call it was in, answered, if any.
+    const reloadedIn = fromTab ? tab.get()?.peer ?? null : null;
     fromTab = false;
     // A call link is used once, by the first login.
     const linked = pendingCall;
     pendingCall = null;
     token = typeof message.token === 'string' ? message.token : null;
-    tab.set(me, token);
+    tab.keep();
     iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
     if (!mediaReady) mediaReady = startMedia();
     const held = message.resumed === true ? (message.otherUsername ?? null) : undefined;
@@ -440,9 +449,12 @@ const handlers = {
       // The server held our session: it says which call it still has.
       if (call && sameName(held, call.peer)) return showCall();
       if (call) endCall(`The call with ${call.peer} ended while the connection was down.`);
-      else if (held && reloaded) rejoin(held); // this tab was reloaded in that call
-      else if (held) send({ type: 'close', otherUsername: held }); // we hung up meanwhile
-      else idle();
+      else if (held && sameName(held, reloadedIn)) rejoin(held); // reloaded in that call
+      else {
+        // We hung up meanwhile (or reloaded while it rang): end it for the other side too.
+        if (held) send({ type: 'close', otherUsername: held });
+        idle();
+      }
       return;
     }
     if (call && call.answered) {
@@ -725,6 +737,7 @@ function onConnectionState(state) {
   if (state === 'connected') {
     clearTimeout(call.timer);
     call.answered = true;
+    tab.keep();
     if (call.connectedAt === null) {
       call.connectedAt = Date.now();
       sendMediaState();
