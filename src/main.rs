@@ -448,11 +448,21 @@ async fn invite(config: &Config, name: &str, ttl: u64, url: Option<String>) -> a
 }
 
 /// The address an invite points at when `--url` is not given: the first allowed origin
-/// (the operator's own public name), else the first LAN address the banner would print,
-/// else localhost.
+/// (the operator's own public name), else the first ACME domain, else the first LAN address
+/// the banner would print, else localhost.
 async fn default_invite_url(config: &Config) -> anyhow::Result<String> {
     if let Some(origin) = config.allowed_origins.first() {
         return Ok(origin.as_str().to_owned());
+    }
+    if config.tls.mode == dialtone::config::TlsMode::Acme
+        && let Some(domain) = config.tls.domains.first()
+    {
+        // The name the certificate is for: the address people open.
+        let port = config.listen.port();
+        return Ok(match port {
+            443 => format!("https://{domain}"),
+            port => format!("https://{domain}:{port}"),
+        });
     }
     if config.tls.mode == dialtone::config::TlsMode::Off {
         anyhow::bail!(

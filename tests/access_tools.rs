@@ -557,3 +557,35 @@ fn at_a_terminal_hash_password_asks_twice_without_echo() {
         "{hash}"
     );
 }
+
+/// With `mode = "acme"` an invite points at the certificate's first name (nothing else is
+/// covered by it), with the port unless it is 443. Nothing is fetched: `invite` reads the
+/// config only.
+#[test]
+fn an_invite_on_an_acme_server_points_at_its_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, base) in [
+        ("0.0.0.0:443", "https://calls.example.com/"),
+        ("0.0.0.0:8443", "https://calls.example.com:8443/"),
+    ] {
+        let path = common::process::write_config(
+            dir.path(),
+            &format!(
+                "listen = {listen:?}\n[tls]\nmode = \"acme\"\ndomains = [\"calls.example.com\", \
+                 \"www.example.com\"]\n[access]\nmode = \"token\"\nsecret = {SECRET:?}\n"
+            ),
+        );
+        let output = dialtone()
+            .args(["invite", "mum"])
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let link = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            link.starts_with(&format!("{base}#token=")),
+            "{link}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

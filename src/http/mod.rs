@@ -426,7 +426,6 @@ impl App {
         &self.inner.shared.access
     }
 
-    /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.
     /// Tells `/qr.svg` which addresses the server listens on (set once, by
     /// [`crate::server::serve`]).
     pub fn listening_on(&self, addresses: Vec<SocketAddr>) {
@@ -443,6 +442,7 @@ impl App {
         self.inner.certificates.get()?.served()
     }
 
+    /// 503 while the backplane is unavailable, so a load balancer sends new users elsewhere.
     fn health(&self) -> Response<Body> {
         let mut body = serde_json::json!({
             "status": "ok",
