@@ -174,7 +174,10 @@ function show(state, sentence, tone = 'info') {
   ui.controls.hidden = !loggedIn && call === null;
   ui.hangUp.hidden = call === null;
   ui.verify.hidden = state !== 'in-call' || call === null;
-  if (ui.verify.hidden) ui.safety.hidden = true;
+  if (ui.verify.hidden) {
+    ui.safety.hidden = true;
+    ui.verify.setAttribute('aria-expanded', 'false');
+  }
   ui.copyLink.hidden = !loggedIn;
   ui.welcome.hidden = loggedIn || state === 'reconnecting';
   ui.presence.hidden = !loggedIn || onlineList === null;
