@@ -532,6 +532,29 @@ mod tests {
     }
 
     #[test]
+    fn served_says_its_names_issuer_and_expiry() {
+        let (cert_pem, _) = generate(&names(), SystemTime::now()).unwrap();
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let served = Served::of(&der, "origin".into(), true);
+        assert_eq!(served.names, names());
+        assert!(
+            served.issuer.starts_with("dialtone on "),
+            "{}",
+            served.issuer
+        );
+        assert_eq!(served.fingerprint, fingerprint(&der));
+        let in_a_year = SystemTime::now() + VALIDITY;
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs(in_a_year).abs_diff(served.not_after as u64) < 5);
+        // The expiry as browsers and HTTP write dates.
+        let served = Served {
+            not_after: 1_796_544_937,
+            ..served
+        };
+        assert_eq!(served.expires(), "Sun, 06 Dec 2026 08:15:37 GMT");
+    }
+
+    #[test]
     fn fingerprint_is_colon_hex_sha256() {
         // printf 'abc' | sha256sum
         assert_eq!(
