@@ -454,6 +454,28 @@ async fn while_renewals_fail_the_current_certificate_stays_and_the_log_says_unti
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_name_added_to_domains_orders_anew_at_the_next_start() {
+    let port = common::free_port();
+    let Some(pebble) = Pebble::start(port, None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
+    running.signal("TERM");
+    running.wait(Duration::from_secs(10));
+    let running = Running::start(command(dir.path(), &pebble, port, &NAMES));
+    let log = running.log();
+    assert!(
+        log.contains("ACME: the cached certificate (calls.test, until"),
+        "{log}"
+    );
+    assert!(log.contains("does not do: ordering a new one"), "{log}");
+    assert_eq!(pebble.orders(), 2);
+    let health = health(port, "www.calls.test", &pebble.root()).await;
+    assert_eq!(health["certificate"]["names"], json!(NAMES));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_ca_that_forgot_the_cached_account_gets_a_new_one() {
     let port = common::free_port();
     let Some(mut pebble) = Pebble::start(port, None) else {

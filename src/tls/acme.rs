@@ -220,7 +220,7 @@ impl Manager {
         let mut failures = 0u32;
         loop {
             if let Some(wait) = self.until_due() {
-                tokio::time::sleep(wait.min(RECHECK)).await;
+                tokio::time::sleep(nap(wait)).await;
                 // Another instance sharing the cache may have renewed meanwhile.
                 if let Some(cached) = self.cache.certificate()
                     && self.newer_than_served(&cached)
@@ -273,16 +273,8 @@ impl Manager {
             .is_none_or(|served| served.fingerprint != cached.served.fingerprint)
     }
 
-    /// Valid now, not yet due for renewal, and for every configured name.
     fn usable(&self, issued: &Issued) -> bool {
-        let now = now_secs();
-        // A few minutes' leeway for a clock behind the CA's.
-        issued.not_before <= now + CLOCK_SKEW
-            && renew_at(issued.not_before, issued.served.not_after) > now
-            && self
-                .domains
-                .iter()
-                .all(|domain| issued.served.names.contains(domain))
+        usable(issued, &self.domains, now_secs())
     }
 
     fn install(&self, issued: Issued) {
@@ -318,7 +310,7 @@ impl Manager {
                      current one stays in use and {when}",
                     failure.message(),
                 );
-                if left < URGENT.as_secs() as i64 {
+                if urgent(left) {
                     error!("{line}: after that browsers will refuse the page");
                 } else {
                     warn!("{line}");
@@ -660,6 +652,27 @@ fn key_and_chain(pem: &[u8]) -> Result<(CertifiedKey, CertificateDer<'static>), 
     Ok((CertifiedKey::new(chain, signing), leaf))
 }
 
+/// Valid at `now`, not yet due for renewal, and for every one of `domains`.
+fn usable(issued: &Issued, domains: &[String], now: i64) -> bool {
+    // A few minutes' leeway for a clock behind the CA's.
+    issued.not_before <= now + CLOCK_SKEW
+        && renew_at(issued.not_before, issued.served.not_after) > now
+        && domains
+            .iter()
+            .all(|domain| issued.served.names.contains(domain))
+}
+
+/// How long to sleep towards a renewal `wait` away: never past the next look at the cache.
+fn nap(wait: Duration) -> Duration {
+    wait.min(RECHECK)
+}
+
+/// Whether a certificate with `left` seconds to live is close enough to expiry for a failed
+/// renewal to be an error rather than a warning.
+fn urgent(left: i64) -> bool {
+    left < URGENT.as_secs() as i64
+}
+
 /// When renewal is due: 30 days before expiry, or at two thirds of a shorter life.
 pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     let life = (not_after - not_before).max(0);
@@ -957,6 +970,91 @@ mod tests {
             assert!(message.contains(advice), "{kind}: {message}");
             assert!(message.contains(detail), "{kind}: {message}");
         }
+    }
+
+    /// A self-signed certificate for `names`, valid from `not_before` to `not_after`.
+    fn issued(names: &[&str], not_before: i64, not_after: i64) -> Issued {
+        let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64);
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let (cert, key) =
+            super::super::generate_valid(&names, at(not_before), at(not_after)).unwrap();
+        let (key, leaf) = certified_key(format!("{key}{cert}").as_bytes()).unwrap();
+        Issued {
+            key,
+            served: Served::of(&leaf, String::new(), false),
+            not_before: super::not_before(&leaf),
+        }
+    }
+
+    #[test]
+    fn a_cached_certificate_is_used_while_valid_not_due_and_covering() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        let both = ["a.example.com".to_owned(), "b.example.com".to_owned()];
+        let good = issued(
+            &["a.example.com", "b.example.com"],
+            now - day,
+            now + 89 * day,
+        );
+        assert!(usable(&good, &both, now));
+        // A newly configured name it does not cover: order anew.
+        assert!(!usable(
+            &issued(&["a.example.com"], now - day, now + 89 * day),
+            &both,
+            now
+        ));
+        // Due (under 30 days left), or expired.
+        assert!(!usable(
+            &issued(
+                &["a.example.com", "b.example.com"],
+                now - 70 * day,
+                now + 20 * day
+            ),
+            &both,
+            now
+        ));
+        assert!(!usable(
+            &issued(
+                &["a.example.com", "b.example.com"],
+                now - 90 * day,
+                now - day
+            ),
+            &both,
+            now
+        ));
+        // Issued by a CA whose clock is two minutes ahead: still used; an hour ahead: not yet.
+        assert!(usable(
+            &issued(
+                &["a.example.com", "b.example.com"],
+                now + 120,
+                now + 90 * day
+            ),
+            &both,
+            now
+        ));
+        assert!(!usable(
+            &issued(
+                &["a.example.com", "b.example.com"],
+                now + 3600,
+                now + 90 * day
+            ),
+            &both,
+            now
+        ));
+    }
+
+    #[test]
+    fn naps_end_at_the_next_look_at_the_cache_and_the_last_week_is_urgent() {
+        assert_eq!(
+            nap(Duration::from_secs(60 * 86_400)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(nap(Duration::from_secs(5)), Duration::from_secs(5));
+        let day = 86_400;
+        assert!(urgent(-5));
+        assert!(urgent(6 * day));
+        assert!(!urgent(8 * day));
+        assert!(!urgent(29 * day));
     }
 
     #[test]
