@@ -203,6 +203,9 @@ async fn a_short_lived_certificate_is_renewed_while_a_websocket_stays_open() {
     let running = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
     let root = pebble.root();
     let first = health(port, "calls.test", &root).await["certificate"].clone();
+    // Not before it is due (after 20 s): a few seconds in, still the first certificate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pebble.orders(), 1, "renewed early:\n{}", running.log());
 
     let mut alice = ws(port, &root, "alice").await;
     let mut bob = ws(port, &root, "bob").await;
@@ -271,6 +274,9 @@ async fn a_ca_that_is_down_at_start_is_retried_until_the_certificate_arrives() {
         "{log}"
     );
     assert!(log.contains("trying again in 2 s"), "{log}");
+    // Each failure waits twice as long as the one before.
+    let log = running.wait_for_log("trying again in 4 s");
+    assert!(log.contains("does not answer"), "{log}");
     // Until the certificate is there, nobody gets a page.
     let ca = common::PrivateCa::new("x").ca_der;
     assert!(tls(port, "calls.test", &client(&ca, &[])).await.is_err());
@@ -498,4 +504,56 @@ async fn a_ca_that_forgot_the_cached_account_gets_a_new_one() {
     assert!(log.contains("ACME: obtained a certificate"), "{log}");
     let health = health(port, "calls.test", &pebble.root()).await;
     assert_eq!(health["certificate"]["names"], json!(["calls.test"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_sharing_a_cache_renew_once() {
+    let port = common::free_port();
+    // 30 s certificates: both instances are due together, after 20 s.
+    let Some(pebble) = Pebble::start(port, Some(30)) else {
+        return;
+    };
+    let root = pebble.root();
+    let dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let a = Running::start(command(dir.path(), &pebble, port, &NAMES[..1]));
+    // B on another port, its config pointing at A's cache: it starts from A's certificate.
+    let b_port = common::free_port();
+    let b_command = command(other_dir.path(), &pebble, b_port, &NAMES[..1]);
+    let config = other_dir.path().join("dialtone.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{:?}", other_dir.path().join("acme").display().to_string()),
+        &format!("{:?}", dir.path().join("acme").display().to_string()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let b = Running::start(b_command);
+    assert!(
+        b.log().contains("ACME: using the cached certificate"),
+        "{}",
+        b.log()
+    );
+    let first = health(port, "calls.test", &root).await["certificate"]["sha256"].clone();
+    // Both renew; one orders, the other takes what it saved.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_a = health(port, "calls.test", &root).await["certificate"]["sha256"].clone();
+        let on_b = health(b_port, "calls.test", &root).await["certificate"]["sha256"].clone();
+        if on_a != first && on_b != first {
+            assert_eq!(on_a, on_b, "A:\n{}\nB:\n{}", a.log(), b.log());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not both renewed within 60 s:\nA:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(pebble.orders(), 2, "A:\n{}\nB:\n{}", a.log(), b.log());
+    let both = format!("{}{}", a.log(), b.log());
+    assert!(
+        both.contains("ACME: another instance sharing the cache has just obtained a certificate"),
+        "{both}"
+    );
 }

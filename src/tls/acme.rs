@@ -252,9 +252,7 @@ impl Manager {
     /// How long until the served certificate should be renewed; `None` when it is time.
     fn until_due(&self) -> Option<Duration> {
         let served = self.certificates.served()?;
-        let due = renew_at(self.served_not_before(), served.not_after);
-        let wait = due - now_secs();
-        (wait > 0).then(|| Duration::from_secs(wait as u64))
+        until_due(self.served_not_before(), served.not_after, now_secs())
     }
 
     fn served_not_before(&self) -> i64 {
@@ -662,6 +660,13 @@ fn usable(issued: &Issued, domains: &[String], now: i64) -> bool {
             .all(|domain| issued.served.names.contains(domain))
 }
 
+/// How long from `now` until a certificate valid from `not_before` to `not_after` is due for
+/// renewal; `None` when it is due.
+fn until_due(not_before: i64, not_after: i64, now: i64) -> Option<Duration> {
+    let wait = renew_at(not_before, not_after) - now;
+    (wait > 0).then(|| Duration::from_secs(wait as u64))
+}
+
 /// How long to sleep towards a renewal `wait` away: never past the next look at the cache.
 fn nap(wait: Duration) -> Duration {
     wait.min(RECHECK)
@@ -1041,6 +1046,23 @@ mod tests {
             &both,
             now
         ));
+    }
+
+    #[test]
+    fn renewal_waits_until_it_is_due_then_not_at_all() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        // Issued today for 90 days: due in 60.
+        assert_eq!(
+            until_due(now, now + 90 * day, now),
+            Some(Duration::from_secs(60 * day as u64))
+        );
+        assert_eq!(
+            until_due(now - 60 * day + 1, now + 30 * day + 1, now),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(until_due(now - 60 * day, now + 30 * day, now), None);
+        assert_eq!(until_due(now - 89 * day, now + day, now), None);
     }
 
     #[test]
