@@ -123,6 +123,13 @@ async fn a_first_start_gets_a_certificate_for_two_names_and_a_restart_reuses_it(
         "{banner}"
     );
     assert!(banner.contains("valid until"), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "mode: HTTPS with a certificate from {} (ACME)",
+            pebble.directory()
+        )),
+        "{banner}"
+    );
     assert!(!banner.contains("https://localhost"), "{banner}");
 
     let root = pebble.root();
@@ -314,6 +321,8 @@ async fn a_name_that_points_elsewhere_fails_with_a_sentence_that_says_so() {
         "{log}"
     );
     assert!(log.contains("trying again in 60 s"), "{log}");
+    // A refused check is not mistaken for an account the CA forgot.
+    assert!(!log.contains("no longer knows"), "{log}");
     drop(running);
 
     // Something else answers TLS there: the sentence says another machine answered.

@@ -932,6 +932,18 @@ mod tests {
                 "port 443 from the internet",
             ),
             (
+                "unauthorized",
+                "dial 1.2.3.4:443: i/o timed out",
+                "refused",
+                "port 443 from the internet",
+            ),
+            (
+                "unauthorized",
+                "1.2.3.4:443: ECONNREFUSED",
+                "refused",
+                "port 443 from the internet",
+            ),
+            (
                 "tls",
                 "remote error: handshake failure",
                 "refused",
@@ -1075,6 +1087,8 @@ mod tests {
         let day = 86_400;
         assert!(urgent(-5));
         assert!(urgent(6 * day));
+        assert!(urgent(7 * day - 1));
+        assert!(!urgent(7 * day));
         assert!(!urgent(8 * day));
         assert!(!urgent(29 * day));
     }
