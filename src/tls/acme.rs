@@ -1094,6 +1094,19 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_said_in_the_unit_a_person_would_use() {
+        let said = |secs| human(Duration::from_secs(secs));
+        assert_eq!(said(0), "0 s");
+        assert_eq!(said(119), "119 s");
+        assert_eq!(said(120), "2 min");
+        assert_eq!(said(7199), "119 min");
+        assert_eq!(said(7200), "2 h");
+        assert_eq!(said(172_799), "47 h");
+        assert_eq!(said(172_800), "2 days");
+        assert_eq!(said(29 * 86_400 + 5), "29 days");
+    }
+
+    #[test]
     fn retries_back_off_by_kind() {
         let unreachable = Failure::Unreachable(String::new());
         assert_eq!(unreachable.retry_in(1), Duration::from_secs(2));
