@@ -163,7 +163,6 @@ impl ResolvesServerCert for Resolver {
 struct Issued {
     key: CertifiedKey,
     served: Served,
-    not_before: i64,
 }
 
 /// Obtains and renews; owns everything the background task needs.
@@ -252,17 +251,7 @@ impl Manager {
     /// How long until the served certificate should be renewed; `None` when it is time.
     fn until_due(&self) -> Option<Duration> {
         let served = self.certificates.served()?;
-        until_due(self.served_not_before(), served.not_after, now_secs())
-    }
-
-    fn served_not_before(&self) -> i64 {
-        self.resolver
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|key| key.end_entity_cert().ok().map(not_before))
-            .unwrap_or(0)
+        until_due(served.not_before, served.not_after, now_secs())
     }
 
     fn newer_than_served(&self, cached: &Issued) -> bool {
@@ -308,7 +297,9 @@ impl Manager {
                      current one stays in use and {when}",
                     failure.message(),
                 );
-                if urgent(left) {
+                if left <= 0 {
+                    error!("{line}: browsers refuse the page until a renewal succeeds");
+                } else if urgent(left) {
                     error!("{line}: after that browsers will refuse the page");
                 } else {
                     warn!("{line}");
@@ -456,7 +447,6 @@ impl Manager {
         let issued = Issued {
             key: certified,
             served: Served::of(&leaf, self.origin(), false),
-            not_before: not_before(&leaf),
         };
         Ok((issued, pem))
     }
@@ -653,8 +643,9 @@ fn key_and_chain(pem: &[u8]) -> Result<(CertifiedKey, CertificateDer<'static>), 
 /// Valid at `now`, not yet due for renewal, and for every one of `domains`.
 fn usable(issued: &Issued, domains: &[String], now: i64) -> bool {
     // A few minutes' leeway for a clock behind the CA's.
-    issued.not_before <= now + CLOCK_SKEW
-        && renew_at(issued.not_before, issued.served.not_after) > now
+    let served = &issued.served;
+    served.not_before <= now + CLOCK_SKEW
+        && renew_at(served.not_before, served.not_after) > now
         && domains
             .iter()
             .all(|domain| issued.served.names.contains(domain))
@@ -682,12 +673,6 @@ fn urgent(left: i64) -> bool {
 pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     let life = (not_after - not_before).max(0);
     not_after - (life / 3).min(RENEW_BEFORE.as_secs() as i64)
-}
-
-fn not_before(leaf: &CertificateDer<'_>) -> i64 {
-    x509_parser::parse_x509_certificate(leaf)
-        .map(|(_, parsed)| parsed.validity().not_before.timestamp())
-        .unwrap_or(0)
 }
 
 fn now_secs() -> i64 {
@@ -779,7 +764,6 @@ impl Cache {
                     format!("certificate from the ACME cache {}", path.display()),
                     false,
                 ),
-                not_before: not_before(&leaf),
             }),
             Err(why) => {
                 warn!(
@@ -999,7 +983,6 @@ mod tests {
         Issued {
             key,
             served: Served::of(&leaf, String::new(), false),
-            not_before: super::not_before(&leaf),
         }
     }
 

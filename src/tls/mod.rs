@@ -98,13 +98,16 @@ pub struct Served {
     pub names: Vec<String>,
     /// Its issuer's common name (or organization).
     pub issuer: String,
+    /// When it became valid, in seconds since 1970.
+    pub not_before: i64,
     /// When it expires, in seconds since 1970.
     pub not_after: i64,
 }
 
 impl Served {
     pub fn of(leaf: &CertificateDer<'_>, origin: String, self_signed: bool) -> Served {
-        let (names, issuer, not_after) = match x509_parser::parse_x509_certificate(leaf) {
+        let (names, issuer, not_before, not_after) = match x509_parser::parse_x509_certificate(leaf)
+        {
             Ok((_, parsed)) => (
                 names_of(&parsed),
                 parsed
@@ -113,9 +116,10 @@ impl Served {
                     .chain(parsed.issuer().iter_organization())
                     .find_map(|value| value.as_str().ok().map(str::to_owned))
                     .unwrap_or_default(),
+                parsed.validity().not_before.timestamp(),
                 parsed.validity().not_after.timestamp(),
             ),
-            Err(_) => (Vec::new(), String::new(), 0),
+            Err(_) => (Vec::new(), String::new(), 0, 0),
         };
         Served {
             origin,
@@ -123,6 +127,7 @@ impl Served {
             self_signed,
             names,
             issuer,
+            not_before,
             not_after,
         }
     }
@@ -546,6 +551,8 @@ mod tests {
         let in_a_year = SystemTime::now() + VALIDITY;
         let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
         assert!(secs(in_a_year).abs_diff(served.not_after as u64) < 5);
+        let a_day_ago = SystemTime::now() - Duration::from_secs(24 * 60 * 60);
+        assert!(secs(a_day_ago).abs_diff(served.not_before as u64) < 5);
         // The expiry as browsers and HTTP write dates.
         let served = Served {
             not_after: 1_796_544_937,
