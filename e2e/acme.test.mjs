@@ -9,13 +9,13 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:https';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  call, expectMediaFlowing, launchBrowser, login, missing, openPage, screenshot, spkiHash, startServer,
-  waitFor,
+  call, expectMediaFlowing, freePort, launchBrowser, login, missing, openPage, screenshot, spkiHash,
+  startServer, waitFor,
 } from './harness.mjs';
 
 const havePebble = ['pebble', 'pebble-challtestsrv', 'openssl']
@@ -23,16 +23,6 @@ const havePebble = ['pebble', 'pebble-challtestsrv', 'openssl']
 const why = missing() ?? (havePebble ? null : 'no pebble or openssl (apt-get install pebble openssl)');
 if (why && process.env.CI === 'true') {
   throw new Error(`the ACME browser test cannot run: ${why}`);
-}
-
-/** A loopback port that was free a moment ago (Pebble must know dialtone's before it starts). */
-function freePort() {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 async function waitForPort(port, what) {
@@ -68,14 +58,20 @@ async function startPebble(tlsPort) {
   writeFileSync(at('ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
   openssl('x509', '-req', '-in', at('https.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca.key'),
     '-CAcreateserial', '-out', at('https.pem'), '-days', '1', '-extfile', at('ext'));
-  const [acme, management, dns, dnsManagement] = await Promise.all([0, 1, 2, 3].map(() => freePort()));
+  // One after another: a port closed by one probe could be handed to the next running beside it.
+  const ports = [];
+  while (ports.length < 5) {
+    const port = await freePort();
+    if (port !== tlsPort && !ports.includes(port)) ports.push(port);
+  }
+  const [acme, management, dns, dnsManagement, http] = ports;
   writeFileSync(at('pebble.json'), JSON.stringify({
     pebble: {
       listenAddress: `127.0.0.1:${acme}`,
       managementListenAddress: `127.0.0.1:${management}`,
       certificate: at('https.pem'),
       privateKey: at('https.key'),
-      httpPort: await freePort(),
+      httpPort: http,
       tlsPort,
       ocspResponderURL: '',
       externalAccountBindingRequired: false,

@@ -101,7 +101,8 @@ export function haveRedis() {
   return spawnSync('redis-server', ['--version']).status === 0;
 }
 
-async function freePort() {
+/** A loopback port that was free a moment ago, for a server that must know it in advance. */
+export async function freePort() {
   const probe = createServer();
   await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
   const { port } = probe.address();
