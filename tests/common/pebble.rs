@@ -45,6 +45,8 @@ pub struct Pebble {
     pub dns_management: u16,
     /// Where Pebble connects for TLS-ALPN-01 (dialtone's port).
     pub tls_port: u16,
+    /// For HTTP-01, which dialtone does not answer; Pebble wants one anyway.
+    http_port: u16,
     validity_secs: Option<u64>,
     pebble: Option<Child>,
     dns: Option<Child>,
@@ -67,12 +69,21 @@ impl Pebble {
         }
         let dir = tempfile::tempdir().unwrap();
         make_https_certificate(dir.path());
+        // Each probe's port is free again at once: the next one could get it too.
+        let mut ports = Vec::new();
+        while ports.len() < 5 {
+            let port = free_port();
+            if port != tls_port && !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         Some(Pebble {
             dir,
-            port: free_port(),
-            management: free_port(),
-            dns_port: free_port(),
-            dns_management: free_port(),
+            port: ports[0],
+            management: ports[1],
+            dns_port: ports[2],
+            dns_management: ports[3],
+            http_port: ports[4],
             tls_port,
             validity_secs,
             pebble: None,
@@ -108,7 +119,7 @@ impl Pebble {
             self.management,
             self.dir.path().join("https.pem").display().to_string(),
             self.dir.path().join("https.key").display().to_string(),
-            free_port(),
+            self.http_port,
             self.tls_port,
         );
         let path = self.dir.path().join("pebble.json");
