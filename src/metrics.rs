@@ -38,7 +38,7 @@ pub struct Metrics {
 }
 
 /// What the gauges show, read at scrape time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub connections: usize,
     pub users: usize,
@@ -280,51 +280,59 @@ pub struct Backplane {
     pub up: IntGauge,
 }
 
-/// The relay's series, written out from its own atomics (they are read, not bumped here).
+/// The relay's series, one sample per transport it serves, written out from its own atomics
+/// (they are read, not bumped here).
 fn relay_series(out: &mut String, relay: &crate::turn::RelaySnapshot) {
+    use crate::turn::RelayFigures;
     use std::fmt::Write;
-    let series: [(&str, &str, &str, u64); 6] = [
+    type Read = fn(&RelayFigures) -> u64;
+    let series: [(&str, &str, &str, Read); 6] = [
         (
             "dialtone_turn_allocations",
             "gauge",
-            "TURN allocations open on the built-in relay.",
-            relay.allocations as u64,
+            "TURN allocations open on the built-in relay, by the transport their client uses.",
+            |f| f.allocations as u64,
         ),
         (
             "dialtone_turn_relayed_packets_total",
             "counter",
-            "UDP datagrams through the relay's sockets, to and from peers (between two of its own allocations, a datagram counts out and in).",
-            relay.packets_relayed,
+            "UDP datagrams through the relay's sockets, to and from peers (between two of its own allocations, a datagram counts out and in), by the transport of the allocation's client.",
+            |f| f.packets_relayed,
         ),
         (
             "dialtone_turn_relayed_bytes_total",
             "counter",
             "Payload bytes of those datagrams.",
-            relay.bytes_relayed,
+            |f| f.bytes_relayed,
         ),
         (
             "dialtone_turn_auth_failures_total",
             "counter",
             "TURN requests with a wrong, foreign or expired credential.",
-            relay.auth_failures,
+            |f| f.auth_failures,
         ),
         (
             "dialtone_turn_peers_denied_total",
             "counter",
             "Permissions, channels and packets refused by the peer policy.",
-            relay.peers_denied,
+            |f| f.peers_denied,
         ),
         (
             "dialtone_turn_dropped_total",
             "counter",
-            "Datagrams dropped unanswered: not STUN, malformed, or over the request rate.",
-            relay.dropped,
+            "Messages dropped unanswered: not STUN, malformed, or over the request rate; over TCP and TLS, also connections closed for what they sent (not TURN, a message over the size limit, nothing in time).",
+            |f| f.dropped,
         ),
     ];
-    for (name, kind, help, value) in series {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
+    for (name, kind, help, read) in series {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (transport, figures) in &relay.transports {
+            let _ = writeln!(
+                out,
+                "{name}{{transport=\"{}\"}} {}",
+                transport.label(),
+                read(figures)
+            );
+        }
     }
 }

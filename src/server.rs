@@ -4,12 +4,14 @@
 //! server on port 0 and stop it when they like; [`serve`] takes several (a host name that
 //! resolves to more than one address).
 //!
-//! Two things happen before hyper sees a connection. On the TLS port, a client that speaks
+//! Three things happen before hyper sees a connection. On the TLS port, a client that speaks
 //! plain HTTP (someone typed `http://` or no scheme) is answered with a redirect to the same
-//! address on `https://` instead of bytes it cannot read. And every connection must send its
-//! first bytes within `header_read_timeout_secs`: hyper-util's auto builder reads them to
-//! tell HTTP/1 from HTTP/2 with no deadline of its own, so a silent socket would be held
-//! forever (slowloris).
+//! address on `https://` instead of bytes it cannot read. With the built-in TURN relay on,
+//! a connection whose first message is STUN goes to the relay instead of hyper: in the clear
+//! (TURN over TCP), or after the TLS handshake (TURN over TLS), so that one port serves the
+//! page, the signaling and the relay. And every connection must send its first bytes within
+//! `header_read_timeout_secs`: hyper-util's auto builder reads them to tell HTTP/1 from
+//! HTTP/2 with no deadline of its own, so a silent socket would be held forever (slowloris).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,11 +21,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -33,6 +36,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Listen;
 use crate::http::{App, ConnInfo};
 use crate::tls::Certificates;
+use crate::turn::{Transport, TurnRelay};
 
 /// Binds every address `listen` stands for. With port 0 (tests), the first address picks a
 /// free port and the others take the same one. An address this machine does not have (IPv6
@@ -101,12 +105,14 @@ pub async fn serve(
     if let Some(tls) = &tls {
         app.serving(tls.clone());
     }
-    app.listening_on(
-        listeners
-            .iter()
-            .filter_map(|listener| listener.local_addr().ok())
-            .collect(),
-    );
+    let addresses: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .collect();
+    if let (Some(relay), Some(first)) = (app.turn_relay(), addresses.first()) {
+        relay.on_web_port(first.port(), tls.clone(), app.behind_proxy());
+    }
+    app.listening_on(addresses);
     let limits = app.settings().limits.clone();
     let handshake_timeout = limits.tls_handshake_timeout();
     let first_bytes = limits.header_read_timeout();
@@ -151,6 +157,15 @@ pub async fn serve(
         let mut stop = stopping.subscribe();
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
+                if let Some(relay) = app.turn_relay().filter(|r| r.serves(Transport::Tcp)) {
+                    match tokio::time::timeout(first_bytes, first_byte(&tcp)).await {
+                        Ok(Some(0x00 | 0x01)) => {
+                            return relay_in_the_clear(tcp, relay, peer, first_bytes).await;
+                        }
+                        Ok(Some(_)) => {}
+                        _ => return debug!(%peer, "closed: nothing sent"),
+                    }
+                }
                 let info = ConnInfo { peer, tls: false };
                 let tcp = FirstBytes::new(tcp, first_bytes);
                 return serve_http(&builder, watcher, tcp, app, info).await;
@@ -164,6 +179,18 @@ pub async fn serve(
                 Ok(Some(byte)) if byte.is_ascii_uppercase() => {
                     drop(stop);
                     return redirect_plain_http(tcp, &app, peer, first_bytes, watcher).await;
+                }
+                // A STUN message's first byte (TURN over TCP on the page's port).
+                Ok(Some(0x00 | 0x01))
+                    if app
+                        .turn_relay()
+                        .is_some_and(|relay| relay.serves(Transport::Tcp)) =>
+                {
+                    drop(stop);
+                    if let Some(relay) = app.turn_relay() {
+                        relay_in_the_clear(tcp, relay, peer, first_bytes).await;
+                    }
+                    return;
                 }
                 Ok(_) => {
                     app.metrics().tls_handshake_failed();
@@ -196,8 +223,24 @@ pub async fn serve(
                 let _ = tokio::time::timeout(first_bytes, stream.shutdown()).await;
                 return debug!(%peer, "answered an ACME TLS-ALPN-01 check");
             }
+            let mut stream = stream;
+            let mut read = BytesMut::new();
+            if let Some(relay) = app.turn_relay().filter(|r| r.serves(Transport::Tls)) {
+                // The first message tells TURN from HTTP; the bytes read go on to either.
+                match first_message(&mut stream, first_bytes).await {
+                    Some(first) if crate::turn::stream::is_stun(&first) => {
+                        let local = stream.get_ref().0.local_addr();
+                        let Ok(local) = local else { return };
+                        return relay
+                            .serve_stream(Transport::Tls, stream, peer, local, first)
+                            .await;
+                    }
+                    Some(first) => read = first,
+                    None => return debug!(%peer, "no request within {first_bytes:?}"),
+                }
+            }
             let info = ConnInfo { peer, tls: true };
-            let stream = FirstBytes::new(stream, first_bytes);
+            let stream = FirstBytes::new(Rewind::new(read, stream), first_bytes);
             serve_http(&builder, watcher, stream, app, info).await;
         });
     }
@@ -271,6 +314,99 @@ async fn first_byte(tcp: &TcpStream) -> Option<u8> {
     match tcp.peek(&mut byte).await {
         Ok(1) => Some(byte[0]),
         _ => None,
+    }
+}
+
+/// At least the first 8 bytes of a connection (what tells STUN from HTTP), within `limit`;
+/// `None` when the client closes or stays silent.
+async fn first_message<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Option<BytesMut> {
+    let mut read = BytesMut::with_capacity(2048);
+    let enough = async {
+        while read.len() < 8 {
+            if io.read_buf(&mut read).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    };
+    tokio::time::timeout(limit, enough).await.ok()??;
+    Some(read)
+}
+
+/// A connection in the clear whose first byte may begin STUN: it goes to the relay when its
+/// first 8 bytes do (TURN over TCP), and is closed otherwise (neither TLS nor HTTP).
+async fn relay_in_the_clear(
+    mut tcp: TcpStream,
+    relay: &TurnRelay,
+    peer: std::net::SocketAddr,
+    limit: Duration,
+) {
+    let Ok(local) = tcp.local_addr() else { return };
+    match first_message(&mut tcp, limit).await {
+        Some(first) if crate::turn::stream::is_stun(&first) => {
+            relay
+                .serve_stream(Transport::Tcp, tcp, peer, local, first)
+                .await;
+        }
+        _ => debug!(%peer, "closed: neither TLS, HTTP nor STUN"),
+    }
+}
+
+/// A stream with bytes already read from it put back in front, for hyper.
+struct Rewind<I> {
+    read: BytesMut,
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    fn new(read: BytesMut, io: I) -> Rewind<I> {
+        Rewind { read, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 

@@ -17,7 +17,8 @@ pub mod values;
 pub use access::{AccessConfig, AccessMode};
 
 pub use values::{
-    IceUrl, InstanceId, Listen, MessageLimit, Origin, Peers, PortRange, RedisUrl, Secret, Urls,
+    IceUrl, InstanceId, Listen, MessageLimit, Origin, Peers, PortRange, RedisUrl, Secret,
+    Transport, Transports, Urls,
 };
 
 /// Why the configuration could not be loaded. Each message says what to change.
@@ -104,8 +105,10 @@ impl Default for MetricsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TurnServerConfig {
     pub enabled: bool,
-    /// The UDP address for STUN and TURN requests.
+    /// The address for STUN and TURN requests: UDP, and TCP next to it.
     pub listen: SocketAddr,
+    /// UDP and TCP on `listen`, TLS (and TCP) on the page's own port.
+    pub transports: Transports,
     /// The address browsers are told to relay through; derived from the machine's addresses
     /// when left out (see `relay::external_ip`).
     pub external_ip: Option<IpAddr>,
@@ -129,6 +132,7 @@ impl Default for TurnServerConfig {
         TurnServerConfig {
             enabled: false,
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
+            transports: Transports::default(),
             external_ip: None,
             relay_ports: PortRange {
                 min: 49152,
@@ -828,6 +832,11 @@ mod tests {
         assert!(!u.enabled, "the relay is off by default");
         assert_eq!(t.enabled, u.enabled);
         assert_eq!(t.listen, u.listen);
+        assert_eq!(t.transports, u.transports);
+        assert_eq!(
+            u.transports.list(),
+            vec![Transport::Udp, Transport::Tcp, Transport::Tls]
+        );
         assert_eq!((t.external_ip, u.external_ip), (None, None));
         assert_eq!(t.relay_ports, u.relay_ports);
         assert_eq!(t.realm, u.realm);

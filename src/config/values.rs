@@ -409,6 +409,79 @@ impl Peers {
     }
 }
 
+/// How a browser reaches the built-in relay: UDP (the default for media), TCP, or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// As written in the config file and in the `/metrics` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Its place in per-transport arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `[turn_server] transports`: which of them the relay serves, at least one, each once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<Transport>")]
+pub struct Transports(Vec<Transport>);
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports(Transport::ALL.to_vec())
+    }
+}
+
+impl TryFrom<Vec<Transport>> for Transports {
+    type Error = &'static str;
+
+    fn try_from(list: Vec<Transport>) -> Result<Self, Self::Error> {
+        if list.is_empty() {
+            return Err(
+                "transports must name at least one of \"udp\", \"tcp\", \"tls\" \
+                 (to turn the relay off, set enabled = false)",
+            );
+        }
+        let mut seen = Vec::new();
+        for transport in list {
+            if seen.contains(&transport) {
+                return Err("transports names a transport twice");
+            }
+            seen.push(transport);
+        }
+        Ok(Transports(seen))
+    }
+}
+
+impl Transports {
+    pub fn has(&self, transport: Transport) -> bool {
+        self.0.contains(&transport)
+    }
+
+    /// The ones served, in the order UDP, TCP, TLS.
+    pub fn list(&self) -> Vec<Transport> {
+        Transport::ALL
+            .into_iter()
+            .filter(|t| self.has(*t))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +497,32 @@ mod tests {
             let table: Table = toml::from_str(&text).unwrap();
             assert_eq!(table.peers, policy, "{text}");
         }
+    }
+
+    #[test]
+    fn transports_are_checked_and_listed_in_a_fixed_order() {
+        #[derive(Deserialize, Debug)]
+        struct Table {
+            #[allow(dead_code)]
+            transports: Transports,
+        }
+        let parse = |text: &str| toml::from_str::<Table>(&format!("transports = {text}"));
+        let tls_udp = parse("[\"tls\", \"udp\"]").unwrap().transports;
+        assert_eq!(tls_udp.list(), vec![Transport::Udp, Transport::Tls]);
+        assert!(!tls_udp.has(Transport::Tcp));
+        for (text, says) in [
+            ("[]", "at least one"),
+            ("[\"udp\", \"udp\"]", "twice"),
+            ("[\"quic\"]", "unknown variant"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        for transport in Transport::ALL {
+            assert_eq!(Transport::ALL[transport.index()], transport);
+            let one = parse(&format!("[\"{}\"]", transport.label())).unwrap();
+            assert_eq!(one.transports.list(), vec![transport]);
+        }
+        assert_eq!(Transports::default().list(), Transport::ALL.to_vec());
     }
 }

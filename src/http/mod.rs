@@ -121,6 +121,11 @@ impl App {
         self.inner.shared.turn.as_ref()
     }
 
+    /// Whether requests come through a proxy of the operator's (`behind_proxy`).
+    pub fn behind_proxy(&self) -> bool {
+        self.inner.behind_proxy
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.inner.shared.registry
     }

@@ -118,7 +118,14 @@ impl Signaling {
             ),
         };
         let relay = if config.turn_server.enabled {
-            Some(TurnRelay::start(&config.turn_server, &crate::net::lan_addresses()).await?)
+            Some(
+                TurnRelay::start(
+                    &config.turn_server,
+                    &config.limits,
+                    &crate::net::lan_addresses(),
+                )
+                .await?,
+            )
         } else {
             None
         };

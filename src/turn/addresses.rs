@@ -12,7 +12,7 @@ use webrtc_util::Conn;
 
 use super::policy::{self, Peers};
 use super::socket::RelaySocket;
-use super::{StartError, State, rand_u32};
+use super::{StartError, State, Transport, rand_u32};
 use crate::config::{PortRange, TurnServerConfig};
 
 /// The address browsers are told to relay through, and how it was decided: the setting, the
@@ -125,6 +125,8 @@ pub(super) struct Ports {
     pub(super) external: IpAddr,
     pub(super) range: PortRange,
     pub(super) state: Arc<State>,
+    /// The transport whose allocations this makes sockets for.
+    pub(super) transport: Transport,
 }
 
 #[async_trait]
@@ -156,7 +158,7 @@ impl RelayAddressGenerator for Ports {
         for port in tries {
             if let Ok(socket) = UdpSocket::bind(SocketAddr::new(self.bind, port)).await {
                 let relay = SocketAddr::new(self.external, port);
-                let conn = RelaySocket::new(socket, Arc::clone(&self.state));
+                let conn = RelaySocket::new(socket, Arc::clone(&self.state), self.transport);
                 return Ok((Arc::new(conn), relay));
             }
         }
@@ -295,6 +297,7 @@ mod tests {
                 max: port,
             },
             state: Arc::new(super::super::tests::state(5)),
+            transport: Transport::Udp,
         };
         let (conn, relayed) = ports.allocate_conn(true, 0).await.unwrap();
         assert_eq!(relayed, SocketAddr::new(ips(&["10.0.0.1"])[0], port));

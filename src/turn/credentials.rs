@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use turn::auth::AuthHandler;
 
-use super::State;
+use super::{Client, State, Transport};
 
 /// The user name in a TURN username `<expiry>:<name>`.
 pub(crate) fn user_of(username: &str) -> &str {
@@ -64,9 +64,12 @@ fn unix(now: SystemTime) -> u64 {
 
 /// The crate's credential callback: the long-term key for a username, or an error. The guard
 /// has already checked the message's integrity with the same rule, so this only decides for
-/// requests it let through.
+/// requests it let through. The crate names only the client's address: `local` and
+/// `transport` say which listener (or stream) the request came in on.
 pub(super) struct Auth {
     pub(super) state: Arc<State>,
+    pub(super) local: SocketAddr,
+    pub(super) transport: Transport,
 }
 
 impl AuthHandler for Auth {
@@ -76,7 +79,12 @@ impl AuthHandler for Auth {
         realm: &str,
         src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
-        key_for(&self.state, username, realm, src_addr, SystemTime::now())
+        let client = Client {
+            addr: src_addr,
+            local: self.local,
+            transport: self.transport,
+        };
+        key_for(&self.state, username, realm, client, SystemTime::now())
             .ok_or_else(|| turn::Error::Other(format!("refused credential {username:?}")))
     }
 }
@@ -88,7 +96,7 @@ pub(crate) fn key_for(
     state: &State,
     username: &str,
     realm: &str,
-    client: SocketAddr,
+    client: Client,
     now: SystemTime,
 ) -> Option<Vec<u8>> {
     let credentials = &state.credentials;

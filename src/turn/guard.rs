@@ -1,6 +1,8 @@
-//! The relay's listening socket as the `turn` crate sees it. [`Guard`] wraps it and reads
-//! every datagram first: what the crate must not see is answered or dropped here. (Each
-//! allocation's own socket is `socket.rs`'s.)
+//! What the `turn` crate must not see. A [`Gate`] reads every message a client sends before
+//! the crate does, over any transport: what it must not see is answered or dropped here.
+//! [`Guard`] is the relay's UDP socket as the crate sees it, with a gate in front; the
+//! streams (TCP, TLS) have one gate per transport (`stream.rs`). (Each allocation's own
+//! socket is `socket.rs`'s.)
 //!
 //! Why the guard answers the first, unauthenticated request itself: the crate keeps every
 //! nonce it hands out in a map that is pruned only when a client comes back with that nonce
@@ -37,7 +39,7 @@ use webrtc_util::Conn;
 
 use super::policy::{self, Denied};
 use super::stun::{answer, decode, unknown_attributes, xor_address};
-use super::{State, key_for, user_of};
+use super::{Client, Counters, State, Transport, key_for, user_of};
 use crate::limits::{Sometimes, TokenBucket};
 
 /// Requests one address may send: enough for many browsers behind one NAT (a call costs a
@@ -63,13 +65,25 @@ pub enum Verdict {
     Answer(Vec<u8>),
 }
 
-/// The listening socket, as the crate's server reads and writes it.
-pub struct Guard {
-    socket: UdpSocket,
+/// The request rate of each client address, shared by every transport's gate: a client
+/// does not get a second allowance by opening a TCP connection next to its UDP one.
+pub(crate) type Rates = Mutex<HashMap<IpAddr, TokenBucket>>;
+
+/// The checks in front of one transport's crate engine. The nonce is per engine: each one
+/// keeps a map of the nonces it handed out, and knows only those.
+pub struct Gate {
     state: Arc<State>,
-    rates: Mutex<HashMap<IpAddr, TokenBucket>>,
+    transport: Transport,
+    rates: Arc<Rates>,
     nonce: Mutex<Nonce>,
     error_log: Sometimes,
+}
+
+/// The listening UDP socket, as the crate's server reads and writes it.
+pub struct Guard {
+    socket: UdpSocket,
+    local: SocketAddr,
+    gate: Gate,
 }
 
 /// The crate's nonce the guard challenges with, and when it last let a request fetch one.
@@ -80,14 +94,36 @@ struct Nonce {
 }
 
 impl Guard {
-    pub(crate) fn new(socket: UdpSocket, state: Arc<State>) -> Guard {
-        Guard {
+    pub(crate) fn new(socket: UdpSocket, gate: Gate) -> std::io::Result<Guard> {
+        Ok(Guard {
+            local: socket.local_addr()?,
             socket,
+            gate,
+        })
+    }
+
+    fn client(&self, addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            local: self.local,
+            transport: Transport::Udp,
+        }
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(state: Arc<State>, transport: Transport, rates: Arc<Rates>) -> Gate {
+        Gate {
             state,
-            rates: Mutex::default(),
+            transport,
+            rates,
             nonce: Mutex::default(),
             error_log: Sometimes::new(),
         }
+    }
+
+    fn counters(&self) -> &Counters {
+        self.state.counters(self.transport)
     }
 
     /// The 401 challenge: the crate's current nonce and the realm, answered here; or, when
@@ -152,8 +188,8 @@ impl Guard {
     }
 
     /// Decides what happens to `data` from `client`.
-    pub(crate) fn judge(&self, data: &[u8], client: SocketAddr, now: SystemTime) -> Verdict {
-        let counters = &self.state.counters;
+    pub(crate) fn judge(&self, data: &[u8], client: Client, now: SystemTime) -> Verdict {
+        let counters = self.counters();
         let drop = || {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             Verdict::Drop
@@ -185,7 +221,7 @@ impl Guard {
         if class != CLASS_REQUEST {
             return drop();
         }
-        if !self.within_rate(client.ip(), Instant::now()) {
+        if !self.within_rate(client.addr.ip(), Instant::now()) {
             return drop();
         }
         if method == METHOD_BINDING {
@@ -244,7 +280,8 @@ impl Guard {
                         counters.peers_denied.fetch_add(1, Ordering::Relaxed);
                         if self.error_log.now() {
                             warn!(
-                                %client,
+                                client = %client.addr,
+                                transport = self.transport.label(),
                                 user = user_of(&username),
                                 %peer,
                                 "TURN relay: peer refused ({})",
@@ -267,7 +304,7 @@ impl Guard {
     fn admit_allocation(
         &self,
         message: &Message,
-        client: SocketAddr,
+        client: Client,
         username: &str,
         key: &[u8],
     ) -> Verdict {
@@ -293,12 +330,37 @@ impl Guard {
         if let Some(code) = code {
             drop(allocations);
             if self.error_log.now() {
-                warn!(%client, user, "TURN relay: allocation refused ({})", code.0);
+                warn!(
+                    client = %client.addr,
+                    transport = self.transport.label(),
+                    user,
+                    "TURN relay: allocation refused ({})",
+                    code.0
+                );
             }
             return answer(message, code, Some(key), Vec::new());
         }
         allocations.pending.insert(client, username.to_owned());
         Verdict::Pass
+    }
+
+    /// What the crate sends to `client`, seen on its way out: an Allocate answer settles the
+    /// pending allocation, and a 401 brings the nonce to challenge with.
+    pub(crate) fn sent(&self, buf: &[u8], client: Client) {
+        match buf.get(..2) {
+            // Allocate success response.
+            Some([0x01, 0x03]) => self.state.opened(client),
+            // Allocate error response: perhaps the 401 that brings a nonce.
+            Some([0x01, 0x13]) => {
+                self.state.lock().pending.remove(&client);
+                self.learn_nonce(buf);
+            }
+            // Another error response (class bits 0b11): a 401 to a Refresh, a permission…
+            Some([first, second]) if first & 0x01 == 0x01 && second & 0x10 == 0x10 => {
+                self.learn_nonce(buf);
+            }
+            _ => {}
+        }
     }
 
     /// The first XOR-PEER-ADDRESS in `message` the policy denies (all of them are checked: a
@@ -339,14 +401,17 @@ impl Conn for Guard {
                 Err(err) => {
                     // An error on an unconnected UDP socket is transient (an ICMP report, a
                     // full buffer): the crate would stop serving for good if it saw one.
-                    if self.error_log.now() {
+                    if self.gate.error_log.now() {
                         warn!("TURN relay: receive error: {err}");
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             };
-            match self.judge(&buf[..n], client, SystemTime::now()) {
+            match self
+                .gate
+                .judge(&buf[..n], self.client(client), SystemTime::now())
+            {
                 Verdict::Pass => return Ok((n, client)),
                 Verdict::Drop => {}
                 Verdict::Answer(bytes) => {
@@ -362,20 +427,7 @@ impl Conn for Guard {
 
     /// What the crate sends to clients; an Allocate answer settles the pending allocation.
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        match buf.get(..2) {
-            // Allocate success response.
-            Some([0x01, 0x03]) => self.state.opened(target),
-            // Allocate error response: perhaps the 401 that brings a nonce.
-            Some([0x01, 0x13]) => {
-                self.state.lock().pending.remove(&target);
-                self.learn_nonce(buf);
-            }
-            // Another error response (class bits 0b11): a 401 to a Refresh, a permission…
-            Some([first, second]) if first & 0x01 == 0x01 && second & 0x10 == 0x10 => {
-                self.learn_nonce(buf);
-            }
-            _ => {}
-        }
+        self.gate.sent(buf, self.client(target));
         Ok(self.socket.send_to(buf, target).await?)
     }
 
@@ -405,16 +457,23 @@ mod tests {
     use stun::error_code::ErrorCode;
     use stun::message::MessageType;
 
-    async fn guard() -> Guard {
+    async fn guard() -> Gate {
         guard_with(10, 5).await
     }
 
-    async fn guard_with(max_allocations: usize, max_per_user: usize) -> Guard {
+    async fn guard_with(max_allocations: usize, max_per_user: usize) -> Gate {
         // The relay module's test state: relay-only, its own address 10.0.0.1.
         let mut state = super::super::tests::state(max_per_user);
         state.max_allocations = max_allocations;
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        Guard::new(socket, Arc::new(state))
+        Gate::new(Arc::new(state), Transport::Udp, Arc::default())
+    }
+
+    fn udp(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            local: "10.0.0.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        }
     }
 
     fn allocate() -> Message {
@@ -523,7 +582,7 @@ mod tests {
     async fn allocations_waiting_for_the_crate_count_against_both_quotas() {
         let guard = guard_with(3, 2).await;
         let request = allocate();
-        let client = |n: u8| SocketAddr::from(([10, 9, 9, n], 5000));
+        let client = |n: u8| udp(SocketAddr::from(([10, 9, 9, n], 5000)));
         let admit = |n: u8, username: &str| -> Option<u16> {
             match guard.admit_allocation(&request, client(n), username, b"key") {
                 Verdict::Pass => None,
@@ -587,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn only_send_indications_to_allowed_peers_reach_the_crate() {
         let guard = guard().await;
-        let client: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+        let client = udp("10.9.9.9:5000".parse().unwrap());
         let now = SystemTime::now();
         let judge = |data: Vec<u8>| guard.judge(&data, client, now);
         assert_eq!(
@@ -603,7 +662,7 @@ mod tests {
             judge(indication(stun::message::METHOD_DATA, "10.0.0.1:5000")),
             Verdict::Drop
         );
-        let counters = &guard.state.counters;
+        let counters = guard.counters();
         assert_eq!(counters.peers_denied.load(Ordering::Relaxed), 1);
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
     }

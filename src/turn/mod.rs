@@ -1,11 +1,14 @@
-//! The built-in STUN/TURN relay (UDP), for calls that cannot connect browser to browser.
+//! The built-in STUN/TURN relay, for calls that cannot connect browser to browser: over UDP,
+//! and over TCP and TLS (`stream`) for networks that let only those through.
 //!
 //! The protocol engine is webrtc-rs's `turn` crate. It has no peer filter, no quotas and no
 //! flood control, and it is in bug-fix-only maintenance, so everything dialtone promises is
 //! enforced here, around it, and the crate stays replaceable:
-//! - [`guard`] wraps the listening socket: it reads every datagram before the crate does,
-//!   answers what the crate must not see (malformed or unknown requests, bad credentials,
-//!   denied peers, quotas, floods) and passes the rest on;
+//! - [`guard`] reads every message before the crate does, whatever the transport, answers
+//!   what the crate must not see (malformed or unknown requests, bad credentials, denied
+//!   peers, quotas, floods) and passes the rest on;
+//! - [`stream`] frames TCP and TLS connections into the messages the crate reads, one engine
+//!   per transport, each connection's allocations ending with it;
 //! - `stun` reads and answers the STUN messages the guard handles itself;
 //! - `addresses` picks the address browsers relay through and makes each allocation's relay
 //!   socket (`socket`), wrapped so that it sends only where the [`policy`] allows and counts
@@ -18,6 +21,7 @@ mod credentials;
 pub mod guard;
 pub mod policy;
 mod socket;
+pub mod stream;
 mod stun;
 
 use std::collections::HashMap;
@@ -26,15 +30,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use turn::allocation::AllocationInfo;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 
-use crate::config::{IceServer, IceUrl, Secret, TurnServerConfig, Urls};
+pub use crate::config::Transport;
+use crate::config::{IceServer, IceUrl, Limits, Secret, TurnServerConfig, Urls};
 use policy::Peers;
+use stream::Streams;
 
 use addresses::{Ports, listen_address, own_addresses};
 pub use addresses::{external_ip, unreachable_external_ip};
@@ -50,8 +56,12 @@ pub enum StartError {
          (the public one behind NAT or in a container)"
     )]
     ExternalIp(String),
-    #[error("[turn_server] cannot listen on UDP {addr}: {reason} (set [turn_server] listen)")]
+    #[error(
+        "[turn_server] cannot listen on {transport} {addr}: {reason} (set [turn_server] listen, \
+         or leave {transport} out of [turn_server] transports)"
+    )]
     Bind {
+        transport: &'static str,
         addr: SocketAddr,
         reason: std::io::Error,
     },
@@ -66,10 +76,18 @@ pub struct TurnRelay {
 }
 
 struct Inner {
-    server: Server,
+    /// The crate's server for UDP, when UDP is served.
+    server: Option<Server>,
+    /// The engines for TCP and TLS connections, when served.
+    tcp: Option<Arc<Streams>>,
+    tls: Option<Arc<Streams>>,
     state: Arc<State>,
-    /// What the login reply lists: `stun:` and `turn:` at the external address.
-    urls: Urls,
+    /// What the login reply lists of the relay's own port: `stun:` and `turn:` (UDP, TCP)
+    /// at the external address.
+    urls: Vec<IceUrl>,
+    /// The page's port, once the server serves it (see [`TurnRelay::on_web_port`]).
+    web: std::sync::OnceLock<WebPort>,
+    external: IpAddr,
     local: SocketAddr,
 }
 
@@ -81,6 +99,13 @@ impl std::fmt::Debug for TurnRelay {
     }
 }
 
+/// The page's port, where the relay also takes TCP and TLS connections.
+struct WebPort {
+    port: u16,
+    certificates: Option<crate::tls::Certificates>,
+    behind_proxy: bool,
+}
+
 /// What the guard, the relay sockets and the credential check share.
 pub(crate) struct State {
     pub(crate) credentials: Credentials,
@@ -90,17 +115,27 @@ pub(crate) struct State {
     pub(crate) max_allocations: usize,
     pub(crate) max_per_user: usize,
     allocations: Mutex<Allocations>,
-    pub(crate) counters: Counters,
+    /// One set per transport, in [`Transport::index`] order.
+    counters: [Counters; 3],
 }
 
-/// Open allocations, by the client address they belong to (the crate's 5-tuple, on the one
-/// listening socket), and how many each user has.
+/// One client as the crate's allocations know it (its 5-tuple): its address, the address it
+/// reached (the UDP listener's, or a stream's local end), and over what. A UDP client and a
+/// TCP one may have the same address; they are different clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Client {
+    pub(crate) addr: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) transport: Transport,
+}
+
+/// Open allocations, by the client they belong to, and how many each user has.
 #[derive(Default)]
 pub(crate) struct Allocations {
     /// Allocate requests passed to the crate and not yet answered: client → TURN username.
-    pub(crate) pending: HashMap<SocketAddr, String>,
+    pub(crate) pending: HashMap<Client, String>,
     /// Client → TURN username of its allocation.
-    pub(crate) open: HashMap<SocketAddr, String>,
+    pub(crate) open: HashMap<Client, String>,
     /// User name (the part after the expiry) → allocations open.
     pub(crate) per_user: HashMap<String, usize>,
 }
@@ -116,9 +151,15 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
-/// The relay's figures at one moment, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+/// The relay's figures at one moment, for `/metrics`: one set per transport it serves.
+#[derive(Debug, Clone, Default)]
 pub struct RelaySnapshot {
+    pub transports: Vec<(Transport, RelayFigures)>,
+}
+
+/// One transport's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayFigures {
     pub allocations: usize,
     pub packets_relayed: u64,
     pub bytes_relayed: u64,
@@ -132,9 +173,13 @@ impl State {
         crate::sync::lock(&self.allocations)
     }
 
+    pub(crate) fn counters(&self, transport: Transport) -> &Counters {
+        &self.counters[transport.index()]
+    }
+
     /// Whether `client` has an open allocation made with `username`: such a client may go
     /// on refreshing it after the credential expires.
-    pub(crate) fn has_open(&self, client: SocketAddr, username: &str) -> bool {
+    pub(crate) fn has_open(&self, client: Client, username: &str) -> bool {
         self.lock()
             .open
             .get(&client)
@@ -142,21 +187,22 @@ impl State {
     }
 
     /// The crate answered an Allocate for `client` with success.
-    pub(crate) fn opened(&self, client: SocketAddr) {
+    pub(crate) fn opened(&self, client: Client) {
         let mut allocations = self.lock();
         if let Some(username) = allocations.pending.remove(&client) {
             let user = user_of(&username).to_owned();
             *allocations.per_user.entry(user).or_default() += 1;
-            tracing::debug!(%client, "TURN allocation opened");
+            tracing::debug!(client = %client.addr, transport = client.transport.label(), "TURN allocation opened");
             allocations.open.insert(client, username);
         }
     }
 
     /// The crate closed `client`'s allocation (expired, refreshed to 0, or deleted).
-    fn closed(&self, client: SocketAddr) {
+    pub(crate) fn closed(&self, client: Client) {
         let mut allocations = self.lock();
+        allocations.pending.remove(&client);
         if let Some(username) = allocations.open.remove(&client) {
-            tracing::debug!(%client, "TURN allocation closed");
+            tracing::debug!(client = %client.addr, transport = client.transport.label(), "TURN allocation closed");
             let user = user_of(&username);
             if let Some(count) = allocations.per_user.get_mut(user) {
                 *count -= 1;
@@ -167,15 +213,21 @@ impl State {
         }
     }
 
-    fn snapshot(&self) -> RelaySnapshot {
+    fn figures(&self, transport: Transport) -> RelayFigures {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        RelaySnapshot {
-            allocations: self.lock().open.len(),
-            packets_relayed: load(&self.counters.packets_relayed),
-            bytes_relayed: load(&self.counters.bytes_relayed),
-            auth_failures: load(&self.counters.auth_failures),
-            peers_denied: load(&self.counters.peers_denied),
-            dropped: load(&self.counters.dropped),
+        let counters = self.counters(transport);
+        RelayFigures {
+            allocations: self
+                .lock()
+                .open
+                .keys()
+                .filter(|client| client.transport == transport)
+                .count(),
+            packets_relayed: load(&counters.packets_relayed),
+            bytes_relayed: load(&counters.bytes_relayed),
+            auth_failures: load(&counters.auth_failures),
+            peers_denied: load(&counters.peers_denied),
+            dropped: load(&counters.dropped),
         }
     }
 }
@@ -199,23 +251,23 @@ fn generated_secret() -> Vec<u8> {
 }
 
 impl TurnRelay {
-    /// Binds the UDP socket and starts the crate's server behind the guard.
+    /// Binds the relay's port (UDP, and TCP next to it, as `transports` says) and starts the
+    /// crate's engines behind the guard. TLS comes in on the page's port: see
+    /// [`TurnRelay::serve_stream`].
     pub async fn start(
         config: &TurnServerConfig,
+        limits: &Limits,
         machine: &[IpAddr],
     ) -> Result<TurnRelay, StartError> {
         let (external, how) = external_ip(config, machine)?;
         let listen = listen_address(config.listen, external, machine);
-        let socket = UdpSocket::bind(listen)
-            .await
-            .map_err(|reason| StartError::Bind {
-                addr: listen,
-                reason,
-            })?;
-        let local = socket.local_addr().map_err(|reason| StartError::Bind {
-            addr: listen,
-            reason,
-        })?;
+        let transports = &config.transports;
+        let (udp, tcp, local) = bind(
+            listen,
+            transports.has(Transport::Udp),
+            transports.has(Transport::Tcp),
+        )
+        .await?;
         let secret = match &config.secret {
             Some(Secret(secret)) => secret.as_bytes().to_vec(),
             None => generated_secret(),
@@ -228,46 +280,90 @@ impl TurnRelay {
             max_allocations: config.max_allocations.get(),
             max_per_user: config.max_allocations_per_user.get(),
             allocations: Mutex::default(),
-            counters: Counters::default(),
+            counters: Default::default(),
         });
-        // Each close is one small message; the queue only needs to absorb a burst of them.
-        let (closes, mut closed) = mpsc::channel::<AllocationInfo>(1024);
-        let server = Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(guard::Guard::new(socket, Arc::clone(&state))),
-                relay_addr_generator: Box::new(Ports {
-                    bind: local.ip(),
-                    external,
-                    range: config.relay_ports,
-                    state: Arc::clone(&state),
-                }),
-            }],
-            realm: config.realm.clone(),
-            auth_handler: Arc::new(Auth {
+        let rates: Arc<guard::Rates> = Arc::default();
+        let ports = |transport| {
+            Box::new(Ports {
+                bind: local.ip(),
+                external,
+                range: config.relay_ports,
                 state: Arc::clone(&state),
-            }),
-            channel_bind_timeout: std::time::Duration::ZERO,
-            alloc_close_notify: Some(closes),
-        })
-        .await
-        .map_err(|err| StartError::Start(err.to_string()))?;
-        let tracked = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Some(info) = closed.recv().await {
-                tracked.closed(info.five_tuple.src_addr);
+                transport,
+            })
+        };
+        let server = match udp {
+            None => None,
+            Some(socket) => {
+                let gate = guard::Gate::new(Arc::clone(&state), Transport::Udp, Arc::clone(&rates));
+                let guard = guard::Guard::new(socket, gate).map_err(|reason| StartError::Bind {
+                    transport: "UDP",
+                    addr: listen,
+                    reason,
+                })?;
+                let server = Server::new(ServerConfig {
+                    conn_configs: vec![ConnConfig {
+                        conn: Arc::new(guard),
+                        relay_addr_generator: ports(Transport::Udp),
+                    }],
+                    realm: config.realm.clone(),
+                    auth_handler: Arc::new(Auth {
+                        state: Arc::clone(&state),
+                        local,
+                        transport: Transport::Udp,
+                    }),
+                    channel_bind_timeout: std::time::Duration::ZERO,
+                    alloc_close_notify: Some(track_closes(&state, Transport::Udp)),
+                })
+                .await
+                .map_err(|err| StartError::Start(err.to_string()))?;
+                Some(server)
             }
-        });
+        };
+        let streams = |transport| {
+            transports.has(transport).then(|| {
+                Arc::new(Streams::new(
+                    transport,
+                    Arc::clone(&state),
+                    Arc::clone(&rates),
+                    ports(transport),
+                    track_closes(&state, transport),
+                    limits,
+                ))
+            })
+        };
+        let (tcp_streams, tls_streams) = (streams(Transport::Tcp), streams(Transport::Tls));
+        if let (Some(listener), Some(engine)) = (tcp, &tcp_streams) {
+            tokio::spawn(stream::accept(listener, Arc::clone(engine)));
+        }
         let port = local.port();
-        let urls = Urls::Many(vec![
-            IceUrl(format!("stun:{}", SocketAddr::new(external, port))),
-            IceUrl(format!(
-                "turn:{}?transport=udp",
-                SocketAddr::new(external, port)
-            )),
-        ]);
+        let at = SocketAddr::new(external, port);
+        let mut urls = Vec::new();
+        if transports.has(Transport::Udp) {
+            urls.push(IceUrl(format!("stun:{at}")));
+            urls.push(IceUrl(format!("turn:{at}?transport=udp")));
+        }
+        if transports.has(Transport::Tcp) {
+            urls.push(IceUrl(format!("turn:{at}?transport=tcp")));
+        }
+        let on_port: Vec<&str> = [Transport::Udp, Transport::Tcp]
+            .into_iter()
+            .filter(|t| transports.has(*t))
+            .map(|t| t.label())
+            .collect();
         info!(
-            "TURN relay on UDP {local}, relaying through {external} ({how}), relay ports {}-{}, \
-             peers \"{}\"",
+            "TURN relay on {} {local}{}, relaying through {external} ({how}), relay ports \
+             {}-{}, peers \"{}\"",
+            if on_port.is_empty() {
+                "no port of its own:".to_owned()
+            } else {
+                on_port.join(" and ").to_uppercase()
+            },
+            if transports.has(Transport::Tls) {
+                ", TLS on the page's port"
+            } else {
+                ""
+            },
             config.relay_ports.min,
             config.relay_ports.max,
             config.peers.label()
@@ -284,23 +380,107 @@ impl TurnRelay {
         Ok(TurnRelay {
             inner: Arc::new(Inner {
                 server,
+                tcp: tcp_streams,
+                tls: tls_streams,
                 state,
                 urls,
+                web: std::sync::OnceLock::new(),
+                external,
                 local,
             }),
         })
     }
 
-    /// The UDP address the relay listens on.
+    /// The address the relay listens on (UDP, and TCP at the same one).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// Whether the relay serves `transport`.
+    pub fn serves(&self, transport: Transport) -> bool {
+        match transport {
+            Transport::Udp => self.inner.server.is_some(),
+            Transport::Tcp => self.inner.tcp.is_some(),
+            Transport::Tls => self.inner.tls.is_some(),
+        }
+    }
+
+    /// The page's server tells what it serves on `port`, so that logins also list the relay
+    /// there (see [`TurnRelay::web_urls`]).
+    pub fn on_web_port(
+        &self,
+        port: u16,
+        certificates: Option<crate::tls::Certificates>,
+        behind_proxy: bool,
+    ) {
+        let _ = self.inner.web.set(WebPort {
+            port,
+            certificates,
+            behind_proxy,
+        });
+    }
+
+    /// What a login lists of the page's port, decided with the certificate served now (ACME's
+    /// arrives after start, and SIGHUP may change it): `turns:NAME:PORT` when browsers trust
+    /// it for a host name, else `turn:IP:PORT?transport=tcp` (plain TCP, told apart from
+    /// HTTP on the same port). A browser refuses `turns:` with a certificate it does not
+    /// trust, such as the self-signed one. Nothing behind a proxy: TURN does not pass through
+    /// an HTTP proxy.
+    fn web_urls(&self) -> Option<IceUrl> {
+        let web = self.inner.web.get()?;
+        if web.behind_proxy {
+            return None;
+        }
+        let served = web.certificates.as_ref().and_then(|c| c.served());
+        let trusted_name = served
+            .filter(|served| !served.self_signed)
+            .and_then(|served| {
+                served
+                    .names
+                    .into_iter()
+                    .find(|name| name.parse::<IpAddr>().is_err() && !name.starts_with('*'))
+            });
+        match trusted_name {
+            Some(name) if self.serves(Transport::Tls) => {
+                Some(IceUrl(format!("turns:{name}:{}?transport=tcp", web.port)))
+            }
+            _ if self.serves(Transport::Tcp) => Some(IceUrl(format!(
+                "turn:{}?transport=tcp",
+                SocketAddr::new(self.inner.external, web.port)
+            ))),
+            _ => None,
+        }
+    }
+
+    /// A TCP or TLS connection whose first message is STUN, from the page's port (or the
+    /// relay's own, for TCP); `read` holds what was read of it already.
+    pub async fn serve_stream<S>(
+        &self,
+        transport: Transport,
+        io: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        read: bytes::BytesMut,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let engine = match transport {
+            Transport::Tcp => &self.inner.tcp,
+            Transport::Tls => &self.inner.tls,
+            Transport::Udp => &None,
+        };
+        if let Some(engine) = engine {
+            Arc::clone(engine).serve(io, peer, local, read).await;
+        }
     }
 
     /// The ICE server for one login: this relay's URLs with a credential minted for `name`.
     pub fn ice_server_for(&self, name: &str, now: SystemTime) -> IceServer {
         let (username, credential) = self.inner.state.credentials.mint(name, now);
+        let mut urls = self.inner.urls.clone();
+        urls.extend(self.web_urls());
         IceServer {
-            urls: self.inner.urls.clone(),
+            urls: Urls::Many(urls),
             username: Some(username),
             credential: Some(credential),
         }
@@ -327,19 +507,86 @@ impl TurnRelay {
             usernames
         };
         for username in usernames {
-            if let Err(err) = self
-                .inner
-                .server
-                .delete_allocations_by_username(username)
-                .await
-            {
+            for engine in [&self.inner.tcp, &self.inner.tls].into_iter().flatten() {
+                engine.forget(&username).await;
+            }
+            let Some(server) = &self.inner.server else {
+                continue;
+            };
+            if let Err(err) = server.delete_allocations_by_username(username).await {
                 warn!("TURN relay: could not remove {name}'s allocations: {err}");
             }
         }
     }
 
     pub fn snapshot(&self) -> RelaySnapshot {
-        self.inner.state.snapshot()
+        RelaySnapshot {
+            transports: Transport::ALL
+                .into_iter()
+                .filter(|t| self.serves(*t))
+                .map(|t| (t, self.inner.state.figures(t)))
+                .collect(),
+        }
+    }
+}
+
+/// The channel the crate tells closed allocations on, one per transport, and the task that
+/// forgets them: a UDP client and a TCP one may have the same address and local end, so
+/// which channel it came on says which client it was.
+fn track_closes(state: &Arc<State>, transport: Transport) -> mpsc::Sender<AllocationInfo> {
+    // Each close is one small message; the queue only needs to absorb a burst of them.
+    let (closes, mut closed) = mpsc::channel::<AllocationInfo>(1024);
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        while let Some(info) = closed.recv().await {
+            state.closed(Client {
+                addr: info.five_tuple.src_addr,
+                local: info.five_tuple.dst_addr,
+                transport,
+            });
+        }
+    });
+    closes
+}
+
+/// The relay's UDP socket and TCP listener, on the same address. With port 0 (tests), UDP
+/// picks the port and TCP takes the same one; when that is taken for TCP, another is tried.
+async fn bind(
+    listen: SocketAddr,
+    udp: bool,
+    tcp: bool,
+) -> Result<(Option<UdpSocket>, Option<TcpListener>, SocketAddr), StartError> {
+    let failed = |transport: &'static str| {
+        move |reason| StartError::Bind {
+            transport,
+            addr: listen,
+            reason,
+        }
+    };
+    let mut tries = if listen.port() == 0 { 10 } else { 1 };
+    loop {
+        tries -= 1;
+        let socket = match udp {
+            true => Some(UdpSocket::bind(listen).await.map_err(failed("UDP"))?),
+            false => None,
+        };
+        let at = match &socket {
+            Some(socket) => socket.local_addr().map_err(failed("UDP"))?,
+            None => listen,
+        };
+        if !tcp {
+            return Ok((socket, None, at));
+        }
+        match TcpListener::bind(at).await {
+            Ok(listener) => {
+                let at = listener.local_addr().map_err(failed("TCP"))?;
+                return Ok((socket, Some(listener), at));
+            }
+            Err(err) if tries > 0 && socket.is_some() && listen.port() == 0 => {
+                tracing::debug!("TCP port {at} taken ({err}); trying another");
+            }
+            Err(err) => return Err(failed("TCP")(err)),
+        }
     }
 }
 
@@ -355,7 +602,15 @@ mod tests {
             max_allocations: 10,
             max_per_user,
             allocations: Mutex::default(),
-            counters: Counters::default(),
+            counters: Default::default(),
+        }
+    }
+
+    pub(super) fn udp(addr: &str) -> Client {
+        Client {
+            addr: addr.parse().unwrap(),
+            local: "10.0.0.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
         }
     }
 
@@ -366,8 +621,8 @@ mod tests {
         let (username, _) = state
             .credentials
             .mint("alice", now - std::time::Duration::from_secs(3600));
-        let client: SocketAddr = "10.9.9.9:5000".parse().unwrap();
-        let other: SocketAddr = "10.9.9.9:5001".parse().unwrap();
+        let client = udp("10.9.9.9:5000");
+        let other = udp("10.9.9.9:5001");
         // Expired, and nothing open: refused for a new allocation.
         assert!(key_for(&state, &username, "dialtone", client, now).is_none());
         // Made while it was valid, the allocation refreshes with it afterwards…
@@ -387,29 +642,30 @@ mod tests {
     #[test]
     fn allocations_are_counted_per_user_until_they_close() {
         let state = state(5);
-        let a: SocketAddr = "10.9.9.9:5000".parse().unwrap();
-        let b: SocketAddr = "10.9.9.9:5001".parse().unwrap();
+        let a = udp("10.9.9.9:5000");
+        let b = udp("10.9.9.9:5001");
         for client in [a, b] {
             state.lock().pending.insert(client, "99:alice".into());
             state.opened(client);
         }
         // An answer for a client with nothing pending changes nothing.
-        state.opened("10.9.9.9:5002".parse().unwrap());
+        state.opened(udp("10.9.9.9:5002"));
         assert_eq!(state.lock().per_user.get("alice"), Some(&2));
-        assert_eq!(state.snapshot().allocations, 2);
+        assert_eq!(state.figures(Transport::Udp).allocations, 2);
+        assert_eq!(state.figures(Transport::Tcp).allocations, 0);
         state.closed(a);
         state.closed(a);
         assert_eq!(state.lock().per_user.get("alice"), Some(&1));
         state.closed(b);
         assert!(state.lock().per_user.is_empty());
-        assert_eq!(state.snapshot().allocations, 0);
+        assert_eq!(state.figures(Transport::Udp).allocations, 0);
     }
 
     #[test]
     fn a_credential_opens_allocations_through_its_expiry_second() {
         let state = state(5);
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
-        let client: SocketAddr = "10.9.9.9:5000".parse().unwrap();
+        let client = udp("10.9.9.9:5000");
         // coturn's rule too: refused once the clock is past the expiry, not at it.
         assert!(key_for(&state, "2000000:alice", "dialtone", client, now).is_some());
         assert!(key_for(&state, "1999999:alice", "dialtone", client, now).is_none());

@@ -9,22 +9,28 @@ use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
-use super::State;
 use super::policy;
+use super::{State, Transport};
 
 /// One allocation's relay socket.
 pub struct RelaySocket {
     socket: UdpSocket,
     state: Arc<State>,
+    /// How the allocation's client reaches the relay, for the counters.
+    transport: Transport,
 }
 
 impl RelaySocket {
-    pub(crate) fn new(socket: UdpSocket, state: Arc<State>) -> RelaySocket {
-        RelaySocket { socket, state }
+    pub(crate) fn new(socket: UdpSocket, state: Arc<State>, transport: Transport) -> RelaySocket {
+        RelaySocket {
+            socket,
+            state,
+            transport,
+        }
     }
 
     fn count(&self, bytes: usize) {
-        let counters = &self.state.counters;
+        let counters = self.state.counters(self.transport);
         counters.packets_relayed.fetch_add(1, Ordering::Relaxed);
         counters
             .bytes_relayed
@@ -59,7 +65,7 @@ impl Conn for RelaySocket {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         if policy::check(self.state.peers, target.ip(), &self.state.own).is_err() {
             self.state
-                .counters
+                .counters(self.transport)
                 .peers_denied
                 .fetch_add(1, Ordering::Relaxed);
             return Err(webrtc_util::Error::Other(format!("peer {target} denied")));

@@ -1,0 +1,505 @@
+//! TURN over TCP and TLS: the same requests and ChannelData as over UDP, back to back on a
+//! stream with no length prefix of their own (RFC 8656 §12.5); ChannelData is padded to a
+//! multiple of four bytes there. Peers are still reached over UDP: browsers ask for nothing
+//! else (RFC 6062's TCP allocations are not served).
+//!
+//! The `turn` crate's server reads only datagram sockets, and one read error ends its loop
+//! for good, so streams do not go through it. Each transport has an engine of its own, made
+//! of the crate's public parts: an allocation `Manager`, the nonces it handed out, and a
+//! [`Gate`] in front. Each connection is read here, cut into messages ([`frame`]), judged by
+//! the gate and handed to the crate's request handler one by one; what the crate sends back
+//! goes through a [`Connection`], the connection as the crate sees it, into a queue that a
+//! writer task empties. An allocation made over a connection lives as long as the connection
+//! (RFC 8656 §2.1): when it closes, the allocation is deleted at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+use turn::allocation::AllocationInfo;
+use turn::allocation::allocation_manager::{Manager, ManagerConfig};
+use turn::allocation::five_tuple::FiveTuple;
+use turn::auth::AuthHandler;
+use turn::proto::PROTO_UDP;
+use turn::proto::lifetime::DEFAULT_LIFETIME;
+use turn::relay::RelayAddressGenerator;
+use turn::server::request::Request;
+use webrtc_util::Conn;
+
+use super::credentials::Auth;
+use super::guard::{Gate, Rates, Verdict};
+use super::stun::MAGIC_COOKIE;
+use super::{Client, State, Transport};
+use crate::config::Limits;
+use crate::limits::Admission;
+
+/// The largest message a connection may send: a browser's largest packet (about 1,200 bytes
+/// of media, under the path MTU) with ChannelData's or a Send indication's framing fits with
+/// room to spare, and the crate's UDP engine reads at most 1,500 bytes anyway.
+pub const MAX_FRAME: usize = 2048;
+/// What may wait unsent for one connection. At 1.5 Mbit/s that is over a second of video:
+/// a client that has not taken it by then has stopped reading, and is dropped.
+pub const MAX_UNSENT: usize = 256 * 1024;
+/// How long one write may wait for the client to take its bytes.
+const WRITE_PATIENCE: Duration = Duration::from_secs(10);
+/// A connection with no message for this long is closed. A browser with an allocation sends
+/// at least a permission refresh every five minutes.
+const IDLE: Duration = Duration::from_secs(10 * 60);
+/// How much the writer gathers into one write (one TLS record, one system call).
+const BATCH: usize = 16 * 1024;
+
+/// Where the first message in `buf` ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Not all of it has arrived yet.
+    Need,
+    /// The first this many bytes are one message (ChannelData with its padding).
+    Frame(usize),
+    /// Neither STUN nor ChannelData: the stream cannot be read further.
+    NotTurn,
+    /// A message longer than [`MAX_FRAME`].
+    TooLarge(usize),
+}
+
+/// Cuts the first message off a stream: STUN (first two bits 00) is a 20-byte header and its
+/// length; ChannelData (01) a 4-byte header and its length rounded up to four.
+pub fn frame(buf: &[u8]) -> Framing {
+    let Some(header) = buf.get(..4) else {
+        return Framing::Need;
+    };
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let total = match header[0] >> 6 {
+        0 if length % 4 != 0 => return Framing::NotTurn,
+        0 => 20 + length,
+        1 => 4 + length.next_multiple_of(4),
+        _ => return Framing::NotTurn,
+    };
+    if total > MAX_FRAME {
+        Framing::TooLarge(total)
+    } else if buf.len() < total {
+        Framing::Need
+    } else {
+        Framing::Frame(total)
+    }
+}
+
+/// Whether a connection's first bytes (at least 8) begin a STUN message: the top two bits
+/// clear and the magic cookie at bytes 4–8. Nothing that starts TLS (0x16) or HTTP (a
+/// method's capital letter, or HTTP/2's `PRI`) looks like that.
+pub fn is_stun(first: &[u8]) -> bool {
+    first.len() >= 8 && first[0] & 0xC0 == 0 && first[4..8] == MAGIC_COOKIE.to_be_bytes()
+}
+
+/// One transport's engine: what all its connections share.
+pub struct Streams {
+    transport: Transport,
+    state: Arc<State>,
+    gate: Gate,
+    manager: Arc<Manager>,
+    nonces: Arc<tokio::sync::Mutex<HashMap<String, tokio::time::Instant>>>,
+    realm: String,
+    /// Connections in all and per address, with `[limits]`'s numbers.
+    admission: Arc<Admission>,
+    /// How long a connection may take to send its first message.
+    first_message: Duration,
+}
+
+impl Streams {
+    pub(super) fn new(
+        transport: Transport,
+        state: Arc<State>,
+        rates: Arc<Rates>,
+        relay_addr_generator: Box<dyn RelayAddressGenerator + Send + Sync>,
+        alloc_close_notify: mpsc::Sender<AllocationInfo>,
+        limits: &Limits,
+    ) -> Streams {
+        Streams {
+            transport,
+            gate: Gate::new(Arc::clone(&state), transport, rates),
+            realm: state.credentials.realm.clone(),
+            state,
+            manager: Arc::new(Manager::new(ManagerConfig {
+                relay_addr_generator,
+                alloc_close_notify: Some(alloc_close_notify),
+            })),
+            nonces: Arc::default(),
+            admission: Admission::new(
+                limits.max_connections.get(),
+                limits.max_connections_per_ip.get(),
+            ),
+            first_message: limits.header_read_timeout(),
+        }
+    }
+
+    /// Deletes the allocations made with TURN username `username`.
+    pub(super) async fn forget(&self, username: &str) {
+        self.manager.delete_allocations_by_username(username).await;
+    }
+
+    /// Serves one connection until it closes, then deletes its allocation. `read` holds the
+    /// bytes already read from it (the first message, or part of it).
+    pub(super) async fn serve<S>(
+        self: Arc<Self>,
+        io: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        read: BytesMut,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let label = self.transport.label();
+        let Ok(permit) = self.admission.admit(peer.ip()) else {
+            return debug!(%peer, transport = label, "TURN connection refused: too many");
+        };
+        let client = Client {
+            addr: peer,
+            local,
+            transport: self.transport,
+        };
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let connection = Arc::new(Connection {
+            client,
+            engine: Arc::clone(&self),
+            queue,
+            unsent: AtomicUsize::new(0),
+            stop,
+        });
+        let (reader, writer) = tokio::io::split(io);
+        let writing = tokio::spawn(write_out(
+            writer,
+            queued,
+            Arc::clone(&connection),
+            stopped.clone(),
+        ));
+        let why = self.read_in(reader, read, &connection, stopped).await;
+        debug!(%peer, transport = label, "TURN connection closed: {why}");
+        connection.stop();
+        self.manager
+            .delete_allocation(&FiveTuple {
+                protocol: PROTO_UDP,
+                src_addr: client.addr,
+                dst_addr: client.local,
+            })
+            .await;
+        // An Allocate the crate had not answered yet.
+        self.state.closed(client);
+        let _ = writing.await;
+        drop(permit);
+    }
+
+    /// Reads messages and hands them on until the connection ends; why it ended.
+    async fn read_in<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        mut buf: BytesMut,
+        connection: &Arc<Connection>,
+        mut stopped: watch::Receiver<bool>,
+    ) -> &'static str {
+        let auth: Arc<dyn AuthHandler + Send + Sync> = Arc::new(Auth {
+            state: Arc::clone(&self.state),
+            local: connection.client.local,
+            transport: self.transport,
+        });
+        let mut first = true;
+        loop {
+            loop {
+                match frame(&buf) {
+                    Framing::Need => break,
+                    Framing::Frame(n) => {
+                        let message = buf.split_to(n);
+                        if first && !is_stun(&message) {
+                            return self.dropped("the first message is not STUN");
+                        }
+                        first = false;
+                        self.handle(&message, connection, &auth).await;
+                    }
+                    Framing::NotTurn => return self.dropped("neither STUN nor ChannelData"),
+                    Framing::TooLarge(_) => return self.dropped("a message over the limit"),
+                }
+            }
+            buf.reserve(4096);
+            let patience = if first { self.first_message } else { IDLE };
+            let read = tokio::select! {
+                read = tokio::time::timeout(patience, reader.read_buf(&mut buf)) => read,
+                _ = stopped.wait_for(|stop| *stop) => return "stopped",
+            };
+            match read {
+                Ok(Ok(0)) => return "closed by the client",
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return "read error",
+                Err(_) if first => return self.dropped("no first message in time"),
+                Err(_) => return "idle",
+            }
+        }
+    }
+
+    fn dropped(&self, why: &'static str) -> &'static str {
+        self.state
+            .counters(self.transport)
+            .dropped
+            .fetch_add(1, Ordering::Relaxed);
+        why
+    }
+
+    /// One message: judged by the gate, then answered, dropped, or handled by the crate.
+    async fn handle(
+        &self,
+        message: &[u8],
+        connection: &Arc<Connection>,
+        auth: &Arc<dyn AuthHandler + Send + Sync>,
+    ) {
+        let client = connection.client;
+        match self.gate.judge(message, client, SystemTime::now()) {
+            Verdict::Drop => {}
+            Verdict::Answer(bytes) => {
+                connection.enqueue(bytes);
+            }
+            Verdict::Pass => {
+                let mut request = Request {
+                    conn: Arc::clone(connection) as Arc<dyn Conn + Send + Sync>,
+                    src_addr: client.addr,
+                    buff: message.to_vec(),
+                    allocation_manager: Arc::clone(&self.manager),
+                    nonces: Arc::clone(&self.nonces),
+                    auth_handler: Arc::clone(auth),
+                    realm: self.realm.clone(),
+                    channel_bind_timeout: DEFAULT_LIFETIME,
+                };
+                if let Err(err) = request.handle_request().await {
+                    debug!(peer = %client.addr, transport = self.transport.label(), "TURN request: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections on the relay's own port for `engine`.
+pub(super) async fn accept(listener: TcpListener, engine: Arc<Streams>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                backoff = Duration::ZERO;
+                let _ = tcp.set_nodelay(true);
+                let Ok(local) = tcp.local_addr() else {
+                    continue;
+                };
+                tokio::spawn(Arc::clone(&engine).serve(tcp, peer, local, BytesMut::new()));
+            }
+            Err(err) => {
+                // Out of descriptors, usually: wait for some instead of spinning.
+                backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                tracing::error!("TURN relay: cannot accept a TCP connection: {err}");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+/// Empties the connection's queue into the stream, several messages a write, until the
+/// connection stops or a write stalls.
+async fn write_out<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    connection: Arc<Connection>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let next = tokio::select! {
+            next = queued.recv() => next,
+            _ = stopped.wait_for(|stop| *stop) => None,
+        };
+        let Some(message) = next else {
+            break;
+        };
+        batch.clear();
+        batch.extend_from_slice(&message);
+        while batch.len() < BATCH {
+            match queued.try_recv() {
+                Ok(message) => batch.extend_from_slice(&message),
+                Err(_) => break,
+            }
+        }
+        let write = async {
+            writer.write_all(&batch).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(WRITE_PATIENCE, write).await {
+            Ok(Ok(())) => {
+                connection.unsent.fetch_sub(batch.len(), Ordering::Relaxed);
+            }
+            _ => {
+                connection.stop();
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+}
+
+/// One connection as the crate sees it: where it sends answers and relayed data for this
+/// client. Sending never waits: it queues, and a client that lets [`MAX_UNSENT`] pile up is
+/// dropped.
+pub struct Connection {
+    client: Client,
+    engine: Arc<Streams>,
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+    unsent: AtomicUsize,
+    stop: watch::Sender<bool>,
+}
+
+impl Connection {
+    fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Queues `bytes` for the writer; false when the connection is over its unsent bound
+    /// (and so being dropped) or gone.
+    fn enqueue(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        if self.unsent.fetch_add(len, Ordering::Relaxed) + len > MAX_UNSENT {
+            self.unsent.fetch_sub(len, Ordering::Relaxed);
+            self.stop();
+            return false;
+        }
+        self.queue.send(bytes).is_ok()
+    }
+}
+
+#[async_trait]
+impl Conn for Connection {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other("a stream is connected".into()))
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other(
+            "streams are read by dialtone".into(),
+        ))
+    }
+
+    async fn recv_from(&self, _buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        Err(webrtc_util::Error::Other(
+            "streams are read by dialtone".into(),
+        ))
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.client.addr).await
+    }
+
+    /// An answer or relayed data for the client (the crate pads ChannelData itself).
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.engine.gate.sent(buf, self.client);
+        if self.enqueue(buf.to_vec()) {
+            Ok(buf.len())
+        } else {
+            Err(webrtc_util::Error::Other(
+                "the client is not reading: connection dropped".into(),
+            ))
+        }
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.client.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.client.addr)
+    }
+
+    /// The crate calls this when the connection's allocation closes (it expired, or was
+    /// refreshed to 0): the connection stays, as RFC 8656 allows.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stun(length: u16) -> Vec<u8> {
+        let mut message = vec![0x00, 0x03];
+        message.extend_from_slice(&length.to_be_bytes());
+        message.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        message.extend_from_slice(&[7; 12]);
+        message.extend(std::iter::repeat_n(0, usize::from(length)));
+        message
+    }
+
+    #[test]
+    fn messages_are_cut_where_their_headers_say() {
+        let allocate = stun(8);
+        assert_eq!(frame(&allocate), Framing::Frame(28));
+        // Two in one segment: the first is cut off, the rest waits its turn.
+        let two = [allocate.clone(), allocate.clone()].concat();
+        assert_eq!(frame(&two), Framing::Frame(28));
+        // Split across segments: nothing until all of it is there.
+        for cut in [0, 1, 3, 4, 19, 20, 27] {
+            assert_eq!(frame(&allocate[..cut]), Framing::Need, "{cut}");
+        }
+        // ChannelData: 5 bytes of data come with 3 of padding over a stream.
+        let channel = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
+        assert_eq!(frame(&channel[..11]), Framing::Need);
+        assert_eq!(frame(&channel), Framing::Frame(12));
+        assert_eq!(
+            frame(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]),
+            Framing::Frame(8)
+        );
+        assert_eq!(frame(&[0x40, 0x01, 0x00, 0x00]), Framing::Frame(4));
+    }
+
+    #[test]
+    fn what_is_neither_or_too_long_ends_the_stream() {
+        // HTTP after a first message reads as ChannelData ('G' is 01…), of a length ("T ")
+        // far over the limit.
+        assert_eq!(frame(b"GET / HTTP/1.1\r\n"), Framing::TooLarge(4 + 0x5420));
+        assert_eq!(frame(&[0x80, 0, 0, 4]), Framing::NotTurn);
+        assert_eq!(frame(&[0xC0, 0, 0, 4]), Framing::NotTurn);
+        // A STUN length is a multiple of four.
+        assert_eq!(frame(&[0x00, 0x01, 0x00, 0x05]), Framing::NotTurn);
+        let longest_stun = MAX_FRAME - 20;
+        assert_eq!(frame(&stun(longest_stun as u16)), Framing::Frame(MAX_FRAME));
+        assert_eq!(
+            frame(&stun(longest_stun as u16 + 4)[..20]),
+            Framing::TooLarge(MAX_FRAME + 4)
+        );
+        let over = (MAX_FRAME - 3) as u16;
+        let mut channel = vec![0x40, 0x00];
+        channel.extend_from_slice(&over.to_be_bytes());
+        assert_eq!(frame(&channel), Framing::TooLarge(MAX_FRAME + 4));
+        let fits = (MAX_FRAME - 4) as u16;
+        channel[2..4].copy_from_slice(&fits.to_be_bytes());
+        assert_eq!(frame(&channel), Framing::Need);
+    }
+
+    #[test]
+    fn stun_is_told_from_tls_and_http_by_its_first_eight_bytes() {
+        assert!(is_stun(&stun(0)));
+        assert!(!is_stun(&stun(0)[..7]));
+        let mut wrong_cookie = stun(0);
+        wrong_cookie[7] ^= 1;
+        assert!(!is_stun(&wrong_cookie));
+        let mut top_bits = stun(0);
+        top_bits[0] = 0x40;
+        assert!(!is_stun(&top_bits));
+        assert!(!is_stun(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]));
+        assert!(!is_stun(b"GET / HTTP/1.1"));
+        assert!(!is_stun(b"PRI * HTTP/2.0"));
+    }
+}
