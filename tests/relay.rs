@@ -84,6 +84,67 @@ async fn client(port: u16, username: &str, password: &str, args: &[&str]) -> Rel
     .unwrap()
 }
 
+/// One way coturn's client reaches the relay: the port (the relay's own or the page's), its
+/// flags for the transport (and a source address of its own, so that the ways do not share
+/// one address's request rate), and the transport's label in `/metrics`.
+#[derive(Debug, Clone, Copy)]
+struct Way {
+    label: &'static str,
+    web_port: bool,
+    args: &'static [&'static str],
+}
+
+/// UDP and TCP on the relay's port; TCP (in the clear) and TLS on the page's.
+const WAYS: [Way; 4] = [
+    Way {
+        label: "udp",
+        web_port: false,
+        args: &["-L", "127.0.0.1"],
+    },
+    Way {
+        label: "tcp",
+        web_port: false,
+        args: &["-t", "-L", "127.0.0.2"],
+    },
+    Way {
+        label: "tcp",
+        web_port: true,
+        args: &["-t", "-L", "127.0.0.3"],
+    },
+    Way {
+        label: "tls",
+        web_port: true,
+        args: &["-t", "-S", "-L", "127.0.0.4"],
+    },
+];
+
+impl Way {
+    fn port(&self, server: &TestServer) -> u16 {
+        if self.web_port {
+            server.addr.port()
+        } else {
+            relay_port(server)
+        }
+    }
+
+    /// `turnutils_uclient` this way, with `args` after the transport's flags.
+    async fn client(
+        &self,
+        server: &TestServer,
+        user: &str,
+        password: &str,
+        args: &[&str],
+    ) -> Relayed {
+        let all: Vec<&str> = self.args.iter().chain(args).copied().collect();
+        client(self.port(server), user, password, &all).await
+    }
+
+    /// `/metrics`' `series` for this way's transport.
+    fn series(&self, series: &str) -> String {
+        format!("{series}{{transport=\"{}\"}}", self.label)
+    }
+}
+
 fn metric(server_metrics: &str, name: &str) -> f64 {
     common::sample(server_metrics, name).unwrap_or_else(|| panic!("{name} in {server_metrics}"))
 }
@@ -104,11 +165,16 @@ async fn the_login_hands_out_a_credential_the_relay_accepts_and_others_open_noth
         .as_secs();
     let (_alice, reply) = server.user("alice").await;
     let relay = relay_entry(&reply);
+    // UDP and TCP on the relay's port, then TCP on the page's: with a self-signed
+    // certificate, no `turns:` (a browser would refuse it).
+    let web = server.addr.port();
     assert_eq!(
         relay["urls"],
         json!([
             format!("stun:127.0.0.1:{port}"),
-            format!("turn:127.0.0.1:{port}?transport=udp")
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            format!("turn:127.0.0.1:{web}?transport=tcp"),
         ]),
         "{reply}"
     );
@@ -134,12 +200,16 @@ async fn the_login_hands_out_a_credential_the_relay_accepts_and_others_open_noth
 
     // The allocation is made; the peer (a private address, not dialtone's own relay) is then
     // refused by the default policy: the 403 comes only after a successful allocation.
-    let allowed = client(port, username, credential, &["-e", "10.1.2.3"]).await;
-    assert!(
-        !allowed.output.contains(NO_ALLOCATION) && allowed.output.contains("403"),
-        "{}",
-        allowed.output
-    );
+    for way in WAYS {
+        let allowed = way
+            .client(&server, username, credential, &["-e", "10.1.2.3"])
+            .await;
+        assert!(
+            !allowed.output.contains(NO_ALLOCATION) && allowed.output.contains("403"),
+            "{way:?}: {}",
+            allowed.output
+        );
+    }
 
     let mut tampered = credential.to_owned();
     let last = tampered.pop().unwrap();
@@ -164,18 +234,24 @@ async fn the_login_hands_out_a_credential_the_relay_accepts_and_others_open_noth
             credential,
         ),
     ] {
-        let refused = client(port, user, password, &["-e", "10.1.2.3"]).await;
-        assert!(
-            refused.output.contains(NO_ALLOCATION),
-            "{what} opened an allocation:\n{}",
-            refused.output
-        );
+        for way in WAYS {
+            let refused = way
+                .client(&server, user, password, &["-e", "10.1.2.3"])
+                .await;
+            assert!(
+                refused.output.contains(NO_ALLOCATION),
+                "{what} opened an allocation ({way:?}):\n{}",
+                refused.output
+            );
+        }
     }
     let metrics = server.get("/metrics").await.body;
-    assert!(
-        metric(&metrics, "dialtone_turn_auth_failures_total") >= 4.0,
-        "{metrics}"
-    );
+    for way in WAYS {
+        assert!(
+            metric(&metrics, &way.series("dialtone_turn_auth_failures_total")) >= 4.0,
+            "{way:?}: {metrics}"
+        );
+    }
     server.stop().await;
 }
 
@@ -186,27 +262,32 @@ async fn denied_peers_are_refused_whatever_the_policy() {
     }
     for policy in ["relay-only", "lan", "public"] {
         let server = with_relay(&format!("peers = \"{policy}\"\n")).await;
-        let port = relay_port(&server);
         let (_alice, reply) = server.user("alice").await;
         let relay = relay_entry(&reply);
         let (username, credential) = (
             relay["username"].as_str().unwrap(),
             relay["credential"].as_str().unwrap(),
         );
-        for peer in ["127.0.0.1", "169.254.169.254", "0.0.0.0"] {
-            let refused = client(port, username, credential, &["-e", peer]).await;
-            assert!(
-                !refused.output.contains(NO_ALLOCATION) && refused.output.contains("403"),
-                "{peer} under {policy}:\n{}",
-                refused.output
-            );
-            assert_eq!(refused.received, 0, "{peer} under {policy}");
+        for way in WAYS {
+            for peer in ["127.0.0.1", "169.254.169.254", "0.0.0.0"] {
+                let refused = way
+                    .client(&server, username, credential, &["-e", peer])
+                    .await;
+                assert!(
+                    !refused.output.contains(NO_ALLOCATION) && refused.output.contains("403"),
+                    "{peer} under {policy} ({way:?}):\n{}",
+                    refused.output
+                );
+                assert_eq!(refused.received, 0, "{peer} under {policy} ({way:?})");
+            }
         }
         let metrics = server.get("/metrics").await.body;
-        assert!(
-            metric(&metrics, "dialtone_turn_peers_denied_total") >= 3.0,
-            "{policy}: {metrics}"
-        );
+        for way in WAYS {
+            assert!(
+                metric(&metrics, &way.series("dialtone_turn_peers_denied_total")) >= 3.0,
+                "{policy} ({way:?}): {metrics}"
+            );
+        }
         server.stop().await;
     }
 }
@@ -302,7 +383,7 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
 async fn peers_denied(server: &TestServer) -> f64 {
     metric(
         &server.get("/metrics").await.body,
-        "dialtone_turn_peers_denied_total",
+        "dialtone_turn_peers_denied_total{transport=\"udp\"}",
     )
 }
 
@@ -454,7 +535,7 @@ async fn hostile_datagrams_get_a_stun_error_or_nothing_and_the_relay_goes_on() {
 
     let metrics = server.get("/metrics").await.body;
     assert!(
-        metric(&metrics, "dialtone_turn_dropped_total") >= 7.0,
+        metric(&metrics, "dialtone_turn_dropped_total{transport=\"udp\"}") >= 7.0,
         "{metrics}"
     );
     // The signaling side never noticed.
@@ -490,7 +571,7 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
     .await
     .unwrap();
     let _held = KillOnDrop(held);
-    let opened = wait_for_metric(&server, "dialtone_turn_allocations", |v| v >= 1.0).await;
+    let opened = wait_for_metric(&server, UDP_ALLOCATIONS, |v| v >= 1.0).await;
     assert_eq!(opened, 1.0);
     // A second one for alice: over her quota.
     let second = client(port, &username, &credential, &["-e", "10.1.2.3"]).await;
@@ -515,12 +596,12 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
         for_bob.output
     );
     // bob's client has exited, its allocation left to time out, as a crashed page's would.
-    let both = wait_for_metric(&server, "dialtone_turn_allocations", |v| v >= 2.0).await;
+    let both = wait_for_metric(&server, UDP_ALLOCATIONS, |v| v >= 2.0).await;
     assert_eq!(both, 2.0);
 
     // alice logs out: her allocation goes, though her client is still running; then bob's.
     drop(alice);
-    let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v <= 1.0).await;
+    let left = wait_for_metric(&server, UDP_ALLOCATIONS, |v| v <= 1.0).await;
     assert_eq!(left, 1.0);
     // The one left is bob's: a second one for him is still over his quota.
     let bobs_second = client(
@@ -532,10 +613,12 @@ async fn a_user_over_the_quota_gets_486_and_logging_out_removes_their_allocation
     .await;
     assert!(bobs_second.output.contains("486"), "{}", bobs_second.output);
     drop(bob);
-    let left = wait_for_metric(&server, "dialtone_turn_allocations", |v| v == 0.0).await;
+    let left = wait_for_metric(&server, UDP_ALLOCATIONS, |v| v == 0.0).await;
     assert_eq!(left, 0.0);
     server.stop().await;
 }
+
+const UDP_ALLOCATIONS: &str = "dialtone_turn_allocations{transport=\"udp\"}";
 
 /// Kills the client when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);

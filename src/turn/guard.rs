@@ -63,6 +63,10 @@ pub enum Verdict {
     Drop,
     /// Send this answer back and keep it from the crate.
     Answer(Vec<u8>),
+    /// A request over the client address's rate: dropped over UDP (the client retransmits
+    /// later); over a stream, where nothing is retransmitted, the connection is closed so
+    /// that the client does not wait for an answer that never comes.
+    OverRate,
 }
 
 /// The request rate of each client address, shared by every transport's gate: a client
@@ -159,6 +163,22 @@ impl Gate {
         }
     }
 
+    /// Whether the gate has a nonce to challenge with that is not yet due for renewal.
+    pub(crate) fn has_fresh_nonce(&self, now: Instant) -> bool {
+        crate::sync::lock(&self.nonce)
+            .current
+            .as_ref()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) < NONCE_REUSE)
+    }
+
+    /// A nonce put in the engine's map by its owner (the stream engines, which own their
+    /// map): challenges use it from now on, so none has to be fetched. Over a stream a
+    /// request is never retransmitted, so one dropped while a fetch is under way would
+    /// leave its client waiting for good.
+    pub(crate) fn use_nonce(&self, text: String, now: Instant) {
+        crate::sync::lock(&self.nonce).current = Some((text, now));
+    }
+
     /// Keeps the nonce of a 401 the crate sends.
     fn learn_nonce(&self, response: &[u8]) {
         let Some(message) = decode(response) else {
@@ -222,7 +242,8 @@ impl Gate {
             return drop();
         }
         if !self.within_rate(client.addr.ip(), Instant::now()) {
-            return drop();
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Verdict::OverRate;
         }
         if method == METHOD_BINDING {
             // STUN: answered without credentials, so the relay is also the STUN server.
@@ -413,7 +434,7 @@ impl Conn for Guard {
                 .judge(&buf[..n], self.client(client), SystemTime::now())
             {
                 Verdict::Pass => return Ok((n, client)),
-                Verdict::Drop => {}
+                Verdict::Drop | Verdict::OverRate => {}
                 Verdict::Answer(bytes) => {
                     let _ = self.socket.send_to(&bytes, client).await;
                 }
@@ -591,7 +612,7 @@ mod tests {
                     code.get_from(&decode(&bytes).unwrap()).unwrap();
                     Some(code.code.0)
                 }
-                Verdict::Drop => Some(0),
+                Verdict::Drop | Verdict::OverRate => Some(0),
             }
         };
         // alice asks from two clients: both go to the crate; a third is over her quota.

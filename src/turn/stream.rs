@@ -37,7 +37,7 @@ use webrtc_util::Conn;
 use super::credentials::Auth;
 use super::guard::{Gate, Rates, Verdict};
 use super::stun::MAGIC_COOKIE;
-use super::{Client, State, Transport};
+use super::{Client, State, Transport, rand_u32};
 use crate::config::Limits;
 use crate::limits::Admission;
 
@@ -55,6 +55,8 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(10 * 60);
 /// How much the writer gathers into one write (one TLS record, one system call).
 const BATCH: usize = 16 * 1024;
+/// How long the crate accepts a nonce it knows (its `NONCE_LIFETIME`, RFC 5766 §4).
+const NONCE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Where the first message in `buf` ends.
 #[derive(Debug, PartialEq, Eq)]
@@ -220,7 +222,9 @@ impl Streams {
                             return self.dropped("the first message is not STUN");
                         }
                         first = false;
-                        self.handle(&message, connection, &auth).await;
+                        if !self.handle(&message, connection, &auth).await {
+                            return "over the request rate";
+                        }
                     }
                     Framing::NotTurn => return self.dropped("neither STUN nor ChannelData"),
                     Framing::TooLarge(_) => return self.dropped("a message over the limit"),
@@ -250,15 +254,40 @@ impl Streams {
         why
     }
 
-    /// One message: judged by the gate, then answered, dropped, or handled by the crate.
+    /// Makes sure the gate has a nonce from this engine's map to challenge with: a new one
+    /// every half hour, the map keeping each for the hour the crate accepts it.
+    async fn fresh_nonce(&self) {
+        let now = std::time::Instant::now();
+        if self.gate.has_fresh_nonce(now) {
+            return;
+        }
+        let nonce = format!(
+            "{:08x}{:08x}{:08x}{:08x}",
+            rand_u32(),
+            rand_u32(),
+            rand_u32(),
+            rand_u32()
+        );
+        {
+            let mut nonces = self.nonces.lock().await;
+            nonces.retain(|_, made| made.elapsed() < NONCE_LIFETIME);
+            nonces.insert(nonce.clone(), tokio::time::Instant::now());
+        }
+        self.gate.use_nonce(nonce, now);
+    }
+
+    /// One message: judged by the gate, then answered, dropped, or handled by the crate;
+    /// false when the connection must close.
     async fn handle(
         &self,
         message: &[u8],
         connection: &Arc<Connection>,
         auth: &Arc<dyn AuthHandler + Send + Sync>,
-    ) {
+    ) -> bool {
         let client = connection.client;
+        self.fresh_nonce().await;
         match self.gate.judge(message, client, SystemTime::now()) {
+            Verdict::OverRate => return false,
             Verdict::Drop => {}
             Verdict::Answer(bytes) => {
                 connection.enqueue(bytes);
@@ -279,6 +308,7 @@ impl Streams {
                 }
             }
         }
+        true
     }
 }
 
@@ -334,7 +364,12 @@ async fn write_out<W: AsyncWrite + Unpin>(
             writer.write_all(&batch).await?;
             writer.flush().await
         };
-        match tokio::time::timeout(WRITE_PATIENCE, write).await {
+        let written = tokio::select! {
+            written = tokio::time::timeout(WRITE_PATIENCE, write) => written,
+            // Dropped (by the reader's side, or over the bound) while a write waits.
+            _ = stopped.wait_for(|stop| *stop) => break,
+        };
+        match written {
             Ok(Ok(())) => {
                 connection.unsent.fetch_sub(batch.len(), Ordering::Relaxed);
             }
@@ -440,6 +475,91 @@ mod tests {
         message.extend_from_slice(&[7; 12]);
         message.extend(std::iter::repeat_n(0, usize::from(length)));
         message
+    }
+
+    /// A connection of a test engine, its writer task writing into `writer`.
+    fn open(writer: tokio::io::DuplexStream) -> (Arc<Connection>, tokio::task::JoinHandle<()>) {
+        let state = Arc::new(super::super::tests::state(5));
+        let (closes, _) = mpsc::channel(1);
+        let ports = super::super::addresses::Ports {
+            bind: "127.0.0.1".parse().unwrap(),
+            external: "10.0.0.1".parse().unwrap(),
+            range: crate::config::PortRange {
+                min: 50000,
+                max: 50010,
+            },
+            state: Arc::clone(&state),
+            transport: Transport::Tcp,
+        };
+        let limits = crate::config::Config::default().limits;
+        let engine = Streams::new(
+            Transport::Tcp,
+            state,
+            Arc::default(),
+            Box::new(ports),
+            closes,
+            &limits,
+        );
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let connection = Arc::new(Connection {
+            client: super::super::tests::udp("10.9.9.9:5000"),
+            engine: Arc::new(engine),
+            queue,
+            unsent: AtomicUsize::new(0),
+            stop,
+        });
+        let writing = tokio::spawn(write_out(writer, queued, Arc::clone(&connection), stopped));
+        (connection, writing)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_and_one_that_reads_never_is() {
+        let data = [0x40u8; 1024];
+        // Nobody reads the other end: the stream takes 64 KiB, the queue the bound, then
+        // the connection stops and sending fails.
+        let (writer, _unread) = tokio::io::duplex(64 * 1024);
+        let (connection, writing) = open(writer);
+        let mut sent = 0;
+        while connection
+            .send_to(&data, connection.client.addr)
+            .await
+            .is_ok()
+        {
+            sent += data.len();
+            assert!(sent <= 2 * MAX_UNSENT, "still accepted after {sent} bytes");
+            tokio::task::yield_now().await;
+        }
+        assert!(sent >= MAX_UNSENT, "dropped after only {sent} bytes");
+        assert!(*connection.stop.borrow());
+        let _ = writing.await;
+
+        // A reader that keeps up takes ten times the bound without a failure.
+        let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+        let (connection, writing) = open(writer);
+        let reading = tokio::spawn(async move {
+            let mut total = 0;
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        for _ in 0..10 * MAX_UNSENT / data.len() {
+            connection
+                .send_to(&data, connection.client.addr)
+                .await
+                .expect("a reading client is never dropped");
+            tokio::task::yield_now().await;
+        }
+        assert!(!*connection.stop.borrow());
+        connection.stop();
+        let _ = writing.await;
+        drop(connection);
+        assert_eq!(reading.await.unwrap(), 10 * MAX_UNSENT);
     }
 
     #[test]
