@@ -291,6 +291,29 @@ export const RELAY_IP = '10.77.1.1';
  *
  *   a 10.77.1.2 ── veth ── 10.77.1.1 relay 10.77.2.1 ── veth ── 10.77.2.2 b
  */
+/**
+ * Drops every UDP packet in and out of namespace `ns` (but on loopback), as an office or hotel
+ * network that lets only TCP through; the returned function lifts the block.
+ */
+export function blockUdp(ns) {
+  const nft = (...rule) => {
+    const done = spawnSync('ip', ['netns', 'exec', ns, 'nft', ...rule]);
+    if (done.status !== 0) throw new Error(`nft ${rule.join(' ')} in ${ns}: ${done.stderr}`);
+  };
+  nft('add', 'table', 'inet', 'dtblock');
+  for (const [chain, hook, side] of [['in', 'input', 'iifname'], ['out', 'output', 'oifname']]) {
+    nft('add', 'chain', 'inet', 'dtblock', chain, `{ type filter hook ${hook} priority 0; policy accept; }`);
+    nft('add', 'rule', 'inet', 'dtblock', chain, side, '!=', 'lo', 'meta', 'l4proto', 'udp', 'counter', 'drop');
+  }
+  return () => spawnSync('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 'dtblock']);
+}
+
+/** UDP packets namespace `ns`'s block has dropped (see blockUdp). */
+export function udpDropped(ns) {
+  const listed = spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'dtblock']);
+  return [...String(listed.stdout).matchAll(/packets (\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+}
+
 export function createTopology() {
   const tag = `${process.pid}x${Date.now() % 100000}`;
   const names = { relay: `dtr${tag}`, a: `dta${tag}`, b: `dtb${tag}` };
@@ -333,12 +356,12 @@ export function createTopology() {
  * Opens the page for one person. Every RTCPeerConnection the page makes is recorded in
  * `window.__pcs`, so tests can read its state and stats without the page exposing anything.
  */
-export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc, path = '' } = {}) {
+export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc, keepUrls, overTls, path = '' } = {}) {
   const context = await browser.newContext({
     permissions: ['camera', 'microphone'],
     viewport,
   });
-  await context.addInitScript((rtc) => {
+  await context.addInitScript(({ rtc, keepUrls, overTls }) => {
     // The page's signaling sockets too, so a test can drop one from inside the page.
     const NativeSocket = window.WebSocket;
     window.__sockets = [];
@@ -350,14 +373,25 @@ export async function openPage(browser, server, { viewport = { width: 1000, heig
     };
     const Native = window.RTCPeerConnection;
     window.__pcs = [];
+    // `keepUrls`: only the ICE server URLs the login handed out that contain this text;
+    // `overTls`: as turns: (the login hands that out only with a certificate browsers trust for
+    // a host name, and a test's is trusted by its SPKI hash, for an IP address).
+    const keep = (servers) => (servers ?? [])
+      .map((server) => ({
+        ...server,
+        urls: [server.urls].flat().filter((url) => url.includes(keepUrls)).map((url) => (overTls ? url.replace(/^turn:/, 'turns:') : url)),
+      }))
+      .filter((server) => server.urls.length > 0);
     window.RTCPeerConnection = class extends Native {
       // `rtc` is laid over the page's own configuration: a test can force relaying on one side.
       constructor(config, ...rest) {
-        super(rtc ? { ...config, ...rtc } : config, ...rest);
+        let mine = rtc ? { ...config, ...rtc } : config;
+        if (keepUrls) mine = { ...mine, iceServers: keep(mine?.iceServers) };
+        super(mine, ...rest);
         window.__pcs.push(this);
       }
     };
-  }, rtc);
+  }, { rtc, keepUrls, overTls });
   const page = await context.newPage();
   page.errors = [];
   page.on('pageerror', (err) => page.errors.push(String(err)));
@@ -468,7 +502,8 @@ export async function selectedPair(page) {
     if (!pair) return null;
     const end = (id) => {
       const c = stats.get(id);
-      return { type: c.candidateType, address: `${c.address}:${c.port}` };
+      // relayProtocol: how this side reaches its TURN server (udp, tcp or tls); url: which one.
+      return { type: c.candidateType, address: `${c.address}:${c.port}`, relayProtocol: c.relayProtocol, url: c.url };
     };
     return { local: end(pair.localCandidateId), remote: end(pair.remoteCandidateId) };
   });

@@ -7,13 +7,16 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { after, afterEach, before, describe, test } from 'node:test';
 import {
-  RELAY_IP, call, createTopology, expectMediaFlowing, expectTornDown, launchBrowser, login, missing, noNetns,
-  openPage, screenshot, selectedPair, spkiHash, startServer, statusText, waitFor,
+  RELAY_IP, blockUdp, call, createTopology, expectMediaFlowing, expectTornDown, launchBrowser, login, missing, noNetns,
+  openPage, screenshot, selectedPair, spkiHash, startServer, statusText, udpDropped, waitFor,
 } from './harness.mjs';
 
-const why = missing() ?? noNetns();
+// The UDP block (blockUdp) is an nftables rule inside each side's namespace.
+const noNft = () => (spawnSync('nft', ['--version']).status === 0 ? null : 'nft is missing (apt-get install nftables)');
+const why = missing() ?? noNetns() ?? noNft();
 if (why && process.env.CI === 'true') {
   throw new Error(`the relay's browser tests cannot run: ${why}`);
 }
@@ -66,7 +69,10 @@ describe('calls between namespaces that reach only dialtone', { skip: why ?? fal
       b: await launchBrowser(trusted, { netns: net.b }),
     };
   });
+  let unblock = [];
   afterEach(async () => {
+    for (const lift of unblock) lift();
+    unblock = [];
     await Promise.all(opened.map((page) => page.context().close().catch(() => {})));
     opened = [];
     // Every server binds the same UDP port for its relay; the next test's needs it free.
@@ -151,5 +157,65 @@ describe('calls between namespaces that reach only dialtone', { skip: why ?? fal
     await alice.click('button#close-call');
     await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
     assert.deepEqual([...alice.errors, ...bob.errors], []);
+  });
+
+  test('with all UDP dropped on both sides, calls connect over TCP and over TLS to the page\'s own port', { timeout: 90000 }, async () => {
+    const server = await start(relayOn());
+    unblock = [blockUdp(net.a), blockUdp(net.b)];
+    // Each side keeps only the relay URL on the page's port: as handed out (TCP in the clear,
+    // what a self-signed certificate gets), then as turns: (TLS on the same port).
+    const port = new URL(server.url).port;
+    const only = `${RELAY_IP}:${port}?transport=tcp`;
+    for (const [overTls, protocol, scheme, one, two] of [[false, 'tcp', 'turn', 'alice', 'bob'], [true, 'tls', 'turns', 'carol', 'dave']]) {
+      const options = { rtc: { iceTransportPolicy: 'relay' }, keepUrls: only, overTls };
+      const alice = await person('a', server, one, options);
+      const bob = await person('b', server, two, options);
+      await call(alice, two);
+      await waitFor(bob, 'ringing', `${one} is calling you.`);
+      await bob.click('button#accept-call');
+      await Promise.all([expectMediaFlowing(alice), expectMediaFlowing(bob)]);
+      await screenshot(alice, `${protocol}-relayed-alice`);
+      for (const page of [alice, bob]) {
+        const pair = await selectedPair(page);
+        assert.equal(pair?.local.type, 'relay', JSON.stringify(pair));
+        assert.equal(pair.local.relayProtocol, protocol, JSON.stringify(pair));
+        assert.equal(pair.local.url, `${scheme}:${only}`, JSON.stringify(pair));
+        const handed = await page.evaluate(() => window.__pcs.at(-1).getConfiguration().iceServers.flatMap((s) => [s.urls].flat()));
+        assert.deepEqual(handed, [`${scheme}:${only}`], JSON.stringify(handed));
+      }
+      assert.ok(await figure(alice, `dialtone_turn_allocations{transport="${protocol}"}`) >= 2);
+      assert.ok(await figure(alice, `dialtone_turn_relayed_packets_total{transport="${protocol}"}`) > 100);
+      // The same port goes on serving the page and the signaling during the call.
+      const health = await bob.evaluate(() => fetch('/healthz').then((r) => r.status));
+      assert.equal(health, 200);
+      await alice.click('button#close-call');
+      await Promise.all([expectTornDown(alice), expectTornDown(bob)]);
+      await waitFor(bob, 'idle', `${one} hung up.`);
+      assert.deepEqual([...alice.errors, ...bob.errors], []);
+      await Promise.all([alice, bob].map((page) => page.context().close()));
+    }
+  });
+
+  test('with all UDP dropped and the relay serving UDP only, the call never connects (the negative control)', { timeout: 120000 }, async () => {
+    const server = await start(relayOn({ transports: ['udp'] }));
+    unblock = [blockUdp(net.a), blockUdp(net.b)];
+    const options = { rtc: { iceTransportPolicy: 'relay' } };
+    const alice = await person('a', server, 'alice', options);
+    const bob = await person('b', server, 'bob', options);
+    await call(alice, 'bob');
+    await waitFor(bob, 'ringing', 'alice is calling you.');
+    await bob.click('button#accept-call');
+    await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'Logged in as', 100000)));
+    assert.match(await statusText(alice), /The connection to bob failed: the call ended\./);
+    assert.match(await statusText(bob), /The connection to alice failed: the call ended\./);
+    for (const page of [alice, bob]) {
+      const seen = await page.evaluate(() => window.__pcs.map((pc) => pc.connectionState));
+      assert.ok(!seen.includes('connected'), JSON.stringify(seen));
+      // What they had to try: the relay over UDP only.
+      const handed = await page.evaluate(() => window.__pcs[0].getConfiguration().iceServers.flatMap((s) => [s.urls].flat()));
+      assert.ok(handed.length > 0 && handed.every((url) => !url.includes('transport=tcp')), JSON.stringify(handed));
+    }
+    // The block was real: both browsers tried the relay over UDP and it went nowhere.
+    assert.ok(udpDropped(net.a) > 0 && udpDropped(net.b) > 0, `${udpDropped(net.a)} / ${udpDropped(net.b)}`);
   });
 });

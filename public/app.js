@@ -70,6 +70,12 @@ const STORED = { token: 'dialtone.accessToken', name: 'dialtone.name', password:
 
 /** How long a restarted ICE connection gets before the call is given up. */
 const ICE_RESTART_GRACE_MS = 10000;
+/**
+ * How long an answered call may take to connect. A browser says "failed" only once its checks
+ * time out, and never when it had nothing to check (every relay unreachable: UDP blocked and
+ * no TURN over TCP), so without this such a call would say "In a call" for ever.
+ */
+const CONNECT_DEADLINE_MS = 30000;
 const RECONNECT_MAX_MS = 10000;
 /** The server's limit on names, in characters. */
 const MAX_NAME_CHARS = 32;
@@ -517,6 +523,7 @@ const handlers = {
     if (!call || !call.pc || !fromPeer(message)) return;
     await call.pc.setRemoteDescription(message.answer);
     await applyQueuedCandidates();
+    if (!call.answered) expectConnected();
     call.answered = true;
     show('in-call', `In a call with ${call.peer}.`);
   },
@@ -623,7 +630,7 @@ function updateRemoteNote() {
 function newCall(peer, role) {
   return {
     peer, role, pc: null, offer: null, remoteQueue: [], localQueue: [], described: false, answered: false,
-    restarted: false, timer: null, started: Date.now(), connectedAt: null, remoteMedia: null, stats: null,
+    restarted: false, timer: null, connectTimer: null, started: Date.now(), connectedAt: null, remoteMedia: null, stats: null,
   };
 }
 
@@ -702,6 +709,7 @@ async function acceptOffer(offer, { renegotiation = false, fresh = false } = {})
   await call.pc.setLocalDescription();
   if (call !== current) return;
   sendDescription();
+  if (!renegotiation) expectConnected();
   call.answered = true;
   if (!renegotiation || ui.status.dataset.state === 'calling') show('in-call', `In a call with ${call.peer}.`);
 }
@@ -775,10 +783,20 @@ function onConnectionState(state) {
   }
 }
 
+/** Counts an answered call that has not connected within the deadline as failed. */
+function expectConnected() {
+  const current = call;
+  clearTimeout(call.connectTimer);
+  call.connectTimer = setTimeout(() => {
+    if (call === current && call.connectedAt === null && !call.restarted) onConnectionState('failed');
+  }, CONNECT_DEADLINE_MS);
+}
+
 /** Ends the call on our side: the peer connection closed, the remote picture gone. */
 function endCall(what = undefined, tone = 'info') {
   if (call) {
     clearTimeout(call.timer);
+    clearTimeout(call.connectTimer);
     if (call.pc) call.pc.close();
   }
   call = null;

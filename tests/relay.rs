@@ -61,7 +61,7 @@ fn relay_entry(reply: &Value) -> &Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|server| server["urls"].to_string().contains("?transport=udp"))
+        .find(|server| server["urls"].to_string().contains("?transport="))
         .unwrap_or_else(|| panic!("the login reply lists the built-in relay: {reply}"))
 }
 
@@ -716,4 +716,92 @@ fn a_loopback_external_address_is_warned_about_at_start() {
         line.contains("127.0.0.1") && line.contains("external_ip"),
         "{line}"
     );
+}
+
+/// The login lists the relay on the page's port as what can work there: `turns:NAME` with a
+/// certificate browsers trust for a host name, `turn:IP?transport=tcp` with the self-signed
+/// one (the first test), nothing behind a proxy; and only the transports served.
+#[tokio::test]
+async fn the_login_lists_each_transport_only_where_it_can_work() {
+    let urls = |reply: &Value| -> Vec<String> {
+        relay_entry(reply)["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|url| url.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // A certificate from a CA, for a host name.
+    let ca = common::PrivateCa::for_names(&["calls.example.test", "localhost"]);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, format!("{}{}", ca.leaf_pem, ca.ca_pem)).unwrap();
+    std::fs::write(&key, &ca.key_pem).unwrap();
+    let server = TestServer::start_with(
+        &format!(
+            "[tls]\nmode = \"files\"\ncert = {:?}\nkey = {:?}\n[turn_server]\nenabled = true\n\
+             listen = \"127.0.0.1:0\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        &common::repo_public(),
+    )
+    .await;
+    // The test's client trusts the CA (and checks the name localhost).
+    let mut server = server;
+    server.cert = Some(ca.ca_der.clone());
+    let (port, web) = (relay_port(&server), server.addr.port());
+    let (_alice, reply) = server.user("alice").await;
+    assert_eq!(
+        urls(&reply),
+        [
+            format!("stun:127.0.0.1:{port}"),
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            format!("turns:calls.example.test:{web}?transport=tcp"),
+        ]
+    );
+    server.stop().await;
+
+    // Only UDP: nothing on the page's port.
+    let server = with_relay("transports = [\"udp\"]\n").await;
+    let port = relay_port(&server);
+    let (_alice, reply) = server.user("alice").await;
+    assert_eq!(
+        urls(&reply),
+        [
+            format!("stun:127.0.0.1:{port}"),
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+        ]
+    );
+    // …and a STUN message on the page's port is not taken for the relay.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let binding = request(stun::message::METHOD_BINDING, Vec::new());
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &binding)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        common::PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    server.stop().await;
+
+    // TCP only, behind a proxy with TLS off: the relay's own port, nothing on the page's
+    // (TURN does not pass through an HTTP proxy).
+    let server = TestServer::start_with(
+        "behind_proxy = true\n[tls]\nmode = \"off\"\n[turn_server]\nenabled = true\n\
+         listen = \"127.0.0.1:0\"\ntransports = [\"tcp\"]\n",
+        &common::repo_public(),
+    )
+    .await;
+    let port = relay_port(&server);
+    let (_alice, reply) = server.user("alice").await;
+    assert_eq!(
+        urls(&reply),
+        [format!("turn:127.0.0.1:{port}?transport=tcp")]
+    );
+    server.stop().await;
 }

@@ -93,6 +93,11 @@ pub struct PrivateCa {
 impl PrivateCa {
     /// A CA, and a certificate from it for `name`.
     pub fn new(name: &str) -> PrivateCa {
+        PrivateCa::for_names(&[name])
+    }
+
+    /// A CA, and a certificate from it for `names`.
+    pub fn for_names(names: &[&str]) -> PrivateCa {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -102,7 +107,8 @@ impl PrivateCa {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let leaf = rcgen::CertificateParams::new(names)
             .unwrap()
             .signed_by(&leaf_key, &issuer)
             .unwrap();
