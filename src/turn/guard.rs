@@ -64,8 +64,8 @@ pub enum Verdict {
     /// Send this answer back and keep it from the crate.
     Answer(Vec<u8>),
     /// A request over the client address's rate: dropped over UDP (the client retransmits
-    /// later); over a stream, where nothing is retransmitted, the connection is closed so
-    /// that the client does not wait for an answer that never comes.
+    /// later); over a stream, where nothing is retransmitted, it waits for the rate instead
+    /// (and the connection's reading with it). Counted as dropped by the caller.
     OverRate,
 }
 
@@ -242,7 +242,6 @@ impl Gate {
             return drop();
         }
         if !self.within_rate(client.addr.ip(), Instant::now()) {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
             return Verdict::OverRate;
         }
         if method == METHOD_BINDING {
@@ -434,7 +433,10 @@ impl Conn for Guard {
                 .judge(&buf[..n], self.client(client), SystemTime::now())
             {
                 Verdict::Pass => return Ok((n, client)),
-                Verdict::Drop | Verdict::OverRate => {}
+                Verdict::Drop => {}
+                Verdict::OverRate => {
+                    self.gate.counters().dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 Verdict::Answer(bytes) => {
                     let _ = self.socket.send_to(&bytes, client).await;
                 }

@@ -55,6 +55,9 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(10 * 60);
 /// How much the writer gathers into one write (one TLS record, one system call).
 const BATCH: usize = 16 * 1024;
+/// How long a request over the address's rate waits for it before the connection is closed
+/// (at 100 requests a second, a burst of several hundred from one address clears in seconds).
+const RATE_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the crate accepts a nonce it knows (its `NONCE_LIFETIME`, RFC 5766 §4).
 const NONCE_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -223,7 +226,7 @@ impl Streams {
                         }
                         first = false;
                         if !self.handle(&message, connection, &auth).await {
-                            return "over the request rate";
+                            return "over the request rate for too long";
                         }
                     }
                     Framing::NotTurn => return self.dropped("neither STUN nor ChannelData"),
@@ -285,8 +288,23 @@ impl Streams {
         auth: &Arc<dyn AuthHandler + Send + Sync>,
     ) -> bool {
         let client = connection.client;
-        self.fresh_nonce().await;
-        match self.gate.judge(message, client, SystemTime::now()) {
+        if message[0] & 0xC0 == 0 {
+            // A STUN message may need a challenge; ChannelData (the data path) never does.
+            self.fresh_nonce().await;
+        }
+        // Over the address's request rate, a request waits its turn: nothing is retransmitted
+        // on a stream, and many browsers behind one NAT may start their calls at once.
+        let mut verdict = self.gate.judge(message, client, SystemTime::now());
+        let waited = tokio::time::Instant::now();
+        while verdict == Verdict::OverRate {
+            if waited.elapsed() > RATE_PATIENCE {
+                self.dropped("over the request rate");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            verdict = self.gate.judge(message, client, SystemTime::now());
+        }
+        match verdict {
             Verdict::OverRate => return false,
             Verdict::Drop => {}
             Verdict::Answer(bytes) => {
