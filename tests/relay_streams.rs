@@ -307,3 +307,33 @@ async fn the_page_and_the_relay_share_the_port_one_connection_each() {
     assert_eq!(redirect.status, 308, "{}", redirect.status);
     server.stop().await;
 }
+
+/// Over the address's request rate (100 a second, bursts of 200), a stream's requests wait
+/// their turn instead of being dropped (nothing is retransmitted on a stream): a burst of
+/// 400 is answered in full, the later ones about two seconds late (a lower bound: the rate
+/// held; a slow machine only makes it later).
+#[tokio::test]
+async fn a_burst_over_the_rate_is_slowed_not_dropped() {
+    let server = with_relay("").await;
+    for way in [Way::RelayPort, Way::Tls] {
+        let mut io = way.connect(&server).await;
+        let requests: Vec<Vec<u8>> = (0..400).map(|_| binding()).collect();
+        let started = tokio::time::Instant::now();
+        io.write_all(&requests.concat()).await.unwrap();
+        for (n, request) in requests.iter().enumerate() {
+            let answer = read_message(&mut io)
+                .await
+                .unwrap_or_else(|| panic!("{way:?}: request {n} of 400 unanswered"));
+            assert_eq!(answer.transaction_id.0, request[8..20], "{way:?}");
+        }
+        // 200 at once, then 200 at 100 a second: the rate held, it was not skipped.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "{way:?}: {:?}",
+            started.elapsed()
+        );
+        // Let the bucket fill again before the next way.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    server.stop().await;
+}
