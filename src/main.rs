@@ -206,11 +206,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let public =
         matches!(mode, Mode::Platform { .. }) || bound.iter().any(|addr| !addr.ip().is_loopback());
     let access = app.access().describe(public);
+    let relay = app
+        .turn_relay()
+        .map(|relay| relay.describe(certificates.is_some(), config.behind_proxy));
     let banner = Banner {
         bound,
         mode,
         config: config.clone(),
         access,
+        relay,
     };
     match &certificates {
         // The banner says where to open the page: not before a certificate is there.
@@ -254,11 +258,19 @@ struct Banner {
     mode: Mode,
     config: Config,
     access: String,
+    /// Where the built-in TURN relay takes which transport, when it runs.
+    relay: Option<String>,
 }
 
 impl Banner {
     fn print(&self, served: Option<&tls::Served>) {
-        print_banner(&self.bound, served, &self.mode, &self.config, &self.access);
+        print_banner(
+            &self.bound,
+            served,
+            &self.mode,
+            &self.config,
+            (&self.access, self.relay.as_deref()),
+        );
     }
 }
 
@@ -269,13 +281,16 @@ fn print_banner(
     tls: Option<&tls::Served>,
     mode: &Mode,
     config: &Config,
-    access: &str,
+    (access, relay): (&str, Option<&str>),
 ) {
     let mut lines = vec![format!(
         "dialtone {} is running.",
         env!("CARGO_PKG_VERSION")
     )];
     lines.push(format!("  access: {access}"));
+    if let Some(relay) = relay {
+        lines.push(format!("  TURN relay: {relay}"));
+    }
     match (tls, mode) {
         (Some(tls), _) => {
             lines.push(format!("  mode: HTTPS with a {}", tls.origin));

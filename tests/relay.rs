@@ -716,6 +716,21 @@ fn a_loopback_external_address_is_warned_about_at_start() {
         line.contains("127.0.0.1") && line.contains("external_ip"),
         "{line}"
     );
+    // The banner says where the relay takes which transport: with TLS off, no TLS.
+    let port = running
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("  TURN relay: UDP and TCP on 127.0.0.1:"))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{}", running.text()))
+        .to_owned();
+    assert!(
+        running.text().contains(&format!(
+            "  TURN relay: UDP and TCP on 127.0.0.1:{port}; TCP on the page's port\n"
+        )),
+        "{}",
+        running.text()
+    );
 }
 
 /// The login lists the relay on the page's port as what can work there: `turns:NAME` with a

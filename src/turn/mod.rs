@@ -346,18 +346,14 @@ impl TurnRelay {
         if transports.has(Transport::Tcp) {
             urls.push(IceUrl(format!("turn:{at}?transport=tcp")));
         }
-        let on_port: Vec<&str> = [Transport::Udp, Transport::Tcp]
-            .into_iter()
-            .filter(|t| transports.has(*t))
-            .map(|t| t.label())
-            .collect();
+        let on_port = named([Transport::Udp, Transport::Tcp], |t| transports.has(t));
         info!(
             "TURN relay on {} {local}{}, relaying through {external} ({how}), relay ports \
              {}-{}, peers \"{}\"",
             if on_port.is_empty() {
                 "no port of its own:".to_owned()
             } else {
-                on_port.join(" and ").to_uppercase()
+                on_port
             },
             if transports.has(Transport::Tls) {
                 ", TLS on the page's port"
@@ -394,6 +390,34 @@ impl TurnRelay {
     /// The address the relay listens on (UDP, and TCP at the same one).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// Where it takes which transport, for the banner: "UDP and TCP on 203.0.113.7:3478;
+    /// TLS and TCP on the page's port" (TLS only when the page is served over TLS).
+    pub fn describe(&self, page_tls: bool, behind_proxy: bool) -> String {
+        let on_port = named([Transport::Udp, Transport::Tcp], |t| self.serves(t));
+        let on_web = named([Transport::Tls, Transport::Tcp], |t| {
+            self.serves(t) && (page_tls || t != Transport::Tls)
+        });
+        let mut parts = Vec::new();
+        if !on_port.is_empty() {
+            parts.push(format!(
+                "{} on {}",
+                on_port,
+                SocketAddr::new(self.inner.external, self.inner.local.port())
+            ));
+        }
+        if !on_web.is_empty() {
+            parts.push(if behind_proxy {
+                format!(
+                    "{} on the page's port, but not through the proxy in front",
+                    on_web
+                )
+            } else {
+                format!("{on_web} on the page's port")
+            });
+        }
+        parts.join("; ")
     }
 
     /// Whether the relay serves `transport`.
@@ -528,6 +552,16 @@ impl TurnRelay {
                 .collect(),
         }
     }
+}
+
+/// "UDP and TCP": those of `transports` that `keep` keeps, as the banner and log name them.
+fn named(transports: [Transport; 2], keep: impl Fn(Transport) -> bool) -> String {
+    let kept: Vec<String> = transports
+        .into_iter()
+        .filter(|t| keep(*t))
+        .map(|t| t.label().to_uppercase())
+        .collect();
+    kept.join(" and ")
 }
 
 /// The channel the crate tells closed allocations on, one per transport, and the task that
