@@ -295,7 +295,7 @@ async fn denied_peers_are_refused_whatever_the_policy() {
 /// `::ffff:127.0.0.1` is 127.0.0.1: coturn's client cannot name it on an IPv4 allocation
 /// (it asks for an IPv6 relay for an IPv6 peer, which this IPv4 relay refuses), so these are
 /// raw requests signed with the credential a login hands out. An allowed address is the
-/// control: the same request for it succeeds.
+/// control: the same request for it succeeds. Over UDP, TCP and TLS alike.
 #[tokio::test]
 async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
     // "public": the widest policy, where only the always-denied ranges stop a peer.
@@ -307,13 +307,39 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
         entry["username"].as_str().unwrap().to_owned(),
         entry["credential"].as_str().unwrap().to_owned(),
     );
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Over UDP, TCP to the relay's port, and TLS to the page's: the same answers.
+    for label in ["udp", "tcp", "tls"] {
+        let mut raw = match label {
+            "udp" => {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                socket.connect(relay).await.unwrap();
+                Raw::Udp(socket)
+            }
+            "tcp" => Raw::Stream(Box::new(
+                tokio::net::TcpStream::connect(relay).await.unwrap(),
+            )),
+            _ => Raw::Stream(server.connect(&[]).await),
+        };
+        mapped_peers_refused(&server, &mut raw, label, &username, &password).await;
+    }
+    server.stop().await;
+}
+
+/// One client's side of the test above, over `raw`.
+async fn mapped_peers_refused(
+    server: &TestServer,
+    raw: &mut Raw,
+    label: &str,
+    username: &str,
+    password: &str,
+) {
     let transport = || -> Box<dyn Setter> {
         Box::new(RequestedTransport {
             protocol: PROTO_UDP,
         })
     };
-    let challenge = exchange(&socket, relay, &request(METHOD_ALLOCATE, vec![transport()]))
+    let challenge = raw
+        .exchange(&request(METHOD_ALLOCATE, vec![transport()]))
         .await
         .expect("a 401 challenge");
     assert_eq!(error_code(&challenge), 401);
@@ -323,21 +349,25 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
     let signed = |method: Method, mut attributes: Vec<Box<dyn Setter>>| {
         attributes.push(Box::new(TextAttribute::new(
             ATTR_USERNAME,
-            username.clone(),
+            username.to_owned(),
         )));
         attributes.push(Box::new(TextAttribute::new(ATTR_REALM, "dialtone".into())));
         attributes.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
         attributes.push(Box::new(MessageIntegrity::new_long_term_integrity(
-            username.clone(),
+            username.to_owned(),
             "dialtone".into(),
-            password.clone(),
+            password.to_owned(),
         )));
         request(method, attributes)
     };
-    let allocated = exchange(&socket, relay, &signed(METHOD_ALLOCATE, vec![transport()]))
+    let allocated = raw
+        .exchange(&signed(METHOD_ALLOCATE, vec![transport()]))
         .await
         .expect("an answer to the Allocate");
-    assert_eq!(allocated.typ.class, CLASS_SUCCESS_RESPONSE, "{allocated}");
+    assert_eq!(
+        allocated.typ.class, CLASS_SUCCESS_RESPONSE,
+        "{label}: {allocated}"
+    );
 
     let peer = |ip: &str| -> Box<dyn Setter> {
         Box::new(PeerAddress {
@@ -346,7 +376,7 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
         })
     };
     let permit = |ip: &str| signed(METHOD_CREATE_PERMISSION, vec![peer(ip)]);
-    let denied_before = peers_denied(&server).await;
+    let denied_before = peers_denied(server, label).await;
     for mapped in ["::ffff:127.0.0.1", "::ffff:169.254.169.254"] {
         for request in [
             permit(mapped),
@@ -355,35 +385,80 @@ async fn the_mapped_form_of_a_denied_peer_is_refused_like_the_peer() {
                 vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
             ),
         ] {
-            let answer = exchange(&socket, relay, &request).await.expect("an answer");
-            assert_eq!(error_code(&answer), 403, "{mapped}: {answer}");
+            let answer = raw.exchange(&request).await.expect("an answer");
+            assert_eq!(error_code(&answer), 403, "{label}, {mapped}: {answer}");
         }
     }
-    let denied_after = peers_denied(&server).await;
-    assert_eq!(denied_after - denied_before, 4.0);
+    let denied_after = peers_denied(server, label).await;
+    assert_eq!(denied_after - denied_before, 4.0, "{label}");
 
     // The control: the same request for an allowed peer succeeds. (Its mapped form
     // passes the guard and the crate then refuses an IPv6 peer on an IPv4 allocation: 443.)
-    let allowed = exchange(&socket, relay, &permit("10.0.0.5"))
+    let allowed = raw.exchange(&permit("10.0.0.5")).await.expect("an answer");
+    assert_eq!(
+        allowed.typ.class, CLASS_SUCCESS_RESPONSE,
+        "{label}: {allowed}"
+    );
+    let mapped = raw
+        .exchange(&permit("::ffff:10.0.0.5"))
         .await
         .expect("an answer");
-    assert_eq!(allowed.typ.class, CLASS_SUCCESS_RESPONSE, "{allowed}");
-    let mapped = exchange(&socket, relay, &permit("::ffff:10.0.0.5"))
-        .await
-        .expect("an answer");
-    assert_eq!(error_code(&mapped), 443, "{mapped}");
-    let denied_end = peers_denied(&server).await;
+    assert_eq!(error_code(&mapped), 443, "{label}: {mapped}");
+    let denied_end = peers_denied(server, label).await;
     assert_eq!(
         denied_end, denied_after,
-        "allowed peers are not counted as denied"
+        "{label}: allowed peers are not counted as denied"
     );
-    server.stop().await;
 }
 
-async fn peers_denied(server: &TestServer) -> f64 {
+/// A raw client of the relay: a connected UDP socket, or a TCP or TLS stream.
+enum Raw {
+    Udp(UdpSocket),
+    Stream(Box<dyn common::Io>),
+}
+
+impl Raw {
+    /// Sends one message and reads the answer (a moment's patience).
+    async fn exchange(&mut self, message: &[u8]) -> Option<Message> {
+        let raw = match self {
+            Raw::Udp(socket) => {
+                socket.send(message).await.unwrap();
+                let mut buf = vec![0u8; 1500];
+                let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
+                    .await
+                    .ok()?
+                    .unwrap();
+                buf.truncate(n);
+                buf
+            }
+            Raw::Stream(io) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                io.write_all(message).await.unwrap();
+                let mut header = [0u8; 20];
+                tokio::time::timeout(common::PATIENCE, io.read_exact(&mut header))
+                    .await
+                    .ok()?
+                    .ok()?;
+                let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+                let mut raw = header.to_vec();
+                raw.resize(20 + length, 0);
+                io.read_exact(&mut raw[20..]).await.ok()?;
+                raw
+            }
+        };
+        let mut message = Message {
+            raw,
+            ..Default::default()
+        };
+        message.decode().unwrap();
+        Some(message)
+    }
+}
+
+async fn peers_denied(server: &TestServer, label: &str) -> f64 {
     metric(
         &server.get("/metrics").await.body,
-        "dialtone_turn_peers_denied_total{transport=\"udp\"}",
+        &format!("dialtone_turn_peers_denied_total{{transport=\"{label}\"}}"),
     )
 }
 
