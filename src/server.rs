@@ -160,6 +160,8 @@ pub async fn serve(
                 if let Some(relay) = app.turn_relay().filter(|r| r.serves(Transport::Tcp)) {
                     match tokio::time::timeout(first_bytes, first_byte(&tcp)).await {
                         Ok(Some(0x00 | 0x01)) => {
+                            // Not an HTTP connection: the drain at shutdown does not wait for it.
+                            drop(watcher);
                             return relay_in_the_clear(tcp, relay, peer, first_bytes).await;
                         }
                         Ok(Some(_)) => {}
@@ -186,7 +188,7 @@ pub async fn serve(
                         .turn_relay()
                         .is_some_and(|relay| relay.serves(Transport::Tcp)) =>
                 {
-                    drop(stop);
+                    drop((stop, watcher));
                     if let Some(relay) = app.turn_relay() {
                         relay_in_the_clear(tcp, relay, peer, first_bytes).await;
                     }
@@ -229,6 +231,7 @@ pub async fn serve(
                 // The first message tells TURN from HTTP; the bytes read go on to either.
                 match first_message(&mut stream, first_bytes).await {
                     Some(first) if crate::turn::stream::is_stun(&first) => {
+                        drop(watcher);
                         let local = stream.get_ref().0.local_addr();
                         let Ok(local) = local else { return };
                         return relay

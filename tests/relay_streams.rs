@@ -337,3 +337,61 @@ async fn a_burst_over_the_rate_is_slowed_not_dropped() {
     }
     server.stop().await;
 }
+
+/// On a fresh relay, several streams ask at once before any nonce exists: every one is
+/// challenged (a stream never retransmits, so a request held back while a nonce is fetched
+/// would hang its client), and each transport hands out one nonce, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_is_challenged_at_once_with_one_nonce_per_transport() {
+    let server = with_relay("").await;
+    let unsigned = || {
+        let mut message = Message::new();
+        message
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                Box::new(RequestedTransport {
+                    protocol: PROTO_UDP,
+                }),
+            ])
+            .unwrap();
+        message.raw
+    };
+    let mut streams = Vec::new();
+    for way in WAYS.iter().cycle().take(30) {
+        streams.push((way.label(), way.connect(&server).await));
+    }
+    for (_, io) in &mut streams {
+        io.write_all(&unsigned()).await.unwrap();
+    }
+    let mut nonces: Vec<(&str, String)> = Vec::new();
+    for (label, io) in &mut streams {
+        let challenge = read_message(io)
+            .await
+            .unwrap_or_else(|| panic!("{label}: no challenge"));
+        let mut code = ErrorCodeAttribute::default();
+        code.get_from(&challenge).unwrap();
+        assert_eq!(code.code.0, 401, "{label}");
+        nonces.push((
+            label,
+            TextAttribute::get_from_as(&challenge, ATTR_NONCE)
+                .unwrap()
+                .text,
+        ));
+        // A second request on the same stream gets the same nonce.
+        io.write_all(&unsigned()).await.unwrap();
+        let again = read_message(io).await.expect("a second challenge");
+        let nonce = TextAttribute::get_from_as(&again, ATTR_NONCE).unwrap().text;
+        assert_eq!(nonce, nonces.last().unwrap().1, "{label}");
+    }
+    for label in ["tcp", "tls"] {
+        let mut of: Vec<&String> = nonces
+            .iter()
+            .filter(|(l, _)| *l == label)
+            .map(|(_, n)| n)
+            .collect();
+        of.dedup();
+        assert_eq!(of.len(), 1, "{label}: {nonces:?}");
+    }
+    server.stop().await;
+}
