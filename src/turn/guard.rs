@@ -554,6 +554,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_nonce_put_in_by_a_stream_engine_is_used_at_once_and_renewed_at_half_an_hour() {
+        let gate = guard().await;
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        assert!(!gate.has_fresh_nonce(start));
+        gate.use_nonce("mine".into(), start);
+        // Challenged with it at once: nothing goes to the crate to fetch one.
+        assert_eq!(
+            challenged_with(gate.challenge(&allocate(), start)),
+            Ok("mine".into())
+        );
+        assert!(gate.has_fresh_nonce(start));
+        assert!(gate.has_fresh_nonce(start + NONCE_REUSE - second));
+        assert!(!gate.has_fresh_nonce(start + NONCE_REUSE));
+        assert!(!gate.has_fresh_nonce(start + NONCE_REUSE + second));
+    }
+
+    #[tokio::test]
     async fn only_a_401_teaches_the_guard_a_nonce() {
         let guard = guard().await;
         let request = allocate();
