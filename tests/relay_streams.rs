@@ -395,3 +395,42 @@ async fn every_stream_is_challenged_at_once_with_one_nonce_per_transport() {
     }
     server.stop().await;
 }
+
+/// Logging out removes the user's allocations over streams too, while their connection is
+/// still open (as over UDP: a page that logs out keeps no relay).
+#[tokio::test]
+async fn logging_out_removes_a_users_stream_allocations() {
+    let server = with_relay("").await;
+    let (alice, reply) = server.user("alice").await;
+    let mut open = Vec::new();
+    for way in WAYS {
+        let mut io = way.connect(&server).await;
+        let answer = allocate(&mut io, &reply).await;
+        assert_eq!(answer.typ.class, CLASS_SUCCESS_RESPONSE, "{way:?}");
+        open.push(io);
+    }
+    assert_eq!(
+        figure(&server, "dialtone_turn_allocations", Way::RelayPort).await,
+        2.0
+    );
+    assert_eq!(
+        figure(&server, "dialtone_turn_allocations", Way::Tls).await,
+        1.0
+    );
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    for way in [Way::RelayPort, Way::Tls] {
+        while figure(&server, "dialtone_turn_allocations", way).await != 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{way:?}: allocations outlived the logout"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The connections themselves are still open: the allocations went with the login.
+    for (io, way) in open.iter_mut().zip(WAYS) {
+        assert!(answered(io, &binding()).await, "{way:?}");
+    }
+    server.stop().await;
+}
