@@ -580,6 +580,42 @@ mod tests {
         assert_eq!(reading.await.unwrap(), 10 * MAX_UNSENT);
     }
 
+    #[tokio::test]
+    async fn a_stream_engine_makes_its_own_nonce_once_and_challenges_with_it() {
+        let (writer, _reader) = tokio::io::duplex(1024);
+        let (connection, _writing) = open(writer);
+        let engine = &connection.engine;
+        assert!(!engine.gate.has_fresh_nonce(std::time::Instant::now()));
+        engine.fresh_nonce().await;
+        engine.fresh_nonce().await;
+        let nonces: Vec<String> = engine.nonces.lock().await.keys().cloned().collect();
+        assert_eq!(nonces.len(), 1, "{nonces:?}");
+        assert!(engine.gate.has_fresh_nonce(std::time::Instant::now()));
+        // An unsigned request is challenged with it, by the gate itself.
+        let mut allocate = stun::message::Message::new();
+        allocate
+            .build(&[
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(stun::message::MessageType::new(
+                    stun::message::METHOD_ALLOCATE,
+                    stun::message::CLASS_REQUEST,
+                )),
+            ])
+            .unwrap();
+        let Verdict::Answer(answer) =
+            engine
+                .gate
+                .judge(&allocate.raw, connection.client, SystemTime::now())
+        else {
+            panic!("the gate answers the challenge itself");
+        };
+        let answer = super::super::stun::decode(&answer).unwrap();
+        let nonce =
+            stun::textattrs::TextAttribute::get_from_as(&answer, stun::attributes::ATTR_NONCE)
+                .unwrap();
+        assert_eq!(nonce.text, nonces[0]);
+    }
+
     #[test]
     fn messages_are_cut_where_their_headers_say() {
         let allocate = stun(8);
