@@ -533,7 +533,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_stops_reading_is_dropped_and_one_that_reads_never_is() {
-        let data = [0x40u8; 1024];
+        // Not a divisor of the bound: the check is "over", not "exactly at".
+        let data = [0x40u8; 1000];
         // Nobody reads the other end: the stream takes 64 KiB, the queue the bound, then
         // the connection stops and sending fails.
         let (writer, _unread) = tokio::io::duplex(64 * 1024);
@@ -566,7 +567,8 @@ mod tests {
             }
             total
         });
-        for _ in 0..10 * MAX_UNSENT / data.len() {
+        let sends = 10 * MAX_UNSENT / data.len();
+        for _ in 0..sends {
             connection
                 .send_to(&data, connection.client.addr)
                 .await
@@ -577,7 +579,7 @@ mod tests {
         connection.stop();
         let _ = writing.await;
         drop(connection);
-        assert_eq!(reading.await.unwrap(), 10 * MAX_UNSENT);
+        assert_eq!(reading.await.unwrap(), sends * data.len());
     }
 
     #[tokio::test]
