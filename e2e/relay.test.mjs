@@ -29,6 +29,21 @@ async function figure(page, series) {
   return Number(line.split(' ').at(-1));
 }
 
+/**
+ * Waits (up to `patience` ms) until both pages of a call that never connected have given up:
+ * one ICE restart each, then the call ends with `reason: failed`, and both say so, never
+ * "hung up".
+ */
+async function expectNeverConnected(alice, bob, patience) {
+  await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'Logged in as', patience)));
+  assert.match(await statusText(alice), /The connection to bob failed: the call ended\./);
+  assert.match(await statusText(bob), /The connection to alice failed: the call ended\./);
+  for (const page of [alice, bob]) {
+    const seen = await page.evaluate(() => window.__pcs.map((pc) => pc.connectionState));
+    assert.ok(!seen.includes('connected'), JSON.stringify(seen));
+  }
+}
+
 describe('calls between namespaces that reach only dialtone', { skip: why ?? false, timeout: 300000 }, () => {
   let net;
   let browsers = {};
@@ -127,15 +142,7 @@ describe('calls between namespaces that reach only dialtone', { skip: why ?? fal
     await call(alice, 'bob');
     await waitFor(bob, 'ringing', 'alice is calling you.');
     await bob.click('button#accept-call');
-    // Each page tries one ICE restart, then ends the call with the reason; whichever gives up
-    // first hangs up with `reason: failed`, and the other says the same, never "hung up".
-    await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'Logged in as', 75000)));
-    assert.match(await statusText(alice), /The connection to bob failed: the call ended\./);
-    assert.match(await statusText(bob), /The connection to alice failed: the call ended\./);
-    for (const page of [alice, bob]) {
-      const seen = await page.evaluate(() => window.__pcs.map((pc) => pc.connectionState));
-      assert.ok(!seen.includes('connected'), JSON.stringify(seen));
-    }
+    await expectNeverConnected(alice, bob, 75000);
   });
 
   test("only alice is forced to relay (iceTransportPolicy 'relay'): the call connects", { timeout: 60000 }, async () => {
@@ -205,12 +212,8 @@ describe('calls between namespaces that reach only dialtone', { skip: why ?? fal
     await call(alice, 'bob');
     await waitFor(bob, 'ringing', 'alice is calling you.');
     await bob.click('button#accept-call');
-    await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'Logged in as', 100000)));
-    assert.match(await statusText(alice), /The connection to bob failed: the call ended\./);
-    assert.match(await statusText(bob), /The connection to alice failed: the call ended\./);
+    await expectNeverConnected(alice, bob, 100000);
     for (const page of [alice, bob]) {
-      const seen = await page.evaluate(() => window.__pcs.map((pc) => pc.connectionState));
-      assert.ok(!seen.includes('connected'), JSON.stringify(seen));
       // What they had to try: the relay over UDP only.
       const handed = await page.evaluate(() => window.__pcs[0].getConfiguration().iceServers.flatMap((s) => [s.urls].flat()));
       assert.ok(handed.length > 0 && handed.every((url) => !url.includes('transport=tcp')), JSON.stringify(handed));

@@ -243,7 +243,7 @@ pub async fn serve(
                 }
             }
             let info = ConnInfo { peer, tls: true };
-            let stream = FirstBytes::new(Rewind::new(read, stream), first_bytes);
+            let stream = FirstBytes::after(read, stream, first_bytes);
             serve_http(&builder, watcher, stream, app, info).await;
         });
     }
@@ -355,64 +355,6 @@ async fn relay_in_the_clear(
     }
 }
 
-/// A stream with bytes already read from it put back in front, for hyper.
-struct Rewind<I> {
-    read: BytesMut,
-    io: I,
-}
-
-impl<I> Rewind<I> {
-    fn new(read: BytesMut, io: I) -> Rewind<I> {
-        Rewind { read, io }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
 /// Plain HTTP on the TLS port: one HTTP/1.1 request, answered with a redirect to the same host
 /// and path on `https://`, then the connection is closed.
 async fn redirect_plain_http(
@@ -442,8 +384,10 @@ async fn redirect_plain_http(
 /// timeout (HTTP/1) takes over.
 const VERSION_BYTES: usize = 24;
 
-/// A connection whose first [`VERSION_BYTES`] must arrive before a deadline.
+/// A connection whose first [`VERSION_BYTES`] must arrive before a deadline; bytes already
+/// read from it (to tell TURN from HTTP) are read again first.
 struct FirstBytes<I> {
+    read: BytesMut,
     io: I,
     /// `None` once the first bytes have come.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -452,7 +396,13 @@ struct FirstBytes<I> {
 
 impl<I> FirstBytes<I> {
     fn new(io: I, limit: Duration) -> FirstBytes<I> {
+        FirstBytes::after(BytesMut::new(), io, limit)
+    }
+
+    /// `io` with `read`, its first bytes already read, put back in front.
+    fn after(read: BytesMut, io: I, limit: Duration) -> FirstBytes<I> {
         FirstBytes {
+            read,
             io,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
             seen: 0,
@@ -468,7 +418,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = if this.read.is_empty() {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        } else {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read[..n]);
+            this.read.advance(n);
+            Poll::Ready(Ok(()))
+        };
         let Some(deadline) = &mut this.deadline else {
             return read;
         };

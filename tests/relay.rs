@@ -432,18 +432,10 @@ impl Raw {
                 buf
             }
             Raw::Stream(io) => {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                io.write_all(message).await.unwrap();
-                let mut header = [0u8; 20];
-                tokio::time::timeout(common::PATIENCE, io.read_exact(&mut header))
+                tokio::io::AsyncWriteExt::write_all(io, message)
                     .await
-                    .ok()?
-                    .ok()?;
-                let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-                let mut raw = header.to_vec();
-                raw.resize(20 + length, 0);
-                io.read_exact(&mut raw[20..]).await.ok()?;
-                raw
+                    .unwrap();
+                common::read_stun(io).await?
             }
         };
         let mut message = Message {

@@ -81,15 +81,7 @@ fn binding() -> Vec<u8> {
 
 /// Reads one STUN message off the stream, or `None` when it closes or stays silent.
 async fn read_message(io: &mut Box<dyn Io>) -> Option<Message> {
-    let mut header = [0u8; 20];
-    tokio::time::timeout(common::PATIENCE, io.read_exact(&mut header))
-        .await
-        .ok()?
-        .ok()?;
-    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let mut raw = header.to_vec();
-    raw.resize(20 + length, 0);
-    io.read_exact(&mut raw[20..]).await.ok()?;
+    let raw = common::read_stun(io).await?;
     let mut message = Message {
         raw,
         ..Default::default()

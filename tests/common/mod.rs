@@ -461,6 +461,22 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// One STUN message read off a stream (TURN over TCP or TLS), raw: its 20-byte header, then
+/// the length it gives. `None` when the stream closes, or stays silent for [`PATIENCE`].
+#[allow(dead_code)]
+pub async fn read_stun<I: AsyncRead + Unpin>(io: &mut I) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = vec![0u8; 20];
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let length = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+    raw.resize(20 + length, 0);
+    io.read_exact(&mut raw[20..]).await.ok()?;
+    Some(raw)
+}
+
 /// Sends one request with extra headers over HTTP/1.1 on `io`.
 pub async fn http1(
     io: impl Io + 'static,
