@@ -242,7 +242,12 @@ describe('calls in real browsers', { skip: why ?? false, timeout: 300000 }, () =
     const first = response.request().redirectedFrom();
     assert.equal(first?.url(), typed);
     assert.equal((await first.response()).status(), 308);
-    await login(page, 'alice');
+    // The page works there: alice logs in, and the link's call is tried (nobody is bob).
+    await waitFor(page, 'logged-out', 'Log in to call bob.');
+    await page.fill('input#username', 'alice');
+    await page.click('button#login');
+    await waitFor(page, 'idle', 'No user named bob is logged in.');
+    assert.equal(await page.textContent('#whoami'), 'alice');
   });
 
   test('a call through nginx, configured as docs/deployment.md says, with dialtone behind it in plain HTTP', { skip: noNginx ?? false, timeout: 30000 }, async () => {

@@ -356,10 +356,11 @@ export function createTopology() {
  * Opens the page for one person. Every RTCPeerConnection the page makes is recorded in
  * `window.__pcs`, so tests can read its state and stats without the page exposing anything.
  */
-export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, rtc, keepUrls, overTls, path = '' } = {}) {
+export async function openPage(browser, server, { viewport = { width: 1000, height: 800 }, hasTouch = false, rtc, keepUrls, overTls, path = '' } = {}) {
   const context = await browser.newContext({
     permissions: ['camera', 'microphone'],
     viewport,
+    hasTouch,
   });
   await context.addInitScript(({ rtc, keepUrls, overTls }) => {
     // The page's signaling sockets too, so a test can drop one from inside the page.

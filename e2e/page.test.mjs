@@ -225,16 +225,19 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
       await screenshot(alice, `${label}-camera-off`);
       await bob.click('button#toggle-camera');
       await alice.waitForFunction(() => document.querySelector('#remote-note').textContent === 'bob is muted', null, { timeout: 5000 });
-      // Fit by default (nothing cropped), a tap to fill.
+      // Fit by default (nothing cropped), a double tap to fill.
       assert.equal(await alice.$eval('video#remote', (v) => getComputedStyle(v).objectFit), 'contain');
-      await alice.click('video#remote');
+      await alice.dblclick('video#remote');
       assert.equal(await alice.$eval('video#remote', (v) => getComputedStyle(v).objectFit), 'cover');
-      // Full screen; picture-in-picture offered only where the browser has it.
+      // Full screen, from the "More" menu; picture-in-picture offered only where the browser has it.
+      await alice.click('button#more');
+      assert.equal(await alice.isVisible('button#pip'), await alice.evaluate(() => document.pictureInPictureEnabled === true));
       await alice.click('button#fullscreen');
       await alice.waitForFunction(() => document.fullscreenElement?.id === 'stage', null, { timeout: 5000 });
+      await alice.click('button#more');
+      assert.equal((await alice.textContent('button#fullscreen')).trim(), 'Leave full screen');
       await alice.click('button#fullscreen');
       await alice.waitForFunction(() => document.fullscreenElement === null, null, { timeout: 5000 });
-      assert.equal(await alice.isVisible('button#pip'), await alice.evaluate(() => document.pictureInPictureEnabled === true));
       // "Poor connection" from getStats: the real stats, with the round trip made long.
       assert.equal(await alice.isVisible('#quality'), false);
       await alice.evaluate(() => {

@@ -35,7 +35,7 @@ async function figure(page, series) {
  * "hung up".
  */
 async function expectNeverConnected(alice, bob, patience) {
-  await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'Logged in as', patience)));
+  await Promise.all([alice, bob].map((page) => waitFor(page, 'idle', 'failed', patience)));
   assert.match(await statusText(alice), /The connection to bob failed: the call ended\./);
   assert.match(await statusText(bob), /The connection to alice failed: the call ended\./);
   for (const page of [alice, bob]) {

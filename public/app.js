@@ -52,6 +52,15 @@ const ui = {
   silence: $('button#silence'),
   timer: $('#call-timer'),
   stage: $('#stage'),
+  localTile: $('#local-tile'),
+  localNote: $('#local-note'),
+  callTitle: $('#call-title'),
+  callSubtitle: $('#call-subtitle'),
+  more: $('button#more'),
+  moreMenu: $('#more-menu'),
+  callLink: $('button#call-link'),
+  myLink: $('#my-link'),
+  myLinkUrl: $('#my-link-url'),
   remoteNote: $('#remote-note'),
   quality: $('#quality'),
   fit: $('button#fit'),
@@ -159,6 +168,32 @@ function fromPeer(message) {
 
 // ---------------------------------------------------------------- status and controls
 
+/**
+ * Which screen a state is shown on: `home` (log in, call someone, my link and preview), or
+ * the whole screen for `ringing` (a call to me), `calling` (mine, not answered yet) and `call`.
+ */
+function screenFor(state) {
+  if (!call) return 'home';
+  if (state === 'ringing' || state === 'calling') return state;
+  return state === 'in-call' || state === 'reconnecting' ? 'call' : 'home';
+}
+
+/** Whether the screen already shows what a status sentence says (it is then only read out). */
+function alreadyShown(state, sentence) {
+  if (state === 'idle') return sentence === `Logged in as ${me}.`;
+  if (!call) return false;
+  return (state === 'in-call' && sentence === `In a call with ${call.peer}.`)
+    || (state === 'calling' && sentence === `Calling ${call.peer}…`)
+    || (state === 'ringing' && sentence === `${call.peer} is calling you.`);
+}
+
+/** A button's visible label (beside its icon). */
+function label(button, text) {
+  const span = button.querySelector('.label');
+  if (span) span.textContent = text;
+  else button.textContent = text;
+}
+
 function show(state, sentence, tone = 'info') {
   tab.keep();
   ui.status.dataset.state = state;
@@ -166,6 +201,10 @@ function show(state, sentence, tone = 'info') {
   // Errors and refusals are alerts: styled as such, and read out at once.
   ui.status.dataset.tone = tone;
   ui.status.setAttribute('role', tone === 'error' ? 'alert' : 'status');
+  ui.status.dataset.quiet = String(tone !== 'error' && alreadyShown(state, sentence));
+  const screen = screenFor(state);
+  const screenChanged = document.body.dataset.screen !== screen;
+  document.body.dataset.screen = screen;
   const ringing = state === 'ringing';
   ui.accept.hidden = !ringing;
   ui.decline.hidden = !ringing;
@@ -176,19 +215,23 @@ function show(state, sentence, tone = 'info') {
   ui.whoami.hidden = !loggedIn;
   ui.whoami.textContent = loggedIn ? me : '';
   ui.logout.hidden = !loggedIn;
-  // No greyed-out buttons before they can do anything.
-  ui.controls.hidden = !loggedIn && call === null;
-  ui.hangUp.hidden = call === null;
+  // No greyed-out buttons before they can do anything: the bar is there only while calling
+  // (Cancel alone) and in a call.
+  ui.controls.hidden = screen !== 'calling' && screen !== 'call';
+  for (const control of [ui.mic, ui.camera, ui.more]) control.hidden = screen !== 'call';
+  label(ui.hangUp, screen === 'calling' ? 'Cancel' : 'Hang up');
+  if (screen !== 'call') closeMenu();
   ui.verify.hidden = state !== 'in-call' || call === null;
   if (ui.verify.hidden) {
     ui.safety.hidden = true;
     ui.verify.setAttribute('aria-expanded', 'false');
   }
-  ui.copyLink.hidden = !loggedIn;
+  ui.myLink.hidden = !loggedIn;
   ui.welcome.hidden = loggedIn || state === 'reconnecting';
   ui.presence.hidden = !loggedIn || onlineList === null;
   updateShare();
   updateStage();
+  updateCallTitle(state);
   updateTimer();
   renderOnline();
   ui.loginForm.hidden = !(state === 'logged-out' || state === 'connecting')
@@ -196,20 +239,35 @@ function show(state, sentence, tone = 'info') {
   ui.accessNote.hidden = !(access.mode === 'token' && !accessToken) || loggedIn;
   ui.forget.hidden = !['logged-out', 'connecting', 'idle'].includes(state)
     || !(storage.get(STORED.token) || storage.get(STORED.password));
-  ui.callForm.hidden = !['idle', 'calling', 'ringing', 'in-call'].includes(state);
+  ui.callForm.hidden = state !== 'idle';
   ui.callButton.disabled = state !== 'idle';
   ui.hangUp.disabled = !(state === 'calling' || state === 'in-call' || state === 'ringing'
     || (state === 'reconnecting' && call !== null));
+  if (screenChanged) bar.wake();
   if (ringing) ui.accept.focus();
 }
 
-/** The idle status: who I am, after what just happened. */
+/** The top of the call screens: whose call, and what it is doing. */
+function updateCallTitle(state) {
+  if (!call) {
+    ui.callTitle.textContent = '';
+    ui.callSubtitle.textContent = '';
+    return;
+  }
+  const ringing = state === 'ringing';
+  ui.callTitle.textContent = state === 'calling' ? `Calling ${call.peer}…` : call.peer;
+  ui.callSubtitle.textContent = ringing ? 'is calling you' : '';
+}
+
+/**
+ * The idle status: what just happened, if anything; else who I am (which the header shows
+ * too, so that is only read out).
+ */
 function idle(what, tone = 'info') {
   const parts = [];
   if (what) parts.push(what);
-  parts.push(`Logged in as ${me}.`);
   if (mediaNote) parts.push(mediaNote);
-  show('idle', parts.join(' '), tone);
+  show('idle', parts.length > 0 ? parts.join(' ') : `Logged in as ${me}.`, tone);
 }
 
 function sentence(text) {
@@ -588,13 +646,15 @@ function updateToggles() {
   const video = localStream?.getVideoTracks() ?? [];
   ui.mic.disabled = audio.length === 0;
   ui.camera.disabled = video.length === 0;
-  ui.local.hidden = video.length === 0; // no empty preview box without a camera
+  ui.localTile.hidden = video.length === 0; // no empty preview box without a camera
   const muted = audio.length > 0 && audio.every((t) => !t.enabled);
   const dark = video.length > 0 && video.every((t) => !t.enabled);
   ui.mic.setAttribute('aria-pressed', String(muted));
-  ui.mic.textContent = muted ? 'Unmute' : 'Mute';
+  label(ui.mic, muted ? 'Unmute' : 'Mute');
   ui.camera.setAttribute('aria-pressed', String(dark));
-  ui.camera.textContent = dark ? 'Camera on' : 'Camera off';
+  label(ui.camera, dark ? 'Camera on' : 'Camera off');
+  // My tile says so when my camera is off (it would show a black picture).
+  ui.localNote.hidden = !dark;
 }
 
 function toggle(tracks) {
@@ -623,6 +683,8 @@ function updateRemoteNote() {
   if (state && !state.audio) notes.push(`${call.peer} is muted`);
   ui.remoteNote.hidden = notes.length === 0;
   ui.remoteNote.textContent = notes.join(' · ');
+  // Their camera off sends black (or frozen) frames: the note takes the picture's place.
+  ui.stage.dataset.remoteVideo = state && !state.video ? 'off' : 'on';
 }
 
 // ---------------------------------------------------------------- the call
@@ -821,13 +883,16 @@ function hangUp(what, tone = 'info', reason = undefined) {
 
 // ---------------------------------------------------------------- around the call
 
-/** The stage: hidden with nothing to show, my preview alone before a call, both in one. */
+/**
+ * The stage: my preview alone before a call (hidden without a camera), both pictures in one,
+ * and on the ringing and calling screens always there, as their background.
+ */
 function updateStage() {
   const hasPreview = localStream !== null && localStream.getVideoTracks().length > 0;
   // Until the call is answered there is no other picture: my preview fills the stage.
   const mode = call !== null && call.answered ? 'call' : hasPreview ? 'preview' : 'off';
   ui.stage.dataset.mode = mode;
-  ui.stage.hidden = mode === 'off';
+  ui.stage.hidden = mode === 'off' && document.body.dataset.screen === 'home';
 }
 
 /** What the QR code says, as the server encoded it (on localhost: the LAN address). */
@@ -853,6 +918,7 @@ function updateShare() {
     }).catch(() => {});
   }
   const link = callLink();
+  ui.myLinkUrl.textContent = link ?? '';
   if (shared.link && loopback(shared.link)) {
     // The server listens on this machine only (--listen 127.0.0.1:…): say so, not "scan it".
     ui.shareText.textContent = 'This server listens on this machine only, so a phone cannot open '
@@ -910,13 +976,14 @@ function renderOnline() {
 /** The seconds a call has been ringing, or has lasted. */
 function updateTimer() {
   const state = ui.status.dataset.state;
-  const shown = call !== null && ['calling', 'ringing', 'in-call'].includes(state);
+  // Ringing for how long, or (once connected) how long the call has lasted.
+  const shown = call !== null && (['calling', 'ringing'].includes(state) || call.connectedAt !== null);
   ui.timer.hidden = !shown;
   if (!shown) return;
   const since = call.connectedAt ?? call.started;
   const seconds = Math.max(0, Math.floor((Date.now() - since) / 1000));
-  const label = call.connectedAt ? '' : state === 'calling' ? 'Ringing ' : 'Ringing for ';
-  ui.timer.textContent = `${label}${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+  const prefix = call.connectedAt ? '' : state === 'calling' ? 'Ringing ' : 'Ringing for ';
+  ui.timer.textContent = `${prefix}${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
 }
 setInterval(updateTimer, 1000);
 
@@ -1123,36 +1190,159 @@ ui.showQr.addEventListener('click', () => {
   updateShare();
 });
 
-ui.copyLink.addEventListener('click', async () => {
+/** Copies my call link; where the clipboard is refused, the status shows it to copy by hand. */
+async function copyLink() {
   if (!me) return;
   const link = callLink();
+  const inCall = call !== null;
   try {
     await navigator.clipboard.writeText(link);
-    idle(`Your call link is copied: ${link}`);
+    if (inCall) flash(`Your call link is copied: ${link}`);
+    else idle(`Your call link is copied: ${link}`);
   } catch {
-    idle(`Copy your call link: ${link}`);
+    if (inCall) flash(`Your call link: ${link}`);
+    else idle(`Copy your call link: ${link}`);
   }
+}
+ui.copyLink.addEventListener('click', copyLink);
+ui.callLink.addEventListener('click', () => {
+  closeMenu();
+  copyLink();
 });
 
+/** A sentence shown on the call screen for a few seconds, the call's own status kept. */
+function flash(text) {
+  const state = ui.status.dataset.state;
+  const before = ui.status.textContent;
+  show(state, text);
+  setTimeout(() => {
+    if (ui.status.dataset.state === state && ui.status.textContent === text) show(state, before);
+  }, 4000);
+}
+
 // The other person's picture fits whole by default (a landscape picture on a phone in
-// portrait is not cropped); a tap switches to filling the stage.
+// portrait is not cropped); a double tap, or the menu, switches to filling the screen.
 function switchFit() {
   const fill = ui.stage.dataset.fit !== 'fill';
   ui.stage.dataset.fit = fill ? 'fill' : 'fit';
-  ui.fit.textContent = fill ? 'Fit' : 'Fill';
+  label(ui.fit, fill ? 'Fit the picture' : 'Fill the screen');
 }
-ui.fit.addEventListener('click', switchFit);
-ui.remote.addEventListener('click', switchFit);
+ui.fit.addEventListener('click', () => {
+  closeMenu();
+  switchFit();
+});
+ui.remote.addEventListener('dblclick', switchFit);
 
 ui.fullscreen.addEventListener('click', () => {
+  closeMenu();
   if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
   else ui.stage.requestFullscreen?.().catch(() => {});
 });
+document.addEventListener('fullscreenchange', () => {
+  label(ui.fullscreen, document.fullscreenElement ? 'Leave full screen' : 'Full screen');
+});
 ui.pip.hidden = !document.pictureInPictureEnabled;
 ui.pip.addEventListener('click', () => {
+  closeMenu();
   if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
   else if (ui.remote.srcObject) ui.remote.requestPictureInPicture().catch(() => {});
 });
+
+// ---------------------------------------------------------------- the call screen's controls
+
+/** "More": picture-in-picture, full screen, fit or fill, and my call link. */
+function closeMenu() {
+  ui.moreMenu.hidden = true;
+  ui.more.setAttribute('aria-expanded', 'false');
+}
+ui.more.addEventListener('click', () => {
+  const open = ui.moreMenu.hidden;
+  ui.moreMenu.hidden = !open;
+  ui.more.setAttribute('aria-expanded', String(open));
+  if (open) ui.moreMenu.querySelector('button:not([hidden])')?.focus();
+});
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && !ui.moreMenu.hidden) {
+    closeMenu();
+    ui.more.focus();
+  }
+});
+document.addEventListener('pointerdown', (event) => {
+  if (!ui.moreMenu.hidden && !ui.moreMenu.contains(event.target) && !ui.more.contains(event.target)) closeMenu();
+});
+
+/** How long the call screen's bar and top stay after the last touch, key or pointer move. */
+const BAR_FADE_MS = 4000;
+
+/**
+ * The bar over the picture fades when nothing happens for a few seconds, so the picture is
+ * whole, and comes back on any tap, key or pointer move. A tap on a faded bar only brings it
+ * back: it never hangs up by a touch on a button the person could not see.
+ */
+const bar = {
+  timer: null,
+  swallowClick: false,
+  pointer: 'mouse', // the kind of the last pointer: a finger leaves :hover behind on a phone
+  wake() {
+    ui.stage.dataset.bar = 'shown';
+    clearTimeout(this.timer);
+    if (document.body.dataset.screen === 'call') this.timer = setTimeout(() => this.fade(), BAR_FADE_MS);
+  },
+  fade() {
+    if (document.body.dataset.screen !== 'call') return;
+    // Not while the call is still connecting, a menu or the safety code is open, the mouse
+    // rests on the controls, or a key moved the focus into them.
+    const busy = !call?.connectedAt || !ui.moreMenu.hidden || !ui.safety.hidden
+      || (this.pointer === 'mouse' && ui.controls.matches(':hover')) || ui.stage.querySelector(':focus-visible') !== null;
+    if (busy) this.wake();
+    else ui.stage.dataset.bar = 'hidden';
+  },
+};
+ui.stage.addEventListener('pointermove', (event) => {
+  bar.pointer = event.pointerType;
+  bar.wake();
+});
+ui.stage.addEventListener('pointerdown', (event) => {
+  bar.pointer = event.pointerType;
+  const faded = ui.stage.dataset.bar === 'hidden';
+  // A mouse shows the bar as it moves there; a finger lands without warning.
+  bar.swallowClick = faded && event.pointerType !== 'mouse';
+  bar.wake();
+}, true);
+ui.stage.addEventListener('click', (event) => {
+  if (!bar.swallowClick) return;
+  bar.swallowClick = false;
+  event.preventDefault();
+  event.stopPropagation();
+}, true);
+document.addEventListener('keydown', () => bar.wake());
+ui.stage.addEventListener('focusin', () => bar.wake());
+
+/** My tile in a call: dragged anywhere, it settles in the nearest corner. */
+let drag = null;
+ui.localTile.addEventListener('pointerdown', (event) => {
+  if (ui.stage.dataset.mode !== 'call') return;
+  drag = { id: event.pointerId, x: event.clientX, y: event.clientY };
+  ui.localTile.setPointerCapture(event.pointerId);
+  ui.localTile.classList.add('dragging');
+});
+ui.localTile.addEventListener('pointermove', (event) => {
+  if (drag?.id !== event.pointerId) return;
+  ui.localTile.style.translate = `${event.clientX - drag.x}px ${event.clientY - drag.y}px`;
+});
+function dropTile(event) {
+  if (drag?.id !== event.pointerId) return;
+  const tile = ui.localTile.getBoundingClientRect();
+  const stage = ui.stage.getBoundingClientRect();
+  const top = tile.top + tile.height / 2 < stage.top + stage.height / 2;
+  const left = tile.left + tile.width / 2 < stage.left + stage.width / 2;
+  ui.localTile.dataset.corner = `${top ? 't' : 'b'}${left ? 'l' : 'r'}`;
+  ui.localTile.style.translate = '';
+  ui.localTile.classList.remove('dragging');
+  drag = null;
+}
+ui.localTile.addEventListener('pointerup', dropTile);
+ui.localTile.addEventListener('pointercancel', dropTile);
 
 updateToggles();
 takeTokenFromAddress();
