@@ -1,5 +1,5 @@
-// The call screens as people see them, at a phone's size upright and on its side and at a
-// desktop's: in a call the other person fills the screen and one bar of controls floats over
+// The call screens as people see them, at a phone's size upright and on its side, the
+// smallest phones' and a desktop's: in a call the other person fills the screen and one bar of controls floats over
 // it, always inside the screen; while ringing only Accept, Decline and Silence are there. Real
 // Chromium calls real Chromium through the real binary; every state is saved as a screenshot
 // in target/e2e-artifacts/screens-*.png.
@@ -16,6 +16,7 @@ if (why && process.env.CI === 'true') {
 }
 
 const SIZES = [
+  ['tiny', { width: 320, height: 568 }, true],
   ['phone', { width: 390, height: 844 }, true],
   ['phone-landscape', { width: 844, height: 390 }, true],
   ['desktop', { width: 1280, height: 800 }, false],
@@ -59,7 +60,7 @@ describe('the call screens', { skip: why ?? false, timeout: 300000 }, () => {
 
   for (const [label, viewport, hasTouch] of SIZES) {
     test(`at ${viewport.width}x${viewport.height}: home, calling, ringing and in a call`, { timeout: 90000 }, async () => {
-      const server = await suite.start();
+      const server = await suite.start({ presence: true });
       const shot = (page, state) => screenshot(page, `screens-${label}-${state}`);
       const alice = await suite.open(suite.browsers[0], server, { viewport, hasTouch });
       await waitFor(alice, 'logged-out');
@@ -69,8 +70,10 @@ describe('the call screens', { skip: why ?? false, timeout: 300000 }, () => {
       const bob = await suite.open(suite.browsers[1], server, { viewport, hasTouch });
       await login(bob, 'bob');
 
-      // Home: the call form, my link and the QR code's button; the name once, in the header.
-      for (const selector of ['#call-form', '#my-link', 'button#show-qr', 'button#logout']) {
+      // Home: the call form, who's online, my link and the QR code's button; the name once, in
+      // the header.
+      await alice.waitForFunction(() => document.querySelector('ul#online-users li[data-username="bob"]'), null, { timeout: 10000 });
+      for (const selector of ['#call-form', '#presence', '#my-link', 'button#show-qr', 'button#logout']) {
         assert.equal(await alice.isVisible(selector), true, `${selector} on the home screen`);
       }
       assert.equal(await alice.textContent('#whoami'), 'alice');
@@ -176,6 +179,15 @@ describe('the call screens', { skip: why ?? false, timeout: 300000 }, () => {
       await shot(alice, 'cameras-off');
       await alice.click('button#toggle-camera');
       await bob.click('button#toggle-camera');
+      await alice.waitForFunction(() => document.querySelector('#remote-note').hidden, null, { timeout: 5000 });
+      await expectMediaFlowing(alice);
+
+      // The signaling socket drops: the call goes on, and the screen says what it is doing.
+      await alice.evaluate(() => window.__sockets.at(-1).close(3000, 'dropped by the test'));
+      await waitFor(alice, 'reconnecting', 'Reconnecting…', 5000);
+      await shot(alice, 'reconnecting');
+      assert.equal(await alice.isVisible('#status'), true, 'shown over the call');
+      await waitFor(alice, 'in-call', 'In a call with bob.', 10000);
 
       // Left alone, the bar fades; a move brings it back.
       await alice.mouse.move(viewport.width / 2, viewport.height * 0.4);
@@ -203,6 +215,9 @@ describe('the call screens', { skip: why ?? false, timeout: 300000 }, () => {
       await waitFor(stayed, 'idle', `${ended} hung up.`);
       assert.equal(await stayed.isVisible('#call-form'), true, 'home again');
       await shot(alice, 'after');
+      await call(alice, 'zed');
+      await waitFor(alice, 'idle', 'No user named zed is logged in.');
+      await shot(alice, 'error');
       assert.deepEqual([...alice.errors, ...bob.errors], []);
     });
   }

@@ -869,6 +869,7 @@ function endCall(what = undefined, tone = 'info') {
   updateRemoteNote();
   ui.quality.hidden = true;
   if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
+  if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
   if (me) idle(what, tone);
 }
 
