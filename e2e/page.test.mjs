@@ -135,9 +135,11 @@ describe('the call page', { skip: why ?? false, timeout: 300000 }, () => {
     // name held for it and be refused ("the name dave is taken") until the grace ran out.
     const server = await start();
     const dave = await person(0, server, 'dave');
+    const reloaded = Date.now();
     await dave.reload();
     await waitFor(dave, 'idle', '', 10000);
     assert.match(await dave.textContent('#whoami'), /dave/);
+    console.log(`# back as dave ${Date.now() - reloaded} ms after the reload (the grace period is 30 s)`);
     // The token is the tab's own: another tab of the same browser is not dave.
     const other = await dave.context().newPage();
     suite.opened.push(other);
