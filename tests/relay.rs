@@ -333,37 +333,7 @@ async fn mapped_peers_refused(
     username: &str,
     password: &str,
 ) {
-    let transport = || -> Box<dyn Setter> {
-        Box::new(RequestedTransport {
-            protocol: PROTO_UDP,
-        })
-    };
-    let challenge = raw
-        .exchange(&request(METHOD_ALLOCATE, vec![transport()]))
-        .await
-        .expect("a 401 challenge");
-    assert_eq!(error_code(&challenge), 401);
-    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
-        .unwrap()
-        .text;
-    let signed = |method: Method, mut attributes: Vec<Box<dyn Setter>>| {
-        attributes.push(Box::new(TextAttribute::new(
-            ATTR_USERNAME,
-            username.to_owned(),
-        )));
-        attributes.push(Box::new(TextAttribute::new(ATTR_REALM, "dialtone".into())));
-        attributes.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
-        attributes.push(Box::new(MessageIntegrity::new_long_term_integrity(
-            username.to_owned(),
-            "dialtone".into(),
-            password.to_owned(),
-        )));
-        request(method, attributes)
-    };
-    let allocated = raw
-        .exchange(&signed(METHOD_ALLOCATE, vec![transport()]))
-        .await
-        .expect("an answer to the Allocate");
+    let (signed, allocated) = allocate(raw, username, password).await;
     assert_eq!(
         allocated.typ.class, CLASS_SUCCESS_RESPONSE,
         "{label}: {allocated}"
@@ -411,6 +381,51 @@ async fn mapped_peers_refused(
     );
 }
 
+/// Allocates over `raw` with the credential: the 401 challenge first, then the signed
+/// request. What signs further requests with the same nonce, and the Allocate's answer.
+async fn allocate(
+    raw: &mut Raw,
+    username: &str,
+    password: &str,
+) -> (
+    impl Fn(Method, Vec<Box<dyn Setter>>) -> Vec<u8> + use<>,
+    Message,
+) {
+    let transport = || -> Box<dyn Setter> {
+        Box::new(RequestedTransport {
+            protocol: PROTO_UDP,
+        })
+    };
+    let challenge = raw
+        .exchange(&request(METHOD_ALLOCATE, vec![transport()]))
+        .await
+        .expect("a 401 challenge");
+    assert_eq!(error_code(&challenge), 401);
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
+        .unwrap()
+        .text;
+    let (username, password) = (username.to_owned(), password.to_owned());
+    let signed = move |method: Method, mut attributes: Vec<Box<dyn Setter>>| {
+        attributes.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            username.clone(),
+        )));
+        attributes.push(Box::new(TextAttribute::new(ATTR_REALM, "dialtone".into())));
+        attributes.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
+        attributes.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            username.clone(),
+            "dialtone".into(),
+            password.clone(),
+        )));
+        request(method, attributes)
+    };
+    let allocated = raw
+        .exchange(&signed(METHOD_ALLOCATE, vec![transport()]))
+        .await
+        .expect("an answer to the Allocate");
+    (signed, allocated)
+}
+
 /// A raw client of the relay: a connected UDP socket, or a TCP or TLS stream.
 enum Raw {
     Udp(UdpSocket),
@@ -418,28 +433,64 @@ enum Raw {
 }
 
 impl Raw {
-    /// Sends one message and reads the answer (a moment's patience).
-    async fn exchange(&mut self, message: &[u8]) -> Option<Message> {
-        let raw = match self {
+    /// Sends one message.
+    async fn send(&mut self, message: &[u8]) {
+        match self {
             Raw::Udp(socket) => {
                 socket.send(message).await.unwrap();
-                let mut buf = vec![0u8; 1500];
-                let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
+            }
+            Raw::Stream(io) => tokio::io::AsyncWriteExt::write_all(io, message)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// The next message (a datagram, or one STUN or ChannelData message off the stream),
+    /// if one comes within `patience`.
+    async fn recv(&mut self, patience: Duration) -> Option<Vec<u8>> {
+        match self {
+            Raw::Udp(socket) => {
+                let mut buf = vec![0u8; 1600];
+                let n = tokio::time::timeout(patience, socket.recv(&mut buf))
                     .await
                     .ok()?
                     .unwrap();
                 buf.truncate(n);
-                buf
+                Some(buf)
             }
             Raw::Stream(io) => {
-                tokio::io::AsyncWriteExt::write_all(io, message)
+                use tokio::io::AsyncReadExt;
+                let mut frame = vec![0u8; 4];
+                tokio::time::timeout(patience, io.read_exact(&mut frame))
                     .await
+                    .ok()?
                     .unwrap();
-                common::read_stun(io).await?
+                let length = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
+                let whole = if frame[0] & 0xC0 == 0x40 {
+                    4 + length.next_multiple_of(4)
+                } else {
+                    20 + length
+                };
+                frame.resize(whole, 0);
+                tokio::time::timeout(common::PATIENCE, io.read_exact(&mut frame[4..]))
+                    .await
+                    .expect("the rest of a message")
+                    .unwrap();
+                Some(frame)
             }
+        }
+    }
+
+    /// Sends one message and reads the answer (a moment's patience over UDP, where a lost
+    /// answer would be retransmitted; over a stream, the tests' usual).
+    async fn exchange(&mut self, message: &[u8]) -> Option<Message> {
+        self.send(message).await;
+        let patience = match self {
+            Raw::Udp(_) => Duration::from_millis(500),
+            Raw::Stream(_) => common::PATIENCE,
         };
         let mut message = Message {
-            raw,
+            raw: self.recv(patience).await?,
             ..Default::default()
         };
         message.decode().unwrap();
@@ -886,4 +937,193 @@ async fn the_login_lists_each_transport_only_where_it_can_work() {
         [format!("turn:127.0.0.1:{port}?transport=tcp")]
     );
     server.stop().await;
+}
+
+/// The data path, where dialtone relays ChannelData on a channel the crate bound by itself
+/// (`src/turn/channels.rs`), over UDP and over TCP: both ways, byte for byte; a peer that
+/// has only a permission still gets Data indications; nothing on an unbound number or from
+/// another client; and nothing at all once the allocation is gone. dialtone runs in a
+/// namespace of the test's own (a relay refuses loopback peers); the clients and the peers
+/// are this process, at the other end of a veth pair.
+#[tokio::test]
+async fn channel_data_goes_both_ways_only_on_a_bound_channel_and_only_while_the_allocation_lives() {
+    const INSIDE: &str = "10.79.0.1";
+    const OUTSIDE: &str = "10.79.0.2";
+    let Some(ns) = netns::Namespace::linked(INSIDE, OUTSIDE) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"{INSIDE}:8443\"\n[turn_server]\nenabled = true\nlisten = \"{INSIDE}:3478\"\n\
+             external_ip = \"{INSIDE}\"\nsecret = \"{SECRET}\"\npeers = \"lan\"\n"
+        ),
+    );
+    let mut command = ns.command(env!("CARGO_BIN_EXE_dialtone"));
+    command.arg("--config").arg(&config);
+    let running = Running::start(command);
+    let relay = SocketAddr::new(INSIDE.parse().unwrap(), 3478);
+    for wire in ["udp", "tcp"] {
+        let connect = || async {
+            if wire == "udp" {
+                let socket = UdpSocket::bind(SocketAddr::new(OUTSIDE.parse().unwrap(), 0))
+                    .await
+                    .unwrap();
+                socket.connect(relay).await.unwrap();
+                Raw::Udp(socket)
+            } else {
+                Raw::Stream(Box::new(
+                    tokio::net::TcpStream::connect(relay).await.unwrap(),
+                ))
+            }
+        };
+        channel_data_on(wire, connect().await, connect().await, OUTSIDE).await;
+    }
+    assert!(!running.log().contains("WARN"), "{}", running.log());
+}
+
+/// The test above over one transport: `raw` allocates and binds, `stranger` is another
+/// client of the relay.
+async fn channel_data_on(wire: &str, mut raw: Raw, mut stranger: Raw, outside: &str) {
+    let bind = || async {
+        UdpSocket::bind(SocketAddr::new(outside.parse().unwrap(), 0))
+            .await
+            .unwrap()
+    };
+    let (peer, other_peer) = (bind().await, bind().await);
+    let (username, password) =
+        Credentials::new(SECRET.as_bytes(), "dialtone", 600).mint("alice", SystemTime::now());
+    let (signed, allocated) = allocate(&mut raw, &username, &password).await;
+    assert_eq!(
+        allocated.typ.class, CLASS_SUCCESS_RESPONSE,
+        "{wire}: {allocated}"
+    );
+    let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+    relayed.get_from(&allocated).unwrap();
+    let relayed = SocketAddr::new(relayed.ip, relayed.port);
+    let at = peer.local_addr().unwrap();
+    let bound = raw
+        .exchange(&signed(
+            METHOD_CHANNEL_BIND,
+            vec![
+                Box::new(ChannelNumber(0x4000)),
+                Box::new(PeerAddress {
+                    ip: at.ip(),
+                    port: at.port(),
+                }),
+            ],
+        ))
+        .await
+        .expect("an answer to the ChannelBind");
+    assert_eq!(bound.typ.class, CLASS_SUCCESS_RESPONSE, "{wire}: {bound}");
+
+    // Client to peer and back, every one, byte for byte; lengths that need padding both
+    // ways (a stream's ChannelData is padded to 4 on the way in too).
+    for i in 0..20u8 {
+        let out = vec![i; 100 + usize::from(i)];
+        raw.send(&channel_data(0x4000, &out, wire != "udp")).await;
+        let (got, from) = receive(&peer)
+            .await
+            .expect("the peer gets the client's data");
+        assert_eq!(
+            (got, from),
+            (out, relayed),
+            "{wire}: datagram {i} to the peer"
+        );
+        let back = vec![i ^ 0xFF; 50 + usize::from(i)];
+        peer.send_to(&back, relayed).await.unwrap();
+        let got = raw
+            .recv(common::PATIENCE)
+            .await
+            .expect("the client gets the peer's data");
+        assert_eq!(
+            got,
+            channel_data(0x4000, &back, true),
+            "{wire}: datagram {i} back as ChannelData, padded to 4"
+        );
+    }
+    // The ChannelBind gave the peer's IP a permission: another port of it comes as a Data
+    // indication (the crate's), not on the channel.
+    other_peer.send_to(b"by indication", relayed).await.unwrap();
+    let got = raw.recv(common::PATIENCE).await.expect("a Data indication");
+    let mut indication = Message {
+        raw: got,
+        ..Default::default()
+    };
+    indication.decode().unwrap();
+    assert_eq!(
+        indication.typ,
+        MessageType::new(stun::message::METHOD_DATA, stun::message::CLASS_INDICATION),
+        "{wire}: {indication}"
+    );
+    let mut from = PeerAddress::default();
+    from.get_from(&indication).unwrap();
+    assert_eq!(
+        SocketAddr::new(from.ip, from.port),
+        other_peer.local_addr().unwrap()
+    );
+    // An unbound number, and the bound one from another client (who says hello first, as
+    // a stream must): nothing reaches the peer.
+    raw.send(&channel_data(0x4001, b"unbound", wire != "udp"))
+        .await;
+    assert!(
+        stranger
+            .exchange(&request(BINDING_REQUEST.method, vec![]))
+            .await
+            .is_some()
+    );
+    stranger
+        .send(&channel_data(0x4000, b"not mine", wire != "udp"))
+        .await;
+    assert_eq!(receive(&peer).await, None, "{wire}");
+
+    // The allocation deleted (a Refresh to 0): nothing more goes either way.
+    let refreshed = raw
+        .exchange(&signed(
+            stun::message::METHOD_REFRESH,
+            vec![Box::new(turn::proto::lifetime::Lifetime(Duration::ZERO))],
+        ))
+        .await
+        .expect("an answer to the Refresh");
+    assert_eq!(
+        refreshed.typ.class, CLASS_SUCCESS_RESPONSE,
+        "{wire}: {refreshed}"
+    );
+    raw.send(&channel_data(0x4000, b"after the end", wire != "udp"))
+        .await;
+    assert_eq!(
+        receive(&peer).await,
+        None,
+        "{wire}: nothing after the allocation ended"
+    );
+    peer.send_to(b"too late", relayed).await.unwrap();
+    assert_eq!(raw.recv(QUIET).await, None, "{wire}");
+}
+
+/// A ChannelData message: `number`, the length, `data`, and (`padded`) zeros up to a
+/// multiple of 4.
+fn channel_data(number: u16, data: &[u8], padded: bool) -> Vec<u8> {
+    let mut frame = number.to_be_bytes().to_vec();
+    frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    frame.extend_from_slice(data);
+    if padded {
+        frame.resize(frame.len().next_multiple_of(4), 0);
+    }
+    frame
+}
+
+/// How long a test waits to see that nothing comes.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// The next datagram on `socket` and where it came from, if one comes within 400 ms (what
+/// is expected comes sooner; what must not come would have by then).
+async fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 1600];
+    let got = tokio::time::timeout(QUIET, socket.recv_from(&mut buf)).await;
+    got.ok().map(|got| {
+        let (n, from) = got.unwrap();
+        buf.truncate(n);
+        (buf, from)
+    })
 }

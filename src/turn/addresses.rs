@@ -158,8 +158,12 @@ impl RelayAddressGenerator for Ports {
         for port in tries {
             if let Ok(socket) = UdpSocket::bind(SocketAddr::new(self.bind, port)).await {
                 let relay = SocketAddr::new(self.external, port);
-                let conn = RelaySocket::new(socket, Arc::clone(&self.state), self.transport);
-                return Ok((Arc::new(conn), relay));
+                let conn = RelaySocket::new(socket, Arc::clone(&self.state), self.transport)
+                    .map(Arc::new)
+                    .map_err(|err| turn::Error::Other(err.to_string()))?;
+                // For the shortcut, once the crate's answer names this relayed address.
+                crate::sync::lock(&self.state.relays).insert(port, Arc::downgrade(&conn));
+                return Ok((conn, relay));
             }
         }
         Err(turn::Error::Other("no free relay port".into()))

@@ -2,7 +2,9 @@
 //! the crate does, over any transport: what it must not see is answered or dropped here.
 //! [`Guard`] is the relay's UDP socket as the crate sees it, with a gate in front; the
 //! streams (TCP, TLS) have one gate per transport (`stream.rs`). (Each allocation's own
-//! socket is `socket.rs`'s.)
+//! socket is `socket.rs`'s.) The guard also feeds the UDP data path's shortcut
+//! (`channels.rs`): it sees which relayed address each Allocate got and which channels the
+//! crate bound, and relays a client's ChannelData on those itself.
 //!
 //! Why the guard answers the first, unauthenticated request itself: the crate keeps every
 //! nonce it hands out in a map that is pruned only when a client comes back with that nonce
@@ -37,6 +39,7 @@ use tokio::net::UdpSocket;
 use tracing::warn;
 use webrtc_util::Conn;
 
+use super::channels::{Out, Shortcuts, channel_data};
 use super::policy::{self, Denied};
 use super::stun::{answer, decode, unknown_attributes, xor_address};
 use super::{Client, Counters, State, Transport, key_for, user_of};
@@ -85,9 +88,11 @@ pub struct Gate {
 
 /// The listening UDP socket, as the crate's server reads and writes it.
 pub struct Guard {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     local: SocketAddr,
     gate: Gate,
+    /// The data path's shortcut (`channels.rs`).
+    shortcuts: Shortcuts,
 }
 
 /// The crate's nonce the guard challenges with, and when it last let a request fetch one.
@@ -101,7 +106,8 @@ impl Guard {
     pub(crate) fn new(socket: UdpSocket, gate: Gate) -> std::io::Result<Guard> {
         Ok(Guard {
             local: socket.local_addr()?,
-            socket,
+            socket: Arc::new(socket),
+            shortcuts: Shortcuts::new(Arc::clone(&gate.state)),
             gate,
         })
     }
@@ -428,11 +434,22 @@ impl Conn for Guard {
                     continue;
                 }
             };
+            // ChannelData on a channel the crate bound: relayed from here (`channels.rs`).
+            if let Some((number, data)) = channel_data(&buf[..n])
+                && let Some((relay, peer)) = self.shortcuts.route(self.client(client), number)
+            {
+                // As in the crate, a failed send (a denied peer: counted) drops the datagram.
+                let _ = relay.relay_to(data, peer).await;
+                continue;
+            }
             match self
                 .gate
                 .judge(&buf[..n], self.client(client), SystemTime::now())
             {
-                Verdict::Pass => return Ok((n, client)),
+                Verdict::Pass => {
+                    self.shortcuts.requested(&buf[..n], self.client(client));
+                    return Ok((n, client));
+                }
                 Verdict::Drop => {}
                 Verdict::OverRate => {
                     self.gate.counters().dropped.fetch_add(1, Ordering::Relaxed);
@@ -451,11 +468,14 @@ impl Conn for Guard {
     /// What the crate sends to clients; an Allocate answer settles the pending allocation.
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.gate.sent(buf, self.client(target));
+        let out = || Out::Datagram(Arc::clone(&self.socket));
+        self.shortcuts.answered(buf, self.client(target), out);
         Ok(self.socket.send_to(buf, target).await?)
     }
 
+    /// Asked by the crate for every datagram it relays: known, not asked of the system.
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
+        Ok(self.local)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {

@@ -17,6 +17,7 @@
 //!   for coturn, so the same page code works with either.
 
 mod addresses;
+mod channels;
 mod credentials;
 pub mod guard;
 pub mod policy;
@@ -117,6 +118,8 @@ pub(crate) struct State {
     allocations: Mutex<Allocations>,
     /// One set per transport, in [`Transport::index`] order.
     counters: [Counters; 3],
+    /// The allocations' relay sockets, by port, for the shortcut (`channels.rs`).
+    pub(crate) relays: Mutex<HashMap<u16, std::sync::Weak<socket::RelaySocket>>>,
 }
 
 /// One client as the crate's allocations know it (its 5-tuple): its address, the address it
@@ -281,6 +284,7 @@ impl TurnRelay {
             max_per_user: config.max_allocations_per_user.get(),
             allocations: Mutex::default(),
             counters: Default::default(),
+            relays: Mutex::default(),
         });
         let rates: Arc<guard::Rates> = Arc::default();
         let ports = |transport| {
@@ -637,6 +641,7 @@ mod tests {
             max_per_user,
             allocations: Mutex::default(),
             counters: Default::default(),
+            relays: Mutex::default(),
         }
     }
 

@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -34,6 +34,7 @@ use turn::relay::RelayAddressGenerator;
 use turn::server::request::Request;
 use webrtc_util::Conn;
 
+use super::channels::{Out, Shortcuts, channel_data};
 use super::credentials::Auth;
 use super::guard::{Gate, Rates, Verdict};
 use super::stun::MAGIC_COOKIE;
@@ -115,6 +116,8 @@ pub struct Streams {
     admission: Arc<Admission>,
     /// How long a connection may take to send its first message.
     first_message: Duration,
+    /// The data path's shortcut (`channels.rs`).
+    shortcuts: Shortcuts,
 }
 
 impl Streams {
@@ -130,7 +133,6 @@ impl Streams {
             transport,
             gate: Gate::new(Arc::clone(&state), transport, rates),
             realm: state.credentials.realm.clone(),
-            state,
             manager: Arc::new(Manager::new(ManagerConfig {
                 relay_addr_generator,
                 alloc_close_notify: Some(alloc_close_notify),
@@ -141,6 +143,8 @@ impl Streams {
                 limits.max_connections_per_ip.get(),
             ),
             first_message: limits.header_read_timeout(),
+            shortcuts: Shortcuts::new(Arc::clone(&state)),
+            state,
         }
     }
 
@@ -171,9 +175,10 @@ impl Streams {
         };
         let (queue, queued) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
-        let connection = Arc::new(Connection {
+        let connection = Arc::new_cyclic(|me| Connection {
             client,
             engine: Arc::clone(&self),
+            me: me.clone(),
             queue,
             unsent: AtomicUsize::new(0),
             stop,
@@ -288,6 +293,13 @@ impl Streams {
         auth: &Arc<dyn AuthHandler + Send + Sync>,
     ) -> bool {
         let client = connection.client;
+        // ChannelData on a channel the crate bound: relayed from here (`channels.rs`).
+        if let Some((number, data)) = channel_data(message)
+            && let Some((relay, peer)) = self.shortcuts.route(client, number)
+        {
+            let _ = relay.relay_to(data, peer).await;
+            return true;
+        }
         if message[0] & 0xC0 == 0 {
             // A STUN message may need a challenge; ChannelData (the data path) never does.
             self.fresh_nonce().await;
@@ -311,6 +323,7 @@ impl Streams {
                 connection.enqueue(bytes);
             }
             Verdict::Pass => {
+                self.shortcuts.requested(message, client);
                 let mut request = Request {
                     conn: Arc::clone(connection) as Arc<dyn Conn + Send + Sync>,
                     src_addr: client.addr,
@@ -406,6 +419,8 @@ async fn write_out<W: AsyncWrite + Unpin>(
 pub struct Connection {
     client: Client,
     engine: Arc<Streams>,
+    /// Itself, for the shortcut's way back to the client.
+    me: Weak<Connection>,
     queue: mpsc::UnboundedSender<Vec<u8>>,
     unsent: AtomicUsize,
     stop: watch::Sender<bool>,
@@ -418,7 +433,7 @@ impl Connection {
 
     /// Queues `bytes` for the writer; false when the connection is over its unsent bound
     /// (and so being dropped) or gone.
-    fn enqueue(&self, bytes: Vec<u8>) -> bool {
+    pub(crate) fn enqueue(&self, bytes: Vec<u8>) -> bool {
         let len = bytes.len();
         if self.unsent.fetch_add(len, Ordering::Relaxed) + len > MAX_UNSENT {
             self.unsent.fetch_sub(len, Ordering::Relaxed);
@@ -454,6 +469,8 @@ impl Conn for Connection {
     /// An answer or relayed data for the client (the crate pads ChannelData itself).
     async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
         self.engine.gate.sent(buf, self.client);
+        let out = || Out::Stream(self.me.clone());
+        self.engine.shortcuts.answered(buf, self.client, out);
         if self.enqueue(buf.to_vec()) {
             Ok(buf.len())
         } else {
@@ -520,9 +537,10 @@ mod tests {
         );
         let (queue, queued) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
-        let connection = Arc::new(Connection {
+        let connection = Arc::new_cyclic(|me| Connection {
             client: super::super::tests::udp("10.9.9.9:5000"),
             engine: Arc::new(engine),
+            me: me.clone(),
             queue,
             unsent: AtomicUsize::new(0),
             stop,

@@ -149,6 +149,27 @@ impl Namespace {
         Some(Namespace { name })
     }
 
+    /// A namespace joined to this process's own by a veth pair: `inside` (a /24 address) on
+    /// its end, `outside` on this one, so the test talks to what runs in it directly.
+    pub fn linked(inside: &str, outside: &str) -> Option<Namespace> {
+        let namespace = Namespace::create()?;
+        let tag = &namespace.name[namespace.name.len().saturating_sub(8)..];
+        let (here, there) = (format!("lh{tag}"), format!("lt{tag}"));
+        let ns = namespace.name.as_str();
+        let (inside, outside) = (format!("{inside}/24"), format!("{outside}/24"));
+        for args in [
+            vec!["link", "add", &here, "type", "veth", "peer", "name", &there],
+            vec!["link", "set", &there, "netns", ns],
+            vec!["-n", ns, "addr", "add", &inside, "dev", &there],
+            vec!["-n", ns, "link", "set", &there, "up"],
+            vec!["addr", "add", &outside, "dev", &here],
+            vec!["link", "set", &here, "up"],
+        ] {
+            ip(&args).unwrap_or_else(|err| panic!("{err}"));
+        }
+        Some(namespace)
+    }
+
     /// `program` run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         Topology::command(&self.name, program)

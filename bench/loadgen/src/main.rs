@@ -279,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         match relay::unavailable() {
             Some(why) => Err(why),
-            None => relay::run(&paths.repo, &work, plan.relay())
+            None => relay::run(&paths.repo, before.as_deref(), &work, plan.relay())
                 .await
                 .map_err(|err| format!("{err:#}")),
         }

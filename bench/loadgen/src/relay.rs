@@ -70,6 +70,8 @@ const CHANNEL: u16 = 0x4000;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Relay {
     Dialtone,
+    /// Another dialtone binary (`--relay-only --compare PATH`): before a change.
+    Before,
     Coturn,
 }
 
@@ -77,6 +79,7 @@ impl Relay {
     pub fn label(self) -> &'static str {
         match self {
             Relay::Dialtone => "dialtone",
+            Relay::Before => "before",
             Relay::Coturn => "coturn",
         }
     }
@@ -124,7 +127,7 @@ impl Link {
         tls: &tokio_rustls::TlsConnector,
     ) -> anyhow::Result<Link> {
         let port = match (wire, relay) {
-            (Wire::Tls, Relay::Dialtone) => DIALTONE_TLS_PORT,
+            (Wire::Tls, Relay::Dialtone | Relay::Before) => DIALTONE_TLS_PORT,
             (Wire::Tls, Relay::Coturn) => COTURN_TLS_PORT,
             _ => TURN_PORT,
         };
@@ -329,13 +332,17 @@ impl Server {
         relay: Relay,
         ns: &Namespace,
         work: &Path,
-        repo: &Path,
+        binaries: (&Path, Option<&Path>),
         (cert, key): (&Path, &Path),
     ) -> anyhow::Result<Server> {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &ns.name]);
         match relay {
-            Relay::Dialtone => {
+            Relay::Dialtone | Relay::Before => {
+                let binary = match (relay, binaries.1) {
+                    (Relay::Before, Some(before)) => before.to_path_buf(),
+                    _ => binaries.0.join("target/release/dialtone"),
+                };
                 let config = work.join("relay-bench.toml");
                 std::fs::write(
                     &config,
@@ -350,7 +357,7 @@ impl Server {
                     ),
                 )?;
                 command
-                    .arg(repo.join("target/release/dialtone"))
+                    .arg(binary)
                     .arg("--config")
                     .arg(config)
                     .env_remove("RUST_LOG")
@@ -879,6 +886,7 @@ pub fn unavailable() -> Option<String> {
 /// first), each scenario on a fresh server.
 pub async fn run(
     repo: &Path,
+    before: Option<&Path>,
     work: &Path,
     plan: RelayPlan,
 ) -> anyhow::Result<Vec<(Relay, Wire, RelayRun)>> {
@@ -892,11 +900,14 @@ pub async fn run(
     let tls = connector(&cert)?;
     let mut runs = Vec::new();
     for round in 0..plan.rounds {
-        let order = if round % 2 == 0 {
-            [Relay::Dialtone, Relay::Coturn]
-        } else {
-            [Relay::Coturn, Relay::Dialtone]
-        };
+        let mut order = vec![Relay::Dialtone];
+        if before.is_some() {
+            order.push(Relay::Before);
+        }
+        order.push(Relay::Coturn);
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for (relay, wire) in order
             .into_iter()
             .flat_map(|relay| Wire::ALL.map(|wire| (relay, wire)))
@@ -908,14 +919,14 @@ pub async fn run(
             };
             let pair = (cert.as_path(), key.as_path());
             let mut run = RelayRun::default();
-            let server = Server::start(relay, &ns, work, repo, pair).await?;
+            let server = Server::start(relay, &ns, work, (repo, before), pair).await?;
             (
                 run.max_pps,
                 run.cpu_per_packet,
                 run.generator_cpu_per_packet,
             ) = max_rate(&server, plan, way).await?;
             server.stop().await;
-            let server = Server::start(relay, &ns, work, repo, pair).await?;
+            let server = Server::start(relay, &ns, work, (repo, before), pair).await?;
             fixed_load(&server, plan, way, &mut run).await?;
             server.stop().await;
             eprintln!(
@@ -992,10 +1003,18 @@ fn wire_table(runs: &[(Relay, Wire, RelayRun)], wire: Wire, out: &mut String) {
     let shown = |(median, low, high): (f64, f64, f64), digits: usize| {
         format!("{median:.digits$} ({low:.digits$}–{high:.digits$})")
     };
+    // With `--compare`: the build before the change, in the same rounds.
+    let compared = runs.iter().any(|(relay, _, _)| *relay == Relay::Before);
     let _ = writeln!(
         out,
-        "\n### Over {}\n\n| what | dialtone | coturn | dialtone / coturn | target | met |\n|---|---|---|---|---|---|",
-        wire.label()
+        "\n### Over {}\n\n| what | dialtone | coturn | dialtone / coturn | target | met |{}\n|---|---|---|---|---|---|{}",
+        wire.label(),
+        if compared {
+            " before | dialtone / before |"
+        } else {
+            ""
+        },
+        if compared { "---|---|" } else { "" },
     );
     let mut row = |what: &str,
                    pick: &dyn Fn(&RelayRun) -> f64,
@@ -1013,9 +1032,20 @@ fn wire_table(runs: &[(Relay, Wire, RelayRun)], wire: Wire, out: &mut String) {
             Some(false) => "**no**",
             None => "–",
         };
+        let against = if compared {
+            let b = of(Relay::Before, pick);
+            let ratio = if b.0 == 0.0 {
+                "–".to_owned()
+            } else {
+                format!("{:.2}×", d.0 / b.0)
+            };
+            format!(" {} | {ratio} |", shown(b, digits))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {what} | {} | {} | {ratio} | {target} | {met} |",
+            "| {what} | {} | {} | {ratio} | {target} | {met} |{against}",
             shown(d, digits),
             shown(c, digits)
         );
