@@ -189,9 +189,7 @@ function alreadyShown(state, sentence) {
 
 /** A button's visible label (beside its icon). */
 function label(button, text) {
-  const span = button.querySelector('.label');
-  if (span) span.textContent = text;
-  else button.textContent = text;
+  button.querySelector('.label').textContent = text;
 }
 
 function show(state, sentence, tone = 'info') {

@@ -371,6 +371,54 @@ mod tests {
         assert_eq!(route.number(second, later), Some(0x4001));
     }
 
+    #[tokio::test]
+    async fn several_channels_hold_side_by_side_and_expired_ones_are_dropped_at_the_next_bind() {
+        let route = route().await;
+        let now = Instant::now();
+        let (first, second) = (addr("198.51.100.7:40000"), addr("198.51.100.8:40000"));
+        route.bound(0x4000, first, now);
+        let later = now + Duration::from_secs(1);
+        route.bound(0x4001, second, later);
+        assert_eq!(
+            route.peer(0x4000, later),
+            Some(first),
+            "the first still holds"
+        );
+        assert_eq!(route.peer(0x4001, later), Some(second));
+        assert_eq!(route.number(first, later), Some(0x4000));
+        // At the first one's end, a bind of a third channel drops it from the maps.
+        let end = now + DEFAULT_LIFETIME - MARGIN;
+        route.bound(0x4002, addr("198.51.100.9:40000"), end);
+        let channels = crate::sync::lock(&route.channels);
+        assert!(!channels.peers.contains_key(&0x4000), "expired: dropped");
+        assert!(!channels.numbers.contains_key(&first));
+        assert_eq!(channels.peers.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_number_or_a_peer_bound_anew_while_the_old_binding_holds_replaces_it_whole() {
+        // The crate refuses both while the old binding holds; should it ever allow one, no
+        // datagram may go out on a channel that now belongs to another peer.
+        let route = route().await;
+        let now = Instant::now();
+        let (first, second) = (addr("198.51.100.7:40000"), addr("198.51.100.8:40000"));
+        route.bound(0x4000, first, now);
+        route.bound(0x4000, second, now);
+        assert_eq!(
+            route.number(first, now),
+            None,
+            "the old peer lost the number"
+        );
+        assert_eq!(route.peer(0x4000, now), Some(second));
+        route.bound(0x4001, second, now);
+        assert_eq!(
+            route.peer(0x4000, now),
+            None,
+            "the old number lost the peer"
+        );
+        assert_eq!(route.number(second, now), Some(0x4001));
+    }
+
     #[test]
     fn channel_data_is_what_the_crate_would_decode() {
         assert_eq!(

@@ -2,7 +2,7 @@
 //! the crate does, over any transport: what it must not see is answered or dropped here.
 //! [`Guard`] is the relay's UDP socket as the crate sees it, with a gate in front; the
 //! streams (TCP, TLS) have one gate per transport (`stream.rs`). (Each allocation's own
-//! socket is `socket.rs`'s.) The guard also feeds the UDP data path's shortcut
+//! socket is `socket.rs`'s.) The guard also feeds the data path's shortcut over UDP
 //! (`channels.rs`): it sees which relayed address each Allocate got and which channels the
 //! crate bound, and relays a client's ChannelData on those itself.
 //!

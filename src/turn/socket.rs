@@ -1,7 +1,7 @@
 //! One allocation's relay socket as the turn crate sees it: it sends only where the peer
-//! policy allows, whatever permission the crate holds, and counts what it relays. Over UDP,
-//! once the crate has bound a channel, a peer's datagrams on it go straight back to the
-//! client from here (`channels.rs`).
+//! policy allows, whatever permission the crate holds, and counts what it relays. Once the
+//! crate has bound a channel, a peer's datagrams on it go straight back to the client from
+//! here, on the UDP socket or into the connection's queue (`channels.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,7 @@ pub struct RelaySocket {
     state: Arc<State>,
     /// How the allocation's client reaches the relay, for the counters.
     transport: Transport,
-    /// The way back to a UDP client, once its Allocate succeeded (see `channels.rs`).
+    /// The way back to the client, once its Allocate succeeded (see `channels.rs`).
     route: OnceLock<Route>,
     /// Set when the crate closes the allocation: the shortcut stops at once.
     closed: AtomicBool,
