@@ -286,7 +286,7 @@ fn relay_series(out: &mut String, relay: &crate::turn::RelaySnapshot) {
     use crate::turn::RelayFigures;
     use std::fmt::Write;
     type Read = fn(&RelayFigures) -> u64;
-    let series: [(&str, &str, &str, Read); 6] = [
+    let series: [(&str, &str, &str, Read); 7] = [
         (
             "dialtone_turn_allocations",
             "gauge",
@@ -304,6 +304,12 @@ fn relay_series(out: &mut String, relay: &crate::turn::RelaySnapshot) {
             "counter",
             "Payload bytes of those datagrams.",
             |f| f.bytes_relayed,
+        ),
+        (
+            "dialtone_turn_channel_packets_total",
+            "counter",
+            "ChannelData relayed on a channel the client bound, by dialtone's own data path, client to peer and peer to client, by the transport of the client (the rest goes through the turn crate: Send and Data indications, and ChannelData in the seconds around a binding's renewal).",
+            |f| f.channel_packets,
         ),
         (
             "dialtone_turn_auth_failures_total",

@@ -956,8 +956,9 @@ async fn channel_data_goes_both_ways_only_on_a_bound_channel_and_only_while_the_
     let config = write_config(
         dir.path(),
         &format!(
-            "listen = \"{INSIDE}:8443\"\n[turn_server]\nenabled = true\nlisten = \"{INSIDE}:3478\"\n\
-             external_ip = \"{INSIDE}\"\nsecret = \"{SECRET}\"\npeers = \"lan\"\n"
+            "listen = \"{INSIDE}:8443\"\n[tls]\nmode = \"off\"\n[turn_server]\nenabled = true\n\
+             listen = \"{INSIDE}:3478\"\nexternal_ip = \"{INSIDE}\"\nsecret = \"{SECRET}\"\n\
+             peers = \"lan\"\n"
         ),
     );
     let mut command = ns.command(env!("CARGO_BIN_EXE_dialtone"));
@@ -979,6 +980,12 @@ async fn channel_data_goes_both_ways_only_on_a_bound_channel_and_only_while_the_
             }
         };
         channel_data_on(wire, connect().await, connect().await, OUTSIDE).await;
+        // Every ChannelData of the 20 round trips, and nothing else, took dialtone's own
+        // path (the Data indication, the refused and the late ones did not).
+        let page = SocketAddr::new(INSIDE.parse().unwrap(), 8443);
+        let metrics = common::plain_get(page, "/metrics").await.body;
+        let series = format!("dialtone_turn_channel_packets_total{{transport=\"{wire}\"}}");
+        assert_eq!(metric(&metrics, &series), 40.0, "{wire}");
     }
     assert!(!running.log().contains("WARN"), "{}", running.log());
 }

@@ -439,7 +439,7 @@ impl Conn for Guard {
                 && let Some((relay, peer)) = self.shortcuts.route(self.client(client), number)
             {
                 // As in the crate, a failed send (a denied peer: counted) drops the datagram.
-                let _ = relay.relay_to(data, peer).await;
+                relay.relay_on_channel(data, peer).await;
                 continue;
             }
             match self

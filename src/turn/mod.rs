@@ -148,6 +148,8 @@ pub(crate) struct Allocations {
 pub struct Counters {
     pub packets_relayed: AtomicU64,
     pub bytes_relayed: AtomicU64,
+    /// ChannelData relayed by dialtone's own data path (`channels.rs`), both ways.
+    pub channel_packets: AtomicU64,
     pub auth_failures: AtomicU64,
     pub peers_denied: AtomicU64,
     /// Datagrams dropped unanswered: malformed, or over the request rate.
@@ -166,6 +168,7 @@ pub struct RelayFigures {
     pub allocations: usize,
     pub packets_relayed: u64,
     pub bytes_relayed: u64,
+    pub channel_packets: u64,
     pub auth_failures: u64,
     pub peers_denied: u64,
     pub dropped: u64,
@@ -228,6 +231,7 @@ impl State {
                 .count(),
             packets_relayed: load(&counters.packets_relayed),
             bytes_relayed: load(&counters.bytes_relayed),
+            channel_packets: load(&counters.channel_packets),
             auth_failures: load(&counters.auth_failures),
             peers_denied: load(&counters.peers_denied),
             dropped: load(&counters.dropped),

@@ -77,6 +77,21 @@ impl RelaySocket {
         Ok(n)
     }
 
+    /// A client's ChannelData `data` on a bound channel, sent to `peer` (as `relay_to`) and
+    /// counted as relayed on a channel.
+    pub(crate) async fn relay_on_channel(&self, data: &[u8], peer: SocketAddr) {
+        if self.relay_to(data, peer).await.is_ok() {
+            self.count_channel();
+        }
+    }
+
+    fn count_channel(&self) {
+        self.state
+            .counters(self.transport)
+            .channel_packets
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A peer's datagram of `length` bytes, in `frame[4..]`, relayed as ChannelData when a
     /// channel is bound to that peer; false when the crate must take it.
     async fn shortcut(&self, frame: &mut [u8], length: usize, peer: SocketAddr) -> bool {
@@ -88,6 +103,7 @@ impl RelaySocket {
         };
         let whole = frame_channel_data(frame, number, length);
         route.deliver(&frame[..whole]).await;
+        self.count_channel();
         true
     }
 

@@ -297,7 +297,7 @@ impl Streams {
         if let Some((number, data)) = channel_data(message)
             && let Some((relay, peer)) = self.shortcuts.route(client, number)
         {
-            let _ = relay.relay_to(data, peer).await;
+            relay.relay_on_channel(data, peer).await;
             return true;
         }
         if message[0] & 0xC0 == 0 {
