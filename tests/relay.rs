@@ -1066,10 +1066,33 @@ async fn channel_data_on(wire: &str, mut raw: Raw, mut stranger: Raw, outside: &
     );
     let mut from = PeerAddress::default();
     from.get_from(&indication).unwrap();
-    assert_eq!(
-        SocketAddr::new(from.ip, from.port),
-        other_peer.local_addr().unwrap()
-    );
+    let other = other_peer.local_addr().unwrap();
+    assert_eq!(SocketAddr::new(from.ip, from.port), other);
+    // And the client's Send indication to it goes out from the relayed address (the crate's
+    // path, through the relay socket's own send).
+    let send = {
+        let mut message = Message::new();
+        message
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(
+                    stun::message::METHOD_SEND,
+                    stun::message::CLASS_INDICATION,
+                )),
+                Box::new(PeerAddress {
+                    ip: other.ip(),
+                    port: other.port(),
+                }),
+                Box::new(turn::proto::data::Data(b"by Send".to_vec())),
+            ])
+            .unwrap();
+        message.raw
+    };
+    raw.send(&send).await;
+    let got = receive(&other_peer)
+        .await
+        .expect("the Send indication's data");
+    assert_eq!(got, (b"by Send".to_vec(), relayed), "{wire}");
     // An unbound number, and the bound one from another client (who says hello first, as
     // a stream must): nothing reaches the peer.
     raw.send(&channel_data(0x4001, b"unbound", wire != "udp"))
