@@ -458,26 +458,7 @@ impl Raw {
                 buf.truncate(n);
                 Some(buf)
             }
-            Raw::Stream(io) => {
-                use tokio::io::AsyncReadExt;
-                let mut frame = vec![0u8; 4];
-                tokio::time::timeout(patience, io.read_exact(&mut frame))
-                    .await
-                    .ok()?
-                    .unwrap();
-                let length = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
-                let whole = if frame[0] & 0xC0 == 0x40 {
-                    4 + length.next_multiple_of(4)
-                } else {
-                    20 + length
-                };
-                frame.resize(whole, 0);
-                tokio::time::timeout(common::PATIENCE, io.read_exact(&mut frame[4..]))
-                    .await
-                    .expect("the rest of a message")
-                    .unwrap();
-                Some(frame)
-            }
+            Raw::Stream(io) => common::read_message(io, patience).await,
         }
     }
 
@@ -1129,6 +1110,13 @@ async fn channel_data_on(wire: &str, mut raw: Raw, mut stranger: Raw, outside: &
     );
     peer.send_to(b"too late", relayed).await.unwrap();
     assert_eq!(raw.recv(QUIET).await, None, "{wire}");
+    // Quiet, not gone: the client's connection still serves it.
+    assert!(
+        raw.exchange(&request(BINDING_REQUEST.method, vec![]))
+            .await
+            .is_some(),
+        "{wire}: the relay still answers"
+    );
 }
 
 /// A ChannelData message: `number`, the length, `data`, and (`padded`) zeros up to a

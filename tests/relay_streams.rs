@@ -81,7 +81,7 @@ fn binding() -> Vec<u8> {
 
 /// Reads one STUN message off the stream, or `None` when it closes or stays silent.
 async fn read_message(io: &mut Box<dyn Io>) -> Option<Message> {
-    let raw = common::read_stun(io).await?;
+    let raw = common::read_message(io, common::PATIENCE).await?;
     let mut message = Message {
         raw,
         ..Default::default()

@@ -461,19 +461,29 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// One STUN message read off a stream (TURN over TCP or TLS), raw: its 20-byte header, then
-/// the length it gives. `None` when the stream closes, or stays silent for [`PATIENCE`].
+/// One TURN message read off a stream (TCP or TLS), raw: a STUN message (its 20-byte header,
+/// then the length it gives) or ChannelData (its 4-byte header, then the length padded to 4).
+/// `None` when the stream closes, or stays silent for `patience` (the rest of a message that
+/// has begun gets [`PATIENCE`]).
 #[allow(dead_code)]
-pub async fn read_stun<I: AsyncRead + Unpin>(io: &mut I) -> Option<Vec<u8>> {
+pub async fn read_message<I: AsyncRead + Unpin>(io: &mut I, patience: Duration) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let mut raw = vec![0u8; 20];
-    tokio::time::timeout(PATIENCE, io.read_exact(&mut raw))
+    let mut raw = vec![0u8; 4];
+    tokio::time::timeout(patience, io.read_exact(&mut raw))
         .await
         .ok()?
         .ok()?;
     let length = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
-    raw.resize(20 + length, 0);
-    io.read_exact(&mut raw[20..]).await.ok()?;
+    let whole = if raw[0] & 0xC0 == 0x40 {
+        4 + length.next_multiple_of(4)
+    } else {
+        20 + length
+    };
+    raw.resize(whole, 0);
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut raw[4..]))
+        .await
+        .ok()?
+        .ok()?;
     Some(raw)
 }
 
